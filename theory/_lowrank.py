@@ -1,0 +1,133 @@
+"""Low-rank linear algebra: Eckart–Young, reduced-rank regression (Lemma 1), subspace metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._validation import check_array, check_int
+
+__all__ = [
+    "best_rank_approx",
+    "tail_energy",
+    "reduced_rank_regression",
+    "subspace_sin",
+    "procrustes_distance",
+]
+
+
+def best_rank_approx(M, r) -> np.ndarray:
+    """Best approximation of ``M`` of rank at most ``r`` in Frobenius (and operator) norm.
+
+    Eckart–Young: keep the top ``r`` singular triplets. Broadcasts over leading axes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> M = np.diag([3.0, 2.0, 1.0])
+    >>> np.allclose(best_rank_approx(M, 2), np.diag([3.0, 2.0, 0.0]))
+    True
+    """
+    M = check_array(M, "M", "best_rank_approx", ndim=(2, 3, 4, 5))
+    r = check_int(r, "r", "best_rank_approx", low=0, high=min(M.shape[-2:]))
+    if r == 0:
+        return np.zeros_like(M)
+    U, s, Vt = np.linalg.svd(M, full_matrices=False)
+    return (U[..., :, :r] * s[..., None, :r]) @ Vt[..., :r, :]
+
+
+def tail_energy(M, r) -> np.ndarray:
+    """Σ_{i>r} σ_i(M)², the squared Frobenius error of the best rank-``r`` approximation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> float(tail_energy(np.diag([3.0, 2.0, 1.0]), 1))
+    5.0
+    """
+    M = check_array(M, "M", "tail_energy", ndim=(2, 3, 4, 5))
+    r = check_int(r, "r", "tail_energy", low=0, high=min(M.shape[-2:]))
+    s = np.linalg.svd(M, compute_uv=False)
+    return np.sum(s[..., r:] ** 2, axis=-1)
+
+
+def reduced_rank_regression(X, Y, rank) -> np.ndarray:
+    """Global minimiser of ‖Y − X Bᵀ‖² over matrices B (d_out, d_in) of rank at most ``rank``.
+
+    Lemma 1 (spec §3.3): with ``B_ols`` the (minimum-norm) least-squares solution and
+    ``F = X B_olsᵀ`` the fitted values, the optimum is ``V_r V_rᵀ B_ols`` where ``V_r`` holds
+    the top-``rank`` right singular vectors of ``F``. Works for any shapes, including
+    ``n < d_in`` (then B_ols is the minimum-norm solution and the optimum value is unchanged),
+    and broadcasts over leading batch axes: ``X`` (..., n, d_in), ``Y`` (..., n, d_out).
+
+    Parameters
+    ----------
+    X : array (..., n, d_in)
+    Y : array (..., n, d_out)
+    rank : int in [1, min(d_in, d_out)]
+
+    Returns
+    -------
+    B : array (..., d_out, d_in)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((200, 5))
+    >>> B_true = np.outer(rng.standard_normal(4), rng.standard_normal(5))
+    >>> B = reduced_rank_regression(X, X @ B_true.T, rank=1)
+    >>> bool(np.allclose(B, B_true))
+    True
+    """
+    func = "reduced_rank_regression"
+    X = check_array(X, "X", func, ndim=(2, 3, 4))
+    Y = check_array(Y, "Y", func, ndim=(2, 3, 4))
+    if X.shape[:-1] != Y.shape[:-1]:
+        raise ValueError(
+            f"The 'X' and 'Y' parameters of {func} must have the same leading shape (..., n). "
+            f"Got X of shape {X.shape} and Y of shape {Y.shape}."
+        )
+    rank = check_int(rank, "rank", func, low=1, high=min(X.shape[-1], Y.shape[-1]))
+    # Thin SVD of X: the fitted values are P_X Y = Ux Ux^T Y, and B_ols^T = Vx S^+ Ux^T Y.
+    Ux, s, Vxt = np.linalg.svd(X, full_matrices=False)
+    tol = s[..., :1] * max(X.shape[-2:]) * np.finfo(np.float64).eps
+    keep = s > tol
+    s_inv = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
+    Z = np.swapaxes(Ux, -1, -2) @ Y * keep[..., :, None]            # (..., m, d_out), F = Ux Z
+    B_ols_T = np.swapaxes(Vxt, -1, -2) @ (s_inv[..., :, None] * Z)   # (..., d_in, d_out)
+    # Right singular vectors of F = Ux Z are those of Z since Ux has orthonormal columns.
+    _, _, Vzt = np.linalg.svd(Z, full_matrices=False)
+    Vr = np.swapaxes(Vzt[..., :rank, :], -1, -2)                     # (..., d_out, rank)
+    return Vr @ (np.swapaxes(Vr, -1, -2) @ np.swapaxes(B_ols_T, -1, -2))
+
+
+def subspace_sin(U1, U2) -> np.ndarray:
+    """Largest principal-angle sine between the column spans: ‖(I − Q2 Q2ᵀ) Q1‖_op.
+
+    The columns are orthonormalised first, so any bases may be passed.
+    """
+    U1 = check_array(U1, "U1", "subspace_sin", ndim=(2, 3))
+    U2 = check_array(U2, "U2", "subspace_sin", ndim=(2, 3))
+    Q1, _ = np.linalg.qr(U1)
+    Q2, _ = np.linalg.qr(U2)
+    resid = Q1 - Q2 @ (np.swapaxes(Q2, -1, -2) @ Q1)
+    return np.linalg.norm(resid, ord=2, axis=(-2, -1))
+
+
+def procrustes_distance(U1, U2) -> np.ndarray:
+    """min over orthogonal Q of ‖U1 − U2 Q‖: the distance between factors up to rotation.
+
+    This is the natural metric on the quotient U Uᵀ ~ U Q (pymanopt's PSDFixedRank). The
+    optimal Q comes from the SVD of U2ᵀ U1 (orthogonal Procrustes).
+    """
+    U1 = check_array(U1, "U1", "procrustes_distance", ndim=(2, 3, 4))
+    U2 = check_array(U2, "U2", "procrustes_distance", ndim=(2, 3, 4))
+    if U1.shape != U2.shape:
+        raise ValueError(
+            f"The 'U1' and 'U2' parameters of procrustes_distance must have the same shape. "
+            f"Got {U1.shape} and {U2.shape}."
+        )
+    W, _, Vt = np.linalg.svd(np.swapaxes(U2, -1, -2) @ U1)
+    Q = W @ Vt
+    diff = U1 - U2 @ Q
+    return np.sqrt(np.sum(diff * diff, axis=(-2, -1)))

@@ -1,0 +1,188 @@
+"""The linear LoRA-ML model of spec/theory.md §2: ground truth, data, population risk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._validation import check_array, check_int, check_real, check_rng
+
+__all__ = [
+    "GroundTruth",
+    "TaskData",
+    "sample_ground_truth",
+    "sample_tasks",
+    "excess_risk",
+    "population_risk",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class GroundTruth:
+    """Base ``A_star`` (d, d) and adapters ``U_star`` (T+1, d, k); index T is the test task."""
+
+    A_star: np.ndarray
+    U_star: np.ndarray
+
+    def __post_init__(self):
+        A = check_array(self.A_star, "A_star", "GroundTruth", ndim=2)
+        U = check_array(self.U_star, "U_star", "GroundTruth", ndim=3)
+        if A.shape[0] != A.shape[1]:
+            raise ValueError(f"The 'A_star' parameter of GroundTruth must be square. Got shape {A.shape}.")
+        if U.shape[0] < 2 or U.shape[1] != A.shape[0] or U.shape[2] > U.shape[1]:
+            raise ValueError(
+                "The 'U_star' parameter of GroundTruth must have shape (T+1, d, k) with T >= 1, "
+                f"d = {A.shape[0]} and 1 <= k <= d. Got shape {U.shape}."
+            )
+        A.setflags(write=False)
+        U.setflags(write=False)
+        object.__setattr__(self, "A_star", A)
+        object.__setattr__(self, "U_star", U)
+
+    @property
+    def d(self) -> int:
+        return self.A_star.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.U_star.shape[2]
+
+    @property
+    def T(self) -> int:
+        """Number of retraining tasks (the test task is extra)."""
+        return self.U_star.shape[0] - 1
+
+    @property
+    def R_star(self) -> np.ndarray:
+        """R*_t = U*_t U*_tᵀ for t = 1..T+1, shape (T+1, d, d)."""
+        return self.U_star @ np.swapaxes(self.U_star, -1, -2)
+
+    @property
+    def task_weights(self) -> np.ndarray:
+        """A*_t = A* + R*_t for every task, shape (T+1, d, d); index T is the test task."""
+        return self.A_star + self.R_star
+
+    @property
+    def R_bar(self) -> np.ndarray:
+        """R̄* = (1/T) Σ_{t≤T} R*_t over the retraining tasks."""
+        return self.R_star[:-1].mean(axis=0)
+
+    @property
+    def test_weight(self) -> np.ndarray:
+        """A*_{T+1}, the test task's parameter."""
+        return self.A_star + self.R_star[-1]
+
+
+@dataclass(frozen=True, eq=False)
+class TaskData:
+    """Samples of the retraining tasks ``X``, ``Y`` (T, N, d) and of the test task (n, d)."""
+
+    X: np.ndarray
+    Y: np.ndarray
+    X_test: np.ndarray
+    Y_test: np.ndarray
+
+    @property
+    def T(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def N(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def n(self) -> int:
+        return self.X_test.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.X.shape[2]
+
+
+def sample_ground_truth(d, k, T, *, rng, symmetric_base: bool = True, scale: float = 1.0) -> GroundTruth:
+    """Draw a ground truth as the paper's code does (spec §2).
+
+    ``A* = (G + Gᵀ)/2`` with ``G`` iid N(0, 1) when ``symmetric_base`` (else ``A* = G``), and
+    ``U*_t`` with iid N(0, scale²) entries for the T retraining tasks and the test task.
+
+    Parameters
+    ----------
+    d, k, T : int
+        Dimension, adapter rank (1 <= k <= d) and number of retraining tasks (T >= 1).
+    rng : numpy.random.Generator, int or None
+        Source of randomness.
+    symmetric_base : bool
+        Symmetrise the base, as the paper's code does.
+    scale : float
+        Standard deviation of the adapter entries.
+
+    Returns
+    -------
+    GroundTruth
+
+    Examples
+    --------
+    >>> truth = sample_ground_truth(5, 1, 3, rng=0)
+    >>> truth.A_star.shape, truth.U_star.shape
+    ((5, 5), (4, 5, 1))
+    """
+    func = "sample_ground_truth"
+    d = check_int(d, "d", func, low=1)
+    k = check_int(k, "k", func, low=1, high=d)
+    T = check_int(T, "T", func, low=1)
+    scale = check_real(scale, "scale", func, low=0.0, low_open=True)
+    if not isinstance(symmetric_base, (bool, np.bool_)):
+        raise ValueError(f"The 'symmetric_base' parameter of {func} must be a bool. Got {symmetric_base!r} instead.")
+    rng = check_rng(rng, func)
+    G = rng.standard_normal((d, d))
+    A = (G + G.T) / 2 if symmetric_base else G
+    U = scale * rng.standard_normal((T + 1, d, k))
+    return GroundTruth(A_star=A, U_star=U)
+
+
+def sample_tasks(truth: GroundTruth, N, n, sigma, *, rng) -> TaskData:
+    """Draw N samples for each retraining task and n for the test task.
+
+    ``x ~ N(0, I_d)`` and ``y = A*_t x + ε`` with ``ε ~ N(0, σ² I_d)``; in arrays
+    ``Y = X @ A*_tᵀ + noise`` (samples as rows).
+
+    Examples
+    --------
+    >>> truth = sample_ground_truth(4, 1, 2, rng=0)
+    >>> data = sample_tasks(truth, N=50, n=20, sigma=0.1, rng=1)
+    >>> data.X.shape, data.Y_test.shape
+    ((2, 50, 4), (20, 4))
+    """
+    func = "sample_tasks"
+    if not isinstance(truth, GroundTruth):
+        raise ValueError(f"The 'truth' parameter of {func} must be a GroundTruth. Got {type(truth).__name__} instead.")
+    N = check_int(N, "N", func, low=1)
+    n = check_int(n, "n", func, low=1)
+    sigma = check_real(sigma, "sigma", func, low=0.0)
+    rng = check_rng(rng, func)
+    d, T = truth.d, truth.T
+    W = truth.task_weights
+    X = rng.standard_normal((T, N, d))
+    Y = X @ np.swapaxes(W[:T], -1, -2) + sigma * rng.standard_normal((T, N, d))
+    X_test = rng.standard_normal((n, d))
+    Y_test = X_test @ W[T].T + sigma * rng.standard_normal((n, d))
+    return TaskData(X=X, Y=Y, X_test=X_test, Y_test=Y_test)
+
+
+def excess_risk(W, target) -> np.ndarray:
+    """‖W − target‖², the excess population risk of W on a task with parameter ``target`` (P1).
+
+    Broadcasts over leading axes.
+    """
+    W = check_array(W, "W", "excess_risk", ndim=(2, 3, 4))
+    target = check_array(target, "target", "excess_risk", ndim=(2, 3, 4))
+    diff = W - target
+    return np.sum(diff * diff, axis=(-2, -1))
+
+
+def population_risk(W, target, sigma) -> np.ndarray:
+    """E‖y − W x‖² = ‖W − target‖² + d σ² for x ~ N(0, I), y = target·x + N(0, σ² I) (P1)."""
+    sigma = check_real(sigma, "sigma", "population_risk", low=0.0)
+    W = check_array(W, "W", "population_risk", ndim=(2, 3, 4))
+    return excess_risk(W, target) + W.shape[-2] * sigma**2

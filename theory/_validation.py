@@ -1,0 +1,127 @@
+"""Argument checks shared by every public function.
+
+Each check raises ``ValueError`` whose message names the function, the argument, what is
+allowed and what was given, in the style of scikit-learn's parameter validation::
+
+    The 'rank' parameter of reduced_rank_regression must be an int in [1, 6]. Got 9 instead.
+
+Checks run before any work starts, so a bad call never leaves half-computed state behind.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = [
+    "check_int",
+    "check_real",
+    "check_array",
+    "check_rng",
+    "check_choice",
+]
+
+
+def _fail(func: str, name: str, allowed: str, value) -> ValueError:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return ValueError(f"The {name!r} parameter of {func} must be {allowed}. Got {shown} instead.")
+
+
+def check_int(value, name: str, func: str, *, low: int | None = None, high: int | None = None) -> int:
+    """Return ``value`` as an int if it is an integer in ``[low, high]``; raise otherwise."""
+    lo = "-inf" if low is None else str(low)
+    hi = "inf" if high is None else str(high)
+    allowed = f"an int in [{lo}, {hi}]"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise _fail(func, name, allowed, value)
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise _fail(func, name, allowed, value)
+    return value
+
+
+def check_real(
+    value,
+    name: str,
+    func: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> float:
+    """Return ``value`` as a finite float in ``[low, high]`` (``(low, high]`` if ``low_open``)."""
+    left = "(" if low_open else "["
+    lo = "-inf" if low is None else f"{low:g}"
+    hi = "inf" if high is None else f"{high:g}"
+    allowed = f"a finite real number in {left}{lo}, {hi}]"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise _fail(func, name, allowed, value)
+    value = float(value)
+    if not np.isfinite(value):
+        raise _fail(func, name, allowed, value)
+    if low is not None and (value < low or (low_open and value == low)):
+        raise _fail(func, name, allowed, value)
+    if high is not None and value > high:
+        raise _fail(func, name, allowed, value)
+    return value
+
+
+def check_array(value, name: str, func: str, *, ndim: int | tuple[int, ...], shape=None) -> np.ndarray:
+    """Return ``value`` as a finite float64 array with the given number of dimensions.
+
+    ``shape`` may fix some axes: a tuple with ``None`` where any length is allowed.
+    """
+    ndims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _fail(func, name, f"a real array with {_ndim_text(ndims)}", type(value).__name__) from None
+    if arr.ndim not in ndims:
+        raise ValueError(
+            f"The {name!r} parameter of {func} must be an array with {_ndim_text(ndims)}. "
+            f"Got an array of shape {arr.shape} instead."
+        )
+    if shape is not None:
+        want = tuple(shape)
+        got = arr.shape[-len(want):] if len(want) <= arr.ndim else arr.shape
+        if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
+            text = "(" + ", ".join("*" if w is None else str(w) for w in want) + ")"
+            raise ValueError(
+                f"The {name!r} parameter of {func} must have shape ending in {text}. "
+                f"Got an array of shape {arr.shape} instead."
+            )
+    if arr.size and not np.all(np.isfinite(arr)):
+        raise ValueError(
+            f"The {name!r} parameter of {func} must contain only finite values. "
+            f"Got {int(np.sum(~np.isfinite(arr)))} non-finite entries (NaN or inf)."
+        )
+    return arr
+
+
+def _ndim_text(ndims: tuple[int, ...]) -> str:
+    if len(ndims) == 1:
+        return f"{ndims[0]} dimensions"
+    return " or ".join(str(n) for n in ndims) + " dimensions"
+
+
+def check_rng(rng, func: str) -> np.random.Generator:
+    """SPEC 7: accept a Generator, an int seed, a SeedSequence or None."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, np.random.SeedSequence) or (
+        isinstance(rng, numbers.Integral) and not isinstance(rng, bool) and int(rng) >= 0
+    ):
+        return np.random.default_rng(rng)
+    raise _fail(func, "rng", "a numpy.random.Generator, a SeedSequence, a non-negative int or None", rng)
+
+
+def check_choice(value, name: str, func: str, choices) -> str:
+    """Return ``value`` if it is one of ``choices``."""
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        allowed = "one of " + ", ".join(repr(c) for c in choices)
+        raise _fail(func, name, allowed, value)
+    return value
