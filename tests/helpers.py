@@ -1,0 +1,28 @@
+"""Statistics and instance builders shared by the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+
+def mean_and_se(values):
+    """Sample mean and its standard error."""
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
+
+
+def frob2(M):
+    return float(np.sum(np.asarray(M) ** 2))
+
+
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+
+
+@st.composite
+def recoverable_sizes(draw, max_k=3, max_d=12):
+    """(d, k, T) with T >= 3 and d >= 3k: the regime of exact recovery (P5)."""
+    k = draw(st.integers(1, max_k))
+    d = draw(st.integers(3 * k, max(3 * k, max_d)))
+    T = draw(st.integers(3, 5))
+    return d, k, T

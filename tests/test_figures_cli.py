@@ -1,0 +1,35 @@
+"""The figure scripts and the command line, run end to end at reduced size."""
+
+import subprocess
+import sys
+
+import matplotlib.image as mpimg
+import numpy as np
+
+from loraml.cli import main
+
+
+def test_reproduce_theory_figures_fast(tmp_path):
+    assert main(["reproduce", "--only", "theory", "--fast", "--out", str(tmp_path)]) == 0
+    for name in ("finetune-rate", "retraining-samples"):
+        png = tmp_path / "theory" / f"{name}.png"
+        assert png.stat().st_size > 10_000
+        assert (tmp_path / "theory" / f"{name}.pdf").exists()
+        img = mpimg.imread(png)
+        assert img.shape[0] > 300 and img.shape[1] > 400
+        assert np.std(img) > 0.05            # not blank
+    assert not list((tmp_path / "theory").glob(".*"))   # no temporary files left behind
+
+
+def test_cli_rejects_bad_options_with_one_line():
+    proc = subprocess.run([sys.executable, "-m", "loraml.cli", "reproduce", "--only", "nope"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "invalid choice: 'nope'" in proc.stderr
+
+
+def test_cli_help_explains_options():
+    proc = subprocess.run([sys.executable, "-m", "loraml.cli", "reproduce", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for option in ("--only", "--out", "--fast"):
+        assert option in proc.stdout
