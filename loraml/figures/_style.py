@@ -1,0 +1,53 @@
+"""One look for every figure: colours fixed per method, paper-size fonts, atomic saving."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {
+    "LoRA-ML": "#1f77b4",
+    "SR": "#d62728",
+    "prediction": "#222222",
+}
+
+RC = {
+    "figure.dpi": 110,
+    "savefig.dpi": 160,
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "legend.fontsize": 7.5,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "svg.hashsalt": "loraml",
+}
+
+
+def save(fig, path: Path, *, pdf: bool = True) -> list[Path]:
+    """Write ``fig`` to ``path`` (PNG) and a PDF beside it, each atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for suffix in [".png"] + ([".pdf"] if pdf else []):
+        target = path.with_suffix(suffix)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=suffix)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, bbox_inches="tight", metadata={"Software": None} if suffix == ".png"
+                        else {"Creator": None, "Producer": None, "CreationDate": None})
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        out.append(target)
+    plt.close(fig)
+    return out
