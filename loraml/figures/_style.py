@@ -44,6 +44,7 @@ def save(fig, path: Path, *, pdf: bool = True) -> list[Path]:
         try:
             fig.savefig(tmp, bbox_inches="tight", metadata={"Software": None} if suffix == ".png"
                         else {"Creator": None, "Producer": None, "CreationDate": None})
+            os.chmod(tmp, 0o644)
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
