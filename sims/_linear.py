@@ -1,0 +1,363 @@
+"""The paper's linear experiments (spec §5.1) as a batched engine.
+
+A :class:`LinearConfig` describes one sweep: one parameter (T, n, N, d or k) takes several
+values, the others stay at their defaults. The sweep expands into **chunks** — one swept value ×
+a block of trials — and every trial draws its randomness from its own stream
+``SeedSequence(seed).spawn(len(values) * runs)[value_index * runs + trial]``, so a trial's
+numbers never depend on which chunk, batch, process or order computed it.
+
+All trials of one value share their array shapes and advance together: retraining by the
+paper's alternating gradient descent (:func:`theory.paper_gd`) on per-task sufficient statistics,
+SR in closed form or by the paper's gradient descent with stray adapters, then LoRA fine-tuning
+of U Vᵀ by gradient descent for both bases at once. Python loops run over optimisation steps
+only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from theory import paper_gd, reduced_rank_regression
+from theory._validation import check_choice, check_int, check_real
+
+__all__ = [
+    "LinearConfig",
+    "linear_sweep",
+    "PRESETS",
+    "SWEEPS",
+    "simulate_chunk",
+    "METHODS",
+]
+
+METHODS = ("LoRA-ML", "SR")
+
+#: The paper's five sweeps: swept values and fine-tuning steps (spec §5.1).
+SWEEPS = {
+    "T": {"values": (2, 3, 5), "ft_steps": 10000},
+    "n": {"values": (100, 1000, 10000), "ft_steps": 1000},
+    "N": {"values": (100, 1000, 10000), "ft_steps": 1000},
+    "d": {"values": (5, 10, 20), "ft_steps": 1400},
+    "k": {"values": (1, 2, 3), "ft_steps": 10000},
+}
+
+#: Protocol switches of the two presets (spec §5.1, quirks Q1–Q4; both presets are seeded, Q5).
+PRESETS = {
+    "paper": {"noise": "sigma_squared", "sr": "stray_adapters", "truth": "shared", "metric": "in_sample_sum"},
+    "clean": {"noise": "sigma", "sr": "closed_form", "truth": "per_trial", "metric": "excess_risk"},
+}
+
+
+def _doc(text):
+    return field(metadata={"doc": text})
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    """One linear sweep, frozen and validated. Its content hash names its results."""
+
+    vary: str = field(metadata={"doc": "the swept parameter: one of T, n, N, d, k"})
+    values: tuple = field(metadata={"doc": "the values the swept parameter takes"})
+    preset: str = field(default="paper", metadata={"doc": "'paper' (quirks Q1–Q4) or 'clean'"})
+    runs: int = field(default=5, metadata={"doc": "independent trials per value"})
+    seed: int = field(default=0, metadata={"doc": "root of every random stream (SeedSequence)"})
+    d: int = field(default=10, metadata={"doc": "input and output dimension"})
+    k: int = field(default=1, metadata={"doc": "adapter rank of the ground truth and of retraining"})
+    T: int = field(default=3, metadata={"doc": "number of retraining tasks"})
+    N: int = field(default=5000, metadata={"doc": "samples per retraining task"})
+    n: int = field(default=100, metadata={"doc": "samples of the test task (fine-tuning)"})
+    sigma: float = field(default=0.1, metadata={"doc": "noise level σ (Q1: the paper preset uses std σ²)"})
+    outer_steps: int = field(default=3000, metadata={"doc": "retraining outer iterations (A steps)"})
+    inner_steps: int = field(default=10, metadata={"doc": "adapter steps per outer iteration"})
+    lr_A: float = field(default=0.03, metadata={"doc": "retraining step size of the base A"})
+    lr_U: float = field(default=0.003, metadata={"doc": "retraining step size of the adapters U_t"})
+    init_scale: float = field(default=0.1, metadata={"doc": "std of the random adapter initialisation"})
+    ft_steps: int = field(default=10000, metadata={"doc": "fine-tuning gradient steps"})
+    ft_lr: float = field(default=0.005, metadata={"doc": "fine-tuning step size"})
+    ft_rank_factor_T2: int = field(default=3, metadata={"doc": "fine-tuning rank is this × k when T = 2"})
+    record_every: int = field(default=0, metadata={"doc": "record the test loss every this many steps "
+                                                           "(0: about 500 points per curve)"})
+    chunk_trials: int = field(default=0, metadata={"doc": "trials per stored chunk (0: all runs in one)"})
+    noise: str = field(default="", metadata={"doc": "'sigma' or 'sigma_squared' (Q1); set by the preset"})
+    sr: str = field(default="", metadata={"doc": "'closed_form' or 'stray_adapters' (Q2); set by the preset"})
+    truth: str = field(default="", metadata={"doc": "'per_trial' or 'shared' (Q3); set by the preset"})
+    metric: str = field(default="", metadata={"doc": "'excess_risk' or 'in_sample_sum' (Q4); set by the preset"})
+
+    def __post_init__(self):
+        func = "LinearConfig"
+        check_choice(self.vary, "vary", func, tuple(SWEEPS))
+        check_choice(self.preset, "preset", func, tuple(PRESETS))
+        if isinstance(self.values, (str, bytes)) or not hasattr(self.values, "__iter__"):
+            raise ValueError(f"The 'values' parameter of {func} must be a sequence of numbers. Got {self.values!r}.")
+        values = tuple(self.values)
+        if not values or len(set(values)) != len(values):
+            raise ValueError(f"The 'values' parameter of {func} must be non-empty without repeats. Got {values!r}.")
+        for name, low in (("runs", 1), ("d", 1), ("k", 1), ("T", 2), ("N", 1), ("n", 1), ("outer_steps", 0),
+                          ("inner_steps", 0), ("ft_steps", 0), ("ft_rank_factor_T2", 1), ("record_every", 0),
+                          ("chunk_trials", 0), ("seed", 0)):
+            object.__setattr__(self, name, check_int(getattr(self, name), name, func, low=low))
+        for name in ("sigma", "lr_A", "lr_U", "init_scale", "ft_lr"):
+            object.__setattr__(self, name, check_real(getattr(self, name), name, func, low=0.0))
+        swept_low = {"T": 2, "n": 1, "N": 1, "d": 1, "k": 1}[self.vary]
+        values = tuple(check_int(v, "values", func, low=swept_low) for v in values)
+        object.__setattr__(self, "values", values)
+        for switch, choices in (("noise", ("sigma", "sigma_squared")), ("sr", ("closed_form", "stray_adapters")),
+                                ("truth", ("per_trial", "shared")), ("metric", ("excess_risk", "in_sample_sum"))):
+            if getattr(self, switch) == "":
+                object.__setattr__(self, switch, PRESETS[self.preset][switch])
+            check_choice(getattr(self, switch), switch, func, choices)
+        for v in values:
+            p = self.params(v)
+            if p["k"] > p["d"] or self.ft_rank(v) > p["d"]:
+                raise ValueError(
+                    f"{func}: at {self.vary} = {v} the ranks exceed d = {p['d']} (k = {p['k']}, "
+                    f"fine-tuning rank {self.ft_rank(v)}); choose k <= d (and 3k <= d when T = 2)."
+                )
+
+    # -- derived quantities -----------------------------------------------------------------
+    def params(self, value) -> dict:
+        """(d, k, T, N, n) at one swept value."""
+        p = {name: getattr(self, name) for name in ("d", "k", "T", "N", "n")}
+        p[self.vary] = int(value)
+        return p
+
+    def ft_rank(self, value) -> int:
+        p = self.params(value)
+        return p["k"] * (self.ft_rank_factor_T2 if p["T"] == 2 else 1)
+
+    @property
+    def noise_std(self) -> float:
+        return self.sigma**2 if self.noise == "sigma_squared" else self.sigma
+
+    @property
+    def stride(self) -> int:
+        return self.record_every or max(1, self.ft_steps // 500)
+
+    @property
+    def block(self) -> int:
+        return self.chunk_trials or self.runs
+
+    def chunks(self) -> list[tuple[int, tuple[int, ...]]]:
+        """(value index, trial indices) of every chunk, in a fixed order."""
+        blocks = [tuple(range(s, min(s + self.block, self.runs))) for s in range(0, self.runs, self.block)]
+        return [(i, b) for i in range(len(self.values)) for b in blocks]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def key(self) -> str:
+        """Content hash of everything that determines the numbers (the chunking excluded)."""
+        d = self.to_dict()
+        d.pop("chunk_trials")
+        blob = json.dumps(d, sort_keys=True, default=list).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @classmethod
+    def describe(cls) -> str:
+        """One line per field: name, default and what it means."""
+        lines = []
+        for f in dataclasses.fields(cls):
+            default = "" if f.default is dataclasses.MISSING else f" (default {f.default!r})"
+            lines.append(f"{f.name}{default}: {f.metadata.get('doc', '')}")
+        return "\n".join(lines)
+
+
+def linear_sweep(vary, values=None, *, preset="paper", runs=5, seed=0, **overrides) -> LinearConfig:
+    """The frozen config of one of the paper's linear sweeps.
+
+    Parameters
+    ----------
+    vary : {"T", "n", "N", "d", "k"}
+        The swept parameter.
+    values : sequence of int, optional
+        Its values (default: the paper's, spec §5.1).
+    preset : {"paper", "clean"}
+        ``paper`` reproduces the authors' protocol with quirks Q1–Q4; ``clean`` fixes them.
+    runs, seed : int
+        Trials per value and the root seed.
+    **overrides
+        Any other :class:`LinearConfig` field (e.g. ``ft_steps``, ``outer_steps``, ``sigma``).
+
+    Examples
+    --------
+    >>> cfg = linear_sweep("T")
+    >>> cfg.values, cfg.ft_steps, cfg.noise
+    ((2, 3, 5), 10000, 'sigma_squared')
+    """
+    check_choice(vary, "vary", "linear_sweep", tuple(SWEEPS))
+    names = {f.name for f in dataclasses.fields(LinearConfig)} - {"vary", "values", "preset", "runs", "seed"}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"linear_sweep got unknown option(s) {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(sorted(names))}.")
+    spec = SWEEPS[vary]
+    kwargs = {"ft_steps": spec["ft_steps"], **overrides}
+    return LinearConfig(vary=vary, values=tuple(spec["values"] if values is None else values), preset=preset,
+                        runs=runs, seed=seed, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# The engine
+
+
+def _trial_streams(config: LinearConfig, value_index: int, trials) -> list[np.random.Generator]:
+    children = np.random.SeedSequence(config.seed).spawn(len(config.values) * config.runs)
+    return [np.random.default_rng(children[value_index * config.runs + t]) for t in trials]
+
+
+def _shared_truth(config: LinearConfig):
+    """Q3: one ground truth drawn at the largest sizes of the sweep, sliced for every value."""
+    dmax = max(config.params(v)["d"] for v in config.values)
+    kmax = max(config.params(v)["k"] for v in config.values)
+    Tmax = max(config.params(v)["T"] for v in config.values)
+    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(2**31 - 1,)))
+    G = rng.standard_normal((dmax, dmax))
+    return (G + G.T) / 2, rng.standard_normal((Tmax + 1, dmax, kmax))
+
+
+def _draw_trial(config: LinearConfig, value, rng, shared, *, keep_data: bool = False):
+    """Everything random about one trial, drawn in a fixed order from its own stream.
+
+    The engine keeps only the sufficient statistics; ``keep_data`` also returns the full
+    retraining matrices ``X``, ``Y`` (for the per-run reference implementation)."""
+    p = config.params(value)
+    d, k, T, N, n = p["d"], p["k"], p["T"], p["N"], p["n"]
+    r = config.ft_rank(value)
+    if config.truth == "shared":
+        A_full, U_full = shared
+        A_star = A_full[:d, :d]
+        U_star = np.concatenate([U_full[:T, :d, :k], U_full[-1:, :d, :k]])  # the test task is the last one
+    else:
+        G = rng.standard_normal((d, d))
+        A_star = (G + G.T) / 2
+        U_star = rng.standard_normal((T + 1, d, k))
+    W = A_star + U_star @ np.swapaxes(U_star, -1, -2)
+    std = config.noise_std
+    X = rng.standard_normal((T, N, d))
+    Y = X @ np.swapaxes(W[:T], -1, -2) + std * rng.standard_normal((T, N, d))
+    S = np.swapaxes(X, -1, -2) @ X / N
+    C = np.swapaxes(np.swapaxes(X, -1, -2) @ Y, -1, -2) / N
+    X_test = rng.standard_normal((n, d))
+    Y_test = X_test @ W[T].T + std * rng.standard_normal((n, d))
+    extra = {"X": X, "Y": Y} if keep_data else {}
+    return {
+        **extra,
+        "A_star": A_star, "target": W[T], "S": S, "C": C, "X_test": X_test, "Y_test": Y_test,
+        "U0": config.init_scale * rng.standard_normal((T, d, k)),
+        "U_stray": config.init_scale * rng.standard_normal((T, d, k)),
+        "ft_U": config.init_scale * rng.standard_normal((len(METHODS), d, r)),
+        "ft_V": config.init_scale * rng.standard_normal((len(METHODS), d, r)),
+    }
+
+
+def _sr_gd(S, C, U_stray, config: LinearConfig):
+    """Q2: the authors' SR learner. T untrained adapters ride in the forward pass on the pooled
+    data, so A's gradient is a sum of T copies: A ← A − lr_A Σ_t ((A + R_t) S̄ − C̄)."""
+    S_bar, C_bar = S.mean(axis=-3), C.mean(axis=-3)
+    R = U_stray @ np.swapaxes(U_stray, -1, -2)
+    T = S.shape[-3]
+    shift = R.sum(axis=-3) @ S_bar
+    A = np.zeros(S_bar.shape)
+    for _ in range(config.outer_steps):
+        A = A - config.lr_A * (T * (A @ S_bar - C_bar) + shift)
+    return A
+
+
+def _metric(E, S_test, n, metric):
+    if metric == "excess_risk":
+        return np.sum(E * E, axis=(-2, -1))
+    return n * np.sum((E @ S_test) * E, axis=(-2, -1))   # ‖E Xᵀ‖² = n tr(E S Eᵀ)
+
+
+def _finetune(bases, target, X_test, Y_test, U, V, config: LinearConfig):
+    """GD on (1/2n)‖Y − X(Â + UVᵀ)ᵀ‖² for a batch of bases; returns the recorded test losses."""
+    n = X_test.shape[-2]
+    S = np.swapaxes(X_test, -1, -2) @ X_test / n           # (B, d, d)
+    C = np.swapaxes(np.swapaxes(X_test, -1, -2) @ Y_test, -1, -2) / n
+    S, C, target = S[None], C[None], target[None]           # broadcast over the method axis
+    P = bases @ S - C                                       # gradient at Δ = 0
+    E0 = target - bases
+    stride = config.stride
+    steps = list(range(0, config.ft_steps + 1, stride))
+    if steps[-1] != config.ft_steps:
+        steps.append(config.ft_steps)
+    out = np.empty(bases.shape[:-2] + (len(steps),))
+    swap = lambda M: np.swapaxes(M, -1, -2)  # noqa: E731
+    j = 0
+    for step in range(config.ft_steps + 1):
+        if step == steps[j]:
+            out[..., j] = _metric(E0 - U @ swap(V), S, n, config.metric)
+            j += 1
+            if j == len(steps):
+                break
+        G = P + U @ (swap(V) @ S)                           # ∇_Δ at Δ = UVᵀ
+        U, V = U - config.ft_lr * (G @ V), V - config.ft_lr * (swap(G) @ U)
+    return np.array(steps), out
+
+
+def simulate_chunk(config: LinearConfig, value_index: int, trials) -> pd.DataFrame:
+    """Run the trials of one chunk (one swept value) as one batch; return the tidy table.
+
+    Columns: method, vary, value, trial, step, test_loss, A_error (‖Â − A*‖²), optimum (the
+    Lemma 1 fine-tuning optimum in the same metric), retrain_loss (the LoRA-ML / SR training
+    objective at the end), preset.
+    """
+    trials = tuple(int(t) for t in trials)
+    value = config.values[value_index]
+    p = config.params(value)
+    shared = _shared_truth(config) if config.truth == "shared" else None
+    draws = [_draw_trial(config, value, rng, shared) for rng in _trial_streams(config, value_index, trials)]
+    stack = {key: np.stack([dr[key] for dr in draws]) for key in draws[0]}
+    S, C = stack["S"], stack["C"]
+
+    A_ml, U_ml = paper_gd(S, C, np.zeros((len(trials), p["d"], p["d"])), stack["U0"],
+                          outer_steps=config.outer_steps, inner_steps=config.inner_steps,
+                          lr_A=config.lr_A, lr_U=config.lr_U)
+    if config.sr == "closed_form":
+        A_sr = np.linalg.solve(S.sum(axis=-3), np.swapaxes(C.sum(axis=-3), -1, -2)).swapaxes(-1, -2)
+    else:
+        A_sr = _sr_gd(S, C, stack["U_stray"], config)
+    bases = np.stack([A_ml, A_sr])                          # (method, trial, d, d)
+
+    # Retraining objectives (without the constant): LoRA-ML's F̂ and SR's pooled loss.
+    def quad(W):
+        return np.mean(0.5 * np.sum((W @ S) * W, axis=(-2, -1)) - np.sum(W * C, axis=(-2, -1)), axis=-1)
+    retrain = np.stack([quad(A_ml[:, None] + U_ml @ np.swapaxes(U_ml, -1, -2)), quad(A_sr[:, None])])
+
+    U = np.swapaxes(stack["ft_U"], 0, 1)                    # (method, trial, d, r)
+    V = np.swapaxes(stack["ft_V"], 0, 1)
+    steps, losses = _finetune(bases, stack["target"], stack["X_test"], stack["Y_test"], U, V, config)
+
+    # Lemma 1: the optimal rank-r update on the test data, scored with the same metric.
+    r = config.ft_rank(value)
+    X_test, Y_test, target = stack["X_test"], stack["Y_test"], stack["target"]
+    n = X_test.shape[-2]
+    S_test = np.swapaxes(X_test, -1, -2) @ X_test / n
+    optimum = np.empty((len(METHODS), len(trials)))
+    for m in range(len(METHODS)):
+        delta = reduced_rank_regression(X_test, Y_test - X_test @ np.swapaxes(bases[m], -1, -2), r)
+        optimum[m] = _metric(target - bases[m] - delta, S_test, n, config.metric)
+    A_error = np.sum((bases - stack["A_star"][None]) ** 2, axis=(-2, -1))
+
+    M, B, K = len(METHODS), len(trials), len(steps)
+    idx_m = np.repeat(np.arange(M), B * K)
+    idx_t = np.tile(np.repeat(np.arange(B), K), M)
+    frame = pd.DataFrame({
+        "method": pd.Categorical(np.asarray(METHODS)[idx_m], categories=list(METHODS)),
+        "vary": config.vary,
+        "value": np.int64(value),
+        "trial": np.asarray(trials, dtype=np.int64)[idx_t],
+        "step": np.tile(steps.astype(np.int64), M * B),
+        "test_loss": losses.reshape(-1),
+        "A_error": A_error[idx_m, idx_t],
+        "optimum": optimum[idx_m, idx_t],
+        "retrain_loss": retrain[idx_m, idx_t],
+        "preset": config.preset,
+    })
+    return frame
