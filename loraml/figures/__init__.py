@@ -1,9 +1,14 @@
 """Figures: how the plots look and where they land. They read tables from ``sims``."""
 
 from ._style import COLORS as COLORS
+from .linear import make_linear_figures as make_linear_figures
 from .theory_checks import make_theory_figures as make_theory_figures
 
-#: Every figure group `loraml reproduce` knows, in order.
-GROUPS = {"theory": make_theory_figures}
+#: Every figure group `loraml reproduce` knows, in order. Each is called as
+#: ``make(out, fast=..., **options)`` and returns the paths it wrote.
+GROUPS = {
+    "theory": make_theory_figures,
+    "linear": make_linear_figures,
+}
 
-__all__ = ["COLORS", "GROUPS", "make_theory_figures"]
+__all__ = ["COLORS", "GROUPS", "make_linear_figures", "make_theory_figures"]

@@ -13,7 +13,7 @@ from ._style import COLORS, RC, plt, save
 __all__ = ["make_theory_figures", "plot_finetune_rate", "plot_retraining_samples"]
 
 
-def plot_finetune_rate(table, path: Path) -> list[Path]:
+def plot_finetune_rate(table, path: Path, *, pdf: bool = True) -> list[Path]:
     """Log–log test-task excess risk against n, one panel per k."""
     ks = sorted(table["k"].unique())
     with plt.rc_context(RC):
@@ -42,10 +42,10 @@ def plot_finetune_rate(table, path: Path) -> list[Path]:
         fig.suptitle(f"Rank-k fine-tuning from the retrained base (d = {d}, T = 3, σ = 0.1; "
                      "mean and min–max over runs)", fontsize=9)
         fig.tight_layout(rect=(0, 0.08, 1, 1))
-        return save(fig, path)
+        return save(fig, path, pdf=pdf)
 
 
-def plot_retraining_samples(table, path: Path) -> list[Path]:
+def plot_retraining_samples(table, path: Path, *, pdf: bool = True) -> list[Path]:
     """Log–log ‖Â − A*‖² against N for LoRA-ML and SR, with a 1/N guide."""
     with plt.rc_context(RC):
         fig, ax = plt.subplots(figsize=(3.6, 2.8))
@@ -67,7 +67,7 @@ def plot_retraining_samples(table, path: Path) -> list[Path]:
         ax.set_title("P10: retrained base error (d = 8, k = 1, T = 3, σ = 0.5)")
         ax.legend(loc="center right")
         fig.tight_layout()
-        return save(fig, path)
+        return save(fig, path, pdf=pdf)
 
 
 def make_theory_figures(out: Path, *, fast: bool = False) -> list[Path]:
@@ -77,8 +77,8 @@ def make_theory_figures(out: Path, *, fast: bool = False) -> list[Path]:
     rate = sims.finetune_rate_table(reps=reps, ns=(30, 120, 1000) if fast else
                                     (30, 60, 120, 250, 500, 1000, 2000, 4000))
     rate.attrs["d"] = 10
-    paths = plot_finetune_rate(rate, out / "finetune-rate.png")
+    paths = plot_finetune_rate(rate, out / "finetune-rate.png", pdf=not fast)
     samples = sims.retraining_samples_table(reps=2 if fast else 6,
                                             Ns=(250, 1000) if fast else (250, 1000, 4000, 16000))
-    paths += plot_retraining_samples(samples, out / "retraining-samples.png")
+    paths += plot_retraining_samples(samples, out / "retraining-samples.png", pdf=not fast)
     return paths

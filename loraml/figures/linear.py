@@ -1,0 +1,75 @@
+"""The paper's five linear figures: test-task loss against fine-tuning iteration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+import sims
+
+from ._style import COLORS, RC, plt, save
+
+__all__ = ["make_linear_figures", "plot_linear_sweep", "run_linear_sweeps"]
+
+_SYMBOL = {"T": "T", "n": "n", "N": "N", "d": "d", "k": "k"}
+_YLABEL = {
+    "in_sample_sum": "test loss (in-sample, summed)\n" + r"$\|(A^*_{T+1}-\hat A-\Delta)X^\top\|_F^2$",
+    "excess_risk": "excess risk\n" + r"$\|\hat A+\Delta-A^*_{T+1}\|_F^2$",
+}
+
+
+def plot_linear_sweep(table, path: Path, *, metric: str, title: str, pdf: bool = True) -> list[Path]:
+    """One panel per swept value: mean over runs with a min–max band, Lemma 1 optimum dotted."""
+    vary = table["vary"].iloc[0]
+    values = sorted(table["value"].unique())
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(1, len(values), figsize=(2.5 * len(values) + 0.7, 2.7), sharey=True)
+        axes = np.atleast_1d(axes)
+        for ax, value in zip(axes, values):
+            sub = table[table["value"] == value]
+            for method in ("LoRA-ML", "SR"):
+                m = sub[sub["method"] == method]
+                g = m.groupby("step")["test_loss"]
+                steps = g.mean().index.to_numpy()
+                ax.plot(steps, g.mean(), color=COLORS[method], lw=1.4, label=method)
+                ax.fill_between(steps, g.min(), g.max(), color=COLORS[method], alpha=0.18, lw=0)
+                opt = m.groupby("trial")["optimum"].first().mean()
+                ax.axhline(opt, color=COLORS[method], ls=":", lw=1.1,
+                           label=f"{method}: Lemma 1 optimum")
+            ax.set_yscale("log")
+            ax.set_title(f"{_SYMBOL[vary]} = {value}")
+            ax.set_xlabel("fine-tuning iteration")
+            ax.margins(x=0)
+        axes[0].set_ylabel(_YLABEL[metric])
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, -0.02))
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
+        return save(fig, path, pdf=pdf)
+
+
+def run_linear_sweeps(*, preset="paper", store="results", executor="processes", fast=False, progress=True,
+                      sweeps=("T", "n", "N", "d", "k")):
+    """Run (or read from the store) the five sweeps; returns {vary: (config, table)}."""
+    out = {}
+    for vary in sweeps:
+        overrides = {}
+        if fast:
+            overrides = dict(outer_steps=100, ft_steps=100)
+        cfg = sims.linear_sweep(vary, preset=preset, runs=2 if fast else 5, **overrides)
+        out[vary] = (cfg, sims.run(cfg, executor=executor, store=store, progress=progress))
+    return out
+
+
+def make_linear_figures(out: Path, *, fast: bool = False, preset: str = "paper", store="results",
+                        executor="processes", progress: bool = True) -> list[Path]:
+    """Regenerate ``<out>/linear/vary-<param>.png`` (paper preset) or ``<out>/linear-clean/``."""
+    folder = Path(out) / ("linear" if preset == "paper" else f"linear-{preset}")
+    paths = []
+    for vary, (cfg, table) in run_linear_sweeps(preset=preset, store=store, executor=executor, fast=fast,
+                                                               progress=progress).items():
+        title = (f"Vary {vary} ({preset} preset; d={cfg.d}, k={cfg.k}, T={cfg.T}, N={cfg.N}, n={cfg.n}, "
+                 f"σ={cfg.sigma} unless swept; {cfg.runs} runs, mean and min–max)")
+        paths += plot_linear_sweep(table, folder / f"vary-{vary}.png", metric=cfg.metric, title=title, pdf=not fast)
+    return paths
