@@ -146,9 +146,9 @@ def test_same_config_same_table_whatever_chunking_or_executor(tmp_path):
     by_trial = sims.run(sims.linear_sweep("T", (2, 3), runs=4, chunk_trials=1, **SMALL), progress=False)
     in_pool = sims.run(sims.linear_sweep("T", (2, 3), runs=4, chunk_trials=3, **SMALL), executor="processes",
                        progress=False, store=tmp_path)
-    pd.testing.assert_frame_equal(ref, by_trial)
-    pd.testing.assert_frame_equal(ref, in_pool)
-    pd.testing.assert_frame_equal(ref, sims.read_store(tmp_path / f"linear-{base.key}"))
+    pd.testing.assert_frame_equal(ref, by_trial, check_exact=True)
+    pd.testing.assert_frame_equal(ref, in_pool, check_exact=True)
+    pd.testing.assert_frame_equal(ref, sims.read_store(tmp_path / f"linear-{base.key}"), check_exact=True)
     assert set(ref.columns) >= {"method", "vary", "value", "trial", "step", "test_loss", "A_error"}
 
 
@@ -174,7 +174,7 @@ def test_interrupted_sweep_resumes_to_the_same_table(tmp_path):
     computed = []
     resumed = sims.run(cfg, store=tmp_path, progress=False, on_chunk=lambda v, t: computed.append((v, t)))
     assert len(computed) == len(cfg.chunks()) - 3           # only the missing chunks ran
-    pd.testing.assert_frame_equal(resumed, full)
+    pd.testing.assert_frame_equal(resumed, full, check_exact=True)
     again = []
     sims.run(cfg, store=tmp_path, progress=False, on_chunk=lambda v, t: again.append(v))
     assert again == []                                      # a finished sweep is free
@@ -196,7 +196,7 @@ def test_killed_cli_sweep_resumes_to_the_same_table(tmp_path):
     subprocess.run(args, check=True, capture_output=True)
     subprocess.run(args[:-1] + [str(tmp_path / "b")], check=True, capture_output=True)
     (fa,), (fb,) = list((tmp_path / "a").glob("linear-*")), list((tmp_path / "b").glob("linear-*"))
-    pd.testing.assert_frame_equal(sims.read_store(fa), sims.read_store(fb))
+    pd.testing.assert_frame_equal(sims.read_store(fa), sims.read_store(fb), check_exact=True)
 
 
 # ------------------------------------------------------------------------------- CLI
