@@ -308,3 +308,18 @@ def test_P10_loraml_base_error_decays_like_one_over_N_while_SR_does_not():
     # SR's base error tends to ‖R̄*‖² (it does not decay): within the P2 fluctuation, far above LoRA-ML.
     np.testing.assert_allclose(np.mean(sr2), np.mean(rbar), rtol=0.05)
     assert np.mean(sr2) > 0.9 * np.mean(sr1) and np.mean(sr2) > 1e3 * m2
+
+
+def test_fit_from_statistics_equals_fit_from_data(rng):
+    truth = th.sample_ground_truth(6, 2, 3, rng=rng)
+    X, Y = _xy(truth, 80, 0.3, rng)
+    S, C, e = th.task_statistics(X, Y)
+    a = th.fit_loraml(X, Y, 2, rng=1)
+    b = th.fit_loraml_from_statistics(S, C, 2, rng=1)
+    np.testing.assert_allclose(b.A, a.A, atol=1e-9)
+    np.testing.assert_allclose(b.R, a.R, atol=1e-9)
+    # The reported loss is the excess over per-task least squares.
+    per_task = np.mean([0.5 * frob2(Y[t] - X[t] @ np.linalg.lstsq(X[t], Y[t], rcond=None)[0]) / 80 for t in range(3)])
+    np.testing.assert_allclose(b.loss, a.loss - per_task, rtol=1e-8, atol=1e-12)
+    with pytest.raises(ValueError, match="'S'"):
+        th.fit_loraml_from_statistics(C, C, 2, rng=0)

@@ -20,6 +20,7 @@ from ._retraining import LoraMLFit as LoraMLFit
 from ._retraining import Objective as Objective
 from ._retraining import finetune_lora as finetune_lora
 from ._retraining import fit_loraml as fit_loraml
+from ._retraining import fit_loraml_from_statistics as fit_loraml_from_statistics
 from ._retraining import fit_loraml_population as fit_loraml_population
 from ._retraining import loraml_objective as loraml_objective
 from ._retraining import paper_gd as paper_gd
@@ -37,6 +38,7 @@ __all__ = [
     "excess_risk",
     "finetune_lora",
     "fit_loraml",
+    "fit_loraml_from_statistics",
     "fit_loraml_population",
     "loraml_objective",
     "paper_gd",

@@ -29,6 +29,7 @@ __all__ = [
     "loraml_objective",
     "fit_loraml",
     "fit_loraml_population",
+    "fit_loraml_from_statistics",
     "finetune_lora",
     "PAPER_DEFAULTS",
 ]
@@ -339,6 +340,36 @@ def fit_loraml(X, Y, k, *, rng, method: str = "exact", **options) -> LoraMLFit:
     opts = _check_options(options, method, func)
     rng = check_rng(rng, func)
     return _fit(_Quadratic.from_data(X, Y), k, rng, method, opts)
+
+
+def fit_loraml_from_statistics(S, C, k, *, rng, method: str = "exact", **options) -> LoraMLFit:
+    """LoRA-ML retraining from per-task sufficient statistics S_t = X_tᵀX_t/N, C_t = Y_tᵀX_t/N.
+
+    The same objective and minimisers as :func:`fit_loraml`; only the constant differs, since
+    the statistics do not carry ‖Y_t‖²: ``loss`` is reported as F̂ − (1/T) Σ_t min_W L̂_t(W),
+    the excess over separate per-task least squares (≥ 0). Use this when the data themselves
+    are not kept (the batched engines keep only S and C).
+
+    Parameters
+    ----------
+    S, C : arrays (T, d, d)
+    k : int in [1, d]
+    rng, method, **options : as in :func:`fit_loraml`.
+    """
+    func = "fit_loraml_from_statistics"
+    S = check_array(S, "S", func, ndim=3)
+    C = check_array(C, "C", func, ndim=3, shape=S.shape)
+    if S.shape[-1] != S.shape[-2] or not np.allclose(S, np.swapaxes(S, -1, -2), rtol=1e-10, atol=1e-12):
+        raise ValueError(f"The 'S' parameter of {func} must be a stack of symmetric (T, d, d) matrices. "
+                         f"Got shape {S.shape}.")
+    k = check_int(k, "k", func, low=1, high=S.shape[-1])
+    method = check_choice(method, "method", func, ("exact", "paper"))
+    opts = _check_options(options, method, func)
+    rng = check_rng(rng, func)
+    # Without ‖Y_t‖² the irreducible part is unknown; e_t = 0 makes the floor 0 (clipped), so the
+    # reported loss is F̂ − (1/T) Σ_t min_W L̂_t(W): the excess over per-task least squares.
+    quad = _Quadratic(S, C, np.zeros(S.shape[0]), 1.0 / S.shape[0])
+    return _fit(quad, k, rng, method, opts)
 
 
 def fit_loraml_population(truth: GroundTruth, k, *, rng, method: str = "exact", **options) -> LoraMLFit:
