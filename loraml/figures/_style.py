@@ -15,6 +15,7 @@ COLORS = {
     "LoRA-ML": "#1f77b4",
     "SR": "#d62728",
     "prediction": "#222222",
+    "exact": "#2ca02c",
 }
 
 RC = {

@@ -34,9 +34,12 @@ def plot_linear_sweep(table, path: Path, *, metric: str, title: str, pdf: bool =
                 steps = g.mean().index.to_numpy()
                 ax.plot(steps, g.mean(), color=COLORS[method], lw=1.4, label=method)
                 ax.fill_between(steps, g.min(), g.max(), color=COLORS[method], alpha=0.18, lw=0)
-                opt = m.groupby("trial")["optimum"].first().mean()
-                ax.axhline(opt, color=COLORS[method], ls=":", lw=1.1,
+                per_trial = m.groupby("trial")[["optimum", "optimum_exact"]].first().mean()
+                ax.axhline(per_trial["optimum"], color=COLORS[method], ls=":", lw=1.1,
                            label=f"{method}: Lemma 1 optimum")
+                if method == "LoRA-ML" and np.isfinite(per_trial["optimum_exact"]):
+                    ax.axhline(per_trial["optimum_exact"], color=COLORS["exact"], ls="-.", lw=1.0,
+                               label="exact LoRA-ML retraining + Lemma 1")
             ax.set_yscale("log")
             ax.set_title(f"{_SYMBOL[vary]} = {value}")
             ax.set_xlabel("fine-tuning iteration")
