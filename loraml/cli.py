@@ -29,9 +29,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "Sweep results are cached in --store, so a rerun only plots.")
     r.add_argument("--only", choices=GROUP_NAMES, action="append",
                    help="regenerate only this figure group (repeatable); default: all groups")
-    r.add_argument("--preset", choices=("paper", "clean"), default="paper",
+    r.add_argument("--preset", choices=("paper", "clean", "both"), default="both",
                    help="protocol of the linear sweeps: 'paper' (the authors' quirks Q1-Q4, written to "
-                        "figures/linear/) or 'clean' (written to figures/linear-clean/); default: paper")
+                        "figures/linear/), 'clean' (written to figures/linear-clean/) or both (default)")
     _common(r)
     r.add_argument("--out", type=Path, default=Path("figures"),
                    help="folder the figure groups are written under (default: ./figures)")

@@ -44,8 +44,8 @@ def test_cli_knows_every_figure_group():
 def test_reproduce_linear_figures_fast(tmp_path):
     assert main(["reproduce", "--only", "linear", "--fast", "--out", str(tmp_path / "figs"),
                  "--store", str(tmp_path / "results"), "--executor", "serial", "--quiet"]) == 0
-    for vary in "TnNdk":
-        png = tmp_path / "figs" / "linear" / f"vary-{vary}.png"
-        img = mpimg.imread(png)
-        assert img.shape[1] > 600 and np.std(img) > 0.05
-    assert len(list((tmp_path / "results").glob("linear-*"))) == 5
+    for folder in ("linear", "linear-clean"):
+        for vary in "TnNdk":
+            img = mpimg.imread(tmp_path / "figs" / folder / f"vary-{vary}.png")
+            assert img.shape[1] > 600 and np.std(img) > 0.05
+    assert len(list((tmp_path / "results").glob("linear-*"))) == 10

@@ -46,9 +46,10 @@ def plot_linear_sweep(table, path: Path, *, metric: str, title: str, pdf: bool =
             ax.margins(x=0)
         axes[0].set_ylabel(_YLABEL[metric])
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, -0.02))
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False,
+                   bbox_to_anchor=(0.5, -0.03), fontsize=7, handlelength=2.2, columnspacing=1.2)
         fig.suptitle(title, fontsize=9)
-        fig.tight_layout(rect=(0, 0.07, 1, 1))
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
         return save(fig, path, pdf=pdf)
 
 
@@ -67,7 +68,10 @@ def run_linear_sweeps(*, preset="paper", store="results", executor="processes", 
 
 def make_linear_figures(out: Path, *, fast: bool = False, preset: str = "paper", store="results",
                         executor="processes", progress: bool = True) -> list[Path]:
-    """Regenerate ``<out>/linear/vary-<param>.png`` (paper preset) or ``<out>/linear-clean/``."""
+    """Regenerate ``<out>/linear/vary-<param>.png`` (paper preset) and/or ``<out>/linear-clean/``."""
+    if preset == "both":
+        return [path for each in ("paper", "clean") for path in
+                make_linear_figures(out, fast=fast, preset=each, store=store, executor=executor, progress=progress)]
     folder = Path(out) / ("linear" if preset == "paper" else f"linear-{preset}")
     paths = []
     for vary, (cfg, table) in run_linear_sweeps(preset=preset, store=store, executor=executor, fast=fast,
