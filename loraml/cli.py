@@ -14,7 +14,7 @@ EPILOG = "Examples:\n  loraml reproduce --only linear\n  loraml sweep linear --v
 
 #: The figure groups of ``loraml.figures.GROUPS``, named here so that parsing the command line
 #: does not import matplotlib (a test keeps the two lists equal).
-GROUP_NAMES = ("theory", "linear")
+GROUP_NAMES = ("theory", "linear", "shallow")
 
 
 def _parser() -> argparse.ArgumentParser:

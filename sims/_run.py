@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import os
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ._linear import LinearConfig, simulate_chunk
+from ._shallow import ShallowConfig, simulate_shallow_chunk
 from ._store import ChunkStore, _sort
 
 __all__ = ["run"]
 
-_KINDS = {LinearConfig: ("linear", simulate_chunk)}
+#: Config class -> (store prefix, chunk function, engine options the chunk function accepts).
+_KINDS = {
+    LinearConfig: ("linear", simulate_chunk, ()),
+    ShallowConfig: ("shallow", simulate_shallow_chunk, ("device",)),
+}
 
 
 def _executor(executor):
@@ -29,13 +35,13 @@ def _executor(executor):
 
 
 def run(config, *, executor="serial", store=None, force: bool = False, progress: bool = True,
-        on_chunk=None) -> pd.DataFrame:
+        on_chunk=None, **engine_options) -> pd.DataFrame:
     """Compute every chunk of ``config`` that is not stored yet and return the whole table.
 
     Parameters
     ----------
-    config : LinearConfig
-        From :func:`linear_sweep`.
+    config : LinearConfig or ShallowConfig
+        From :func:`linear_sweep` or :func:`shallow_sweep`.
     executor : "serial", "processes", or an object with ``submit``
         Where chunks run. A chunk's numbers depend only on the config and its trials' seeds,
         never on the executor.
@@ -48,6 +54,9 @@ def run(config, *, executor="serial", store=None, force: bool = False, progress:
     on_chunk : callable, optional
         Called as ``on_chunk(value_index, trials)`` after each chunk is stored (a hook for tests
         and progress reporting).
+    **engine_options
+        Execution options of the engine that do not change the numbers beyond rounding
+        (shallow: ``device="cpu" | "cuda"``, default cuda when available).
 
     Returns
     -------
@@ -55,8 +64,15 @@ def run(config, *, executor="serial", store=None, force: bool = False, progress:
     """
     kind = next((v for k, v in _KINDS.items() if isinstance(config, k)), None)
     if kind is None:
-        raise ValueError(f"The 'config' parameter of run must be a LinearConfig. Got {type(config).__name__}.")
-    name, simulate = kind
+        raise ValueError("The 'config' parameter of run must be a LinearConfig or a ShallowConfig. "
+                         f"Got {type(config).__name__}.")
+    name, simulate, accepted = kind
+    unknown = sorted(set(engine_options) - set(accepted))
+    if unknown:
+        raise ValueError(f"run got engine option(s) {', '.join(map(repr, unknown))} that a {type(config).__name__} "
+                         f"does not take; allowed: {', '.join(accepted) or 'none'}.")
+    if engine_options:
+        simulate = functools.partial(simulate, **engine_options)
     pool, owned = _executor(executor)
     chunks = config.chunks()
     db = ChunkStore(store, name, config) if store is not None else None

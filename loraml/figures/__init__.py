@@ -2,6 +2,7 @@
 
 from ._style import COLORS as COLORS
 from .linear import make_linear_figures as make_linear_figures
+from .shallow import make_shallow_figures as make_shallow_figures
 from .theory_checks import make_theory_figures as make_theory_figures
 
 #: Every figure group `loraml reproduce` knows, in order. Each is called as
@@ -9,6 +10,7 @@ from .theory_checks import make_theory_figures as make_theory_figures
 GROUPS = {
     "theory": make_theory_figures,
     "linear": make_linear_figures,
+    "shallow": make_shallow_figures,
 }
 
-__all__ = ["COLORS", "GROUPS", "make_linear_figures", "make_theory_figures"]
+__all__ = ["COLORS", "GROUPS", "make_linear_figures", "make_shallow_figures", "make_theory_figures"]
