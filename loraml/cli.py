@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 EPILOG = "Examples:\n  loraml reproduce --only linear\n  loraml sweep linear --vary T --values 2 3 5 --runs 5\n" \
+         "  loraml sweep shallow --vary d --values 5 10 --runs 10\n  loraml sweep finetune --runs 5\n" \
          "  loraml show results/linear-<hash>"
 
 
 #: The figure groups of ``loraml.figures.GROUPS``, named here so that parsing the command line
 #: does not import matplotlib (a test keeps the two lists equal).
-GROUP_NAMES = ("theory", "linear", "shallow")
+GROUP_NAMES = ("theory", "linear", "loraone", "shallow")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,34 +34,66 @@ def _parser() -> argparse.ArgumentParser:
                    help="protocol of the linear sweeps: 'paper' (the authors' quirks Q1-Q4, written to "
                         "figures/linear/), 'clean' (written to figures/linear-clean/) or both (default)")
     _common(r)
+    r.add_argument("--device", choices=("cpu", "cuda"),
+                   help="torch device of the shallow-network group (default: cuda when available)")
     r.add_argument("--out", type=Path, default=Path("figures"),
                    help="folder the figure groups are written under (default: ./figures)")
     r.add_argument("--fast", action="store_true",
                    help="far fewer steps and runs, for a quick look (not the committed figures)")
 
     s = sub.add_parser("sweep", help="run one sweep and store its table",
-                       description="Run one sweep of the paper's linear experiment; results go to the Parquet "
-                                   "store, one file per chunk, and an interrupted sweep resumes where it stopped.")
-    s.add_argument("kind", choices=("linear",), help="experiment family (linear: spec §5.1)")
-    s.add_argument("--vary", required=True, choices=("T", "n", "N", "d", "k"), help="the swept parameter")
-    s.add_argument("--values", type=int, nargs="+", help="its values (default: the paper's)")
-    s.add_argument("--preset", choices=("paper", "clean"), default="paper",
-                   help="'paper' reproduces the authors' protocol with its quirks, 'clean' fixes them")
-    s.add_argument("--runs", type=int, default=5, help="independent trials per value (default 5)")
-    s.add_argument("--seed", type=int, default=0, help="root seed of every random stream (default 0)")
-    s.add_argument("--steps", type=int, help="fine-tuning steps (default: the paper's for this sweep)")
-    s.add_argument("--outer-steps", type=int, help="retraining outer iterations (default 3000)")
-    s.add_argument("--chunk-trials", type=int, default=0, help="trials per stored chunk (0: all runs in one)")
-    s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="override any other config field, e.g. --set sigma=0.2 (repeatable)")
-    s.add_argument("--force", action="store_true", help="recompute chunks that are already stored")
-    _common(s)
+                       description="Run one sweep; results go to the Parquet store, one file per chunk, and an "
+                                   "interrupted sweep resumes where it stopped.")
+    kinds = s.add_subparsers(dest="kind", required=True, metavar="KIND")
+
+    lin = kinds.add_parser("linear", help="the paper's linear experiment (spec 5.1)",
+                           description="One sweep of the paper's linear experiment (spec 5.1).")
+    lin.add_argument("--vary", required=True, choices=("T", "n", "N", "d", "k"), help="the swept parameter")
+    lin.add_argument("--values", type=int, nargs="+", help="its values (default: the paper's)")
+    lin.add_argument("--preset", choices=("paper", "clean"), default="paper",
+                     help="'paper' reproduces the authors' protocol with its quirks, 'clean' fixes them")
+    lin.add_argument("--runs", type=int, default=5, help="independent trials per value (default 5)")
+    lin.add_argument("--steps", type=int, help="fine-tuning steps (default: the paper's for this sweep)")
+    lin.add_argument("--outer-steps", type=int, help="retraining outer iterations (default 3000)")
+    _sweep_common(lin)
+
+    sh = kinds.add_parser("shallow", help="the shallow-network check (spec 5.2), torch",
+                          description="One sweep of the shallow-network experiment (spec 5.2): batched torch "
+                                      "training of all trials at once.")
+    sh.add_argument("--vary", required=True, choices=("d", "T"), help="the swept parameter")
+    sh.add_argument("--values", type=int, nargs="+", help="its values (default: d 5 10 20, T 2 3 5 10)")
+    sh.add_argument("--runs", type=int, default=10, help="trials per value (default 10)")
+    sh.add_argument("--steps", type=int, help="fine-tuning AdamW steps (default 15000)")
+    sh.add_argument("--retrain-steps", type=int, help="retraining AdamW steps (default 40000)")
+    sh.add_argument("--device", choices=("cpu", "cuda"), help="torch device (default: cuda when available)")
+    _sweep_common(sh)
+
+    ft = kinds.add_parser("finetune", help="LoRA-ML meets LoRA-One: 2 bases x 4 fine-tuning methods",
+                          description="Fine-tune the test task from the SR and LoRA-ML bases with vanilla LoRA "
+                                      "GD, spectral init + GD, spectral init + preconditioned GD and the Lemma 1 "
+                                      "closed form; prints the steps to reach 1.01 x the Lemma 1 optimum.")
+    for name, default, text in (("d", 10, "dimension"), ("k", 1, "adapter rank"), ("T", 3, "retraining tasks"),
+                                ("N", 5000, "samples per retraining task"), ("n", 100, "test-task samples"),
+                                ("runs", 5, "independent runs"), ("steps", 300, "fine-tuning steps recorded"),
+                                ("seed", 0, "root seed")):
+        ft.add_argument(f"--{name}", type=int, default=default, help=f"{text} (default {default})")
+    ft.add_argument("--sigma", type=float, default=0.1, help="noise level (default 0.1)")
+    ft.add_argument("--csv", type=Path, help="also write the whole table (base, method, run, step, test_error) here")
 
     w = sub.add_parser("show", help="print a summary of a stored sweep",
                        description="Print the final test loss per method and swept value (mean, min, max over "
                                    "trials), the Lemma 1 optimum and the base error ‖Â − A*‖².")
     w.add_argument("folder", type=Path, help="a results folder, e.g. results/linear-<hash>")
     return p
+
+
+def _sweep_common(p):
+    p.add_argument("--seed", type=int, default=0, help="root seed of every random stream (default 0)")
+    p.add_argument("--chunk-trials", type=int, default=0, help="trials per stored chunk (0: all runs in one)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override any other config field, e.g. --set sigma=0.2 (repeatable)")
+    p.add_argument("--force", action="store_true", help="recompute chunks that are already stored")
+    _common(p)
 
 
 def _common(p):
@@ -70,28 +103,29 @@ def _common(p):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _parse_set(items):
-    from sims import LinearConfig
-
-    fields = LinearConfig.__dataclass_fields__
+def _parse_set(items, cls):
+    fields = cls.__dataclass_fields__
     out = {}
     for item in items:
         name, sep, raw = item.partition("=")
         if not sep or name not in fields:
             raise ValueError(f"--set takes NAME=VALUE with NAME a config field; got {item!r}. "
-                             f"Fields:\n{LinearConfig.describe()}")
+                             f"Fields:\n{cls.describe()}")
         default = fields[name].default
         out[name] = type(default)(raw) if isinstance(default, (int, float)) and not isinstance(default, bool) else raw
     return out
 
 
 def summarize(table):
-    """Final-step test loss per method and value: mean, min, max; plus optimum and A_error means."""
+    """Final-step metric per method and value (and rank): mean, median, min, max over trials."""
+    metric = "test_loss" if "test_loss" in table.columns else "test_mse"
+    keys = ["value", "method"] + (["rank"] if "rank" in table.columns else [])
     last = table[table["step"] == table.groupby(["value"])["step"].transform("max")]
-    g = last.groupby(["value", "method"], observed=True)
-    out = g["test_loss"].agg(["mean", "min", "max"]).add_prefix("final_loss_")
-    out["optimum"] = g["optimum"].mean()
-    out["A_error"] = g["A_error"].mean()
+    g = last.groupby(keys, observed=True)
+    out = g[metric].agg(["mean", "median", "min", "max"]).add_prefix("final_")
+    for extra in ("optimum", "optimum_exact", "A_error"):
+        if extra in table.columns:
+            out[extra] = g[extra].mean()
     return out
 
 
@@ -101,7 +135,7 @@ def _cmd_reproduce(args):
     for name in args.only or list(GROUPS):
         make = GROUPS[name]
         options = {"preset": args.preset, "store": args.store, "executor": args.executor,
-                   "progress": not args.quiet}
+                   "progress": not args.quiet, "device": args.device}
         accepted = inspect.signature(make).parameters
         t0 = time.perf_counter()
         paths = make(args.out, fast=args.fast, **{k: v for k, v in options.items() if k in accepted})
@@ -113,16 +147,35 @@ def _cmd_reproduce(args):
 def _cmd_sweep(args):
     import sims
 
-    overrides = _parse_set(args.set)
-    if args.steps is not None:
-        overrides["ft_steps"] = args.steps
-    if args.outer_steps is not None:
-        overrides["outer_steps"] = args.outer_steps
-    cfg = sims.linear_sweep(args.vary, args.values, preset=args.preset, runs=args.runs, seed=args.seed,
-                            chunk_trials=args.chunk_trials, **overrides)
+    if args.kind == "finetune":
+        table = sims.finetune_comparison(d=args.d, k=args.k, T=args.T, N=args.N, n=args.n, sigma=args.sigma,
+                                         runs=args.runs, seed=args.seed, max_steps=args.steps)
+        if args.csv:
+            table.to_csv(args.csv, index=False)
+        print(sims.finetune_summary(table).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        return
+    if args.kind == "linear":
+        overrides = _parse_set(args.set, sims.LinearConfig)
+        if args.steps is not None:
+            overrides["ft_steps"] = args.steps
+        if args.outer_steps is not None:
+            overrides["outer_steps"] = args.outer_steps
+        cfg = sims.linear_sweep(args.vary, args.values, preset=args.preset, runs=args.runs, seed=args.seed,
+                                chunk_trials=args.chunk_trials, **overrides)
+        engine = {}
+    else:
+        overrides = _parse_set(args.set, sims.ShallowConfig)
+        if args.steps is not None:
+            overrides["ft_steps"] = args.steps
+        if args.retrain_steps is not None:
+            overrides["retrain_steps"] = args.retrain_steps
+        cfg = sims.shallow_sweep(args.vary, args.values, trials=args.runs, seed=args.seed,
+                                 chunk_trials=args.chunk_trials, **overrides)
+        engine = {"device": args.device or sims.default_device()}
     t0 = time.perf_counter()
-    table = sims.run(cfg, executor=args.executor, store=args.store, force=args.force, progress=not args.quiet)
-    print(f"{len(table)} rows in {time.perf_counter() - t0:.1f} s -> {args.store / ('linear-' + cfg.key)}")
+    table = sims.run(cfg, executor=args.executor, store=args.store, force=args.force, progress=not args.quiet,
+                     **engine)
+    print(f"{len(table)} rows in {time.perf_counter() - t0:.1f} s -> {args.store / (args.kind + '-' + cfg.key)}")
     print(summarize(table).to_string(float_format=lambda x: f"{x:.4g}"))
 
 
@@ -130,8 +183,9 @@ def _cmd_show(args):
     import sims
 
     table = sims.read_store(args.folder)
-    print(f"{args.folder}: vary {table['vary'].iloc[0]}, preset {table['preset'].iloc[0]}, "
-          f"{table['trial'].nunique()} trials, {int(table['step'].max())} fine-tuning steps")
+    preset = f", preset {table['preset'].iloc[0]}" if "preset" in table.columns else ""
+    print(f"{args.folder}: vary {table['vary'].iloc[0]}{preset}, {table['trial'].nunique()} trials, "
+          f"{int(table['step'].max())} fine-tuning steps")
     print(summarize(table).to_string(float_format=lambda x: f"{x:.4g}"))
 
 

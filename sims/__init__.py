@@ -1,10 +1,17 @@
 """loraml.sims: experiments built on ``theory`` — configs in, tidy pandas tables out."""
 
+from ._finetune import JOINED_METHODS as JOINED_METHODS
+from ._finetune import finetune_comparison as finetune_comparison
+from ._finetune import finetune_summary as finetune_summary
 from ._linear import PRESETS as PRESETS
 from ._linear import SWEEPS as SWEEPS
 from ._linear import LinearConfig as LinearConfig
 from ._linear import linear_sweep as linear_sweep
 from ._linear import simulate_chunk as simulate_chunk
+from ._loraone import init_comparison_table as init_comparison_table
+from ._loraone import kappa_iterations_table as kappa_iterations_table
+from ._loraone import two_parameter_table as two_parameter_table
+from ._loraone import vanilla_alpha_table as vanilla_alpha_table
 from ._run import run as run
 from ._shallow import SHALLOW_SWEEPS as SHALLOW_SWEEPS
 from ._shallow import ShallowConfig as ShallowConfig
@@ -17,13 +24,18 @@ from ._theory_checks import rate_prediction as rate_prediction
 from ._theory_checks import retraining_samples_table as retraining_samples_table
 
 __all__ = [
+    "JOINED_METHODS",
     "LinearConfig",
     "PRESETS",
     "SHALLOW_SWEEPS",
     "SWEEPS",
     "ShallowConfig",
     "default_device",
+    "finetune_comparison",
     "finetune_rate_table",
+    "finetune_summary",
+    "init_comparison_table",
+    "kappa_iterations_table",
     "linear_sweep",
     "rate_prediction",
     "read_store",
@@ -32,4 +44,6 @@ __all__ = [
     "shallow_sweep",
     "simulate_chunk",
     "simulate_shallow_chunk",
+    "two_parameter_table",
+    "vanilla_alpha_table",
 ]

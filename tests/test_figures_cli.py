@@ -49,3 +49,18 @@ def test_reproduce_linear_figures_fast(tmp_path):
             img = mpimg.imread(tmp_path / "figs" / folder / f"vary-{vary}.png")
             assert img.shape[1] > 600 and np.std(img) > 0.05
     assert len(list((tmp_path / "results").glob("linear-*"))) == 10
+
+
+def test_reproduce_shallow_figures_fast(tmp_path):
+    import pandas as pd
+
+    assert main(["reproduce", "--only", "shallow", "--fast", "--out", str(tmp_path / "figs"),
+                 "--store", str(tmp_path / "results"), "--executor", "serial", "--quiet"]) == 0
+    for vary in ("d", "T"):
+        img = mpimg.imread(tmp_path / "figs" / "shallow" / f"vary-{vary}.png")
+        assert img.shape[1] > 600 and np.std(img) > 0.05
+    table = pd.read_csv(tmp_path / "figs" / "shallow" / "table.csv")
+    assert set(table.method) == {"LoRA-ML", "SR"}
+    assert len(table) == 2 * (3 + 4) + 2          # every setting and method, plus rank 3k at T = 2
+    assert (table.range_lo <= table["median"]).all() and (table["median"] <= table.range_hi).all()
+    assert "| T | 2 | LoRA-ML | 3 |" in (tmp_path / "figs" / "shallow" / "table.md").read_text()

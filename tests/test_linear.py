@@ -213,7 +213,7 @@ def test_cli_sweep_and_show(tmp_path):
     out = _cli("sweep", "linear", "--vary", "k", "--values", "1", "2", "--runs", "2", "--steps", "50",
                "--outer-steps", "30", "--set", "N=300", "--quiet", "--executor", "serial", "--store", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    assert "LoRA-ML" in out.stdout and "final_loss_mean" in out.stdout
+    assert "LoRA-ML" in out.stdout and "final_mean" in out.stdout
     (folder,) = list(tmp_path.glob("linear-*"))
     shown = _cli("show", str(folder))
     assert shown.returncode == 0 and "vary k" in shown.stdout and "SR" in shown.stdout

@@ -92,3 +92,18 @@ def test_run_rejects_unknown_engine_options():
         sims.run(cfg, gpu=True)
     with pytest.raises(ValueError, match="device"):
         sims.run(sims.linear_sweep("T"), device="cpu")
+
+
+def test_cli_sweep_shallow_and_show(tmp_path):
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "loraml.cli", "sweep", "shallow", "--vary", "T", "--values", "2", "--runs", "2",
+            "--steps", "10", "--retrain-steps", "10", "--set", "N=30", "--set", "n=10", "--device", "cpu",
+            "--executor", "serial", "--quiet", "--store", str(tmp_path)]
+    out = subprocess.run(args, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "rank" in out.stdout and "LoRA-ML" in out.stdout
+    (folder,) = list(tmp_path.glob("shallow-*"))
+    shown = subprocess.run([sys.executable, "-m", "loraml.cli", "show", str(folder)], capture_output=True, text=True)
+    assert shown.returncode == 0 and "vary T" in shown.stdout

@@ -4,6 +4,7 @@ Pure functions: no I/O, no plotting, randomness only through an explicit ``rng``
 spec/theory.md §1 (samples as rows; batches of tasks on a leading axis).
 """
 
+from . import loraone as loraone
 from ._lowrank import best_rank_approx as best_rank_approx
 from ._lowrank import procrustes_distance as procrustes_distance
 from ._lowrank import reduced_rank_regression as reduced_rank_regression
@@ -41,6 +42,7 @@ __all__ = [
     "fit_loraml_from_statistics",
     "fit_loraml_population",
     "loraml_objective",
+    "loraone",
     "paper_gd",
     "population_risk",
     "procrustes_distance",

@@ -2,6 +2,7 @@
 
 from ._style import COLORS as COLORS
 from .linear import make_linear_figures as make_linear_figures
+from .loraone import make_loraone_figures as make_loraone_figures
 from .shallow import make_shallow_figures as make_shallow_figures
 from .theory_checks import make_theory_figures as make_theory_figures
 
@@ -10,7 +11,9 @@ from .theory_checks import make_theory_figures as make_theory_figures
 GROUPS = {
     "theory": make_theory_figures,
     "linear": make_linear_figures,
+    "loraone": make_loraone_figures,
     "shallow": make_shallow_figures,
 }
 
-__all__ = ["COLORS", "GROUPS", "make_linear_figures", "make_shallow_figures", "make_theory_figures"]
+__all__ = ["COLORS", "GROUPS", "make_linear_figures", "make_loraone_figures", "make_shallow_figures",
+           "make_theory_figures"]

@@ -84,7 +84,7 @@ def make_shallow_figures(out: Path, *, fast: bool = False, store="results", exec
     folder = Path(out) / "shallow"
     tables, paths = [], []
     for vary in ("d", "T"):
-        overrides = dict(retrain_steps=300, ft_steps=200, N=200, n=50, record_every=10) if fast else {}
+        overrides = dict(retrain_steps=100, ft_steps=60, N=100, n=30, record_every=10) if fast else {}
         cfg = sims.shallow_sweep(vary, trials=3 if fast else 10, **overrides)
         table = sims.run(cfg, executor=executor, store=store, progress=progress,
                          device=device or sims.default_device())
