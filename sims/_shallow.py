@@ -215,29 +215,32 @@ class _AdamW:
 def _grad_W(X, y, W, c):
     """Loss mean_t mean_n (cᵀσ(W_t x) − y)² and its gradients w.r.t. W_t and c.
 
-    X (B, T, N, d), y (B, T, N), W (B, T, d, d), c (B, d). Returns (loss (B,), gW (B,T,d,d), gc (B,d)).
-    Every product is a 3-D ``bmm`` on contiguous operands (torch's 4-D broadcasting matmul is
-    several times slower at these sizes); σ' is applied by the fused ``sigmoid_backward`` kernel.
+    X (B, T, d, N) — features major, samples minor —, y (B, T, N), W (B, T, d, d), c (B, d).
+    Returns (loss (B,), gW (B, T, d, d), gc (B, d)).
+
+    Layout: with samples along the fast axis every product is a 3-D ``bmm`` of a d × d (or 1 × d)
+    matrix with a d × N block, which BLAS runs several times faster at d ≤ 20 than the
+    samples-major N × d form (measured 0.34 ms against 1.45 ms for B·T = 30, N = 1000, d = 10);
+    σ' is applied by the fused ``sigmoid_backward`` kernel.
     """
     torch = _torch()
-    B, T, N, d = X.shape
-    Xf = X.reshape(B * T, N, d)
-    Wt = W.transpose(-1, -2).contiguous().reshape(B * T, d, d)
-    H = torch.bmm(Xf, Wt).sigmoid_()                                  # (B·T, N, d)
-    Hb = H.view(B, T * N, d)
-    r = torch.bmm(Hb, c.view(B, d, 1)).view(B, T, N) - y
+    B, T, d, N = X.shape
+    Xf = X.reshape(B * T, d, N)
+    H = torch.bmm(W.reshape(B * T, d, d), Xf).sigmoid_()                    # σ(W_t X_t)  (B·T, d, N)
+    ce = c[:, None, None, :].expand(B, T, 1, d).reshape(B * T, 1, d)
+    r = torch.bmm(ce, H).view(B, T, N) - y
     loss = (r * r).mean(dim=(1, 2))
-    s = r * (2.0 / (T * N))
-    gc = torch.bmm(s.view(B, 1, T * N), Hb).view(B, d)
-    G = torch.ops.aten.sigmoid_backward(s.view(B, T * N, 1) * c.view(B, 1, d), Hb)   # dL/dZ
-    gW = torch.bmm(G.view(B * T, N, d).transpose(1, 2), Xf).view(B, T, d, d)
+    s = (r * (2.0 / (T * N))).view(B * T, N, 1)
+    gc = torch.bmm(H, s).view(B, T, d).sum(1)
+    G = torch.ops.aten.sigmoid_backward(s.view(B * T, 1, N) * ce.view(B * T, d, 1), H)   # dL/dZ
+    gW = torch.bmm(G, Xf.transpose(1, 2)).view(B, T, d, d)
     return loss, gW, gc
 
 
 def _retrain_loraml(X, y, A0, c0, C0, config, steps):
     """Joint AdamW on (A, c, B_t, C_t); returns (A, c, final loss)."""
     torch = _torch()
-    B, T, N, d = X.shape
+    B, T, d, N = X.shape
     k = C0.shape[-2]
     sizes = [d * d, d, T * d * k, T * k * d]
     theta = torch.cat([A0.reshape(B, -1), c0, torch.zeros(B, T * d * k, dtype=X.dtype, device=X.device),
@@ -260,11 +263,11 @@ def _retrain_loraml(X, y, A0, c0, C0, config, steps):
 def _retrain_sr(X, y, A0, c0, config, steps):
     """AdamW on (A, c) with the tasks pooled (the loss is the same mean over all samples)."""
     torch = _torch()
-    B, T, N, d = X.shape
+    B, T, d, N = X.shape
     theta = torch.cat([A0.reshape(B, -1), c0], dim=1)
     A, c = (v.view(B, *shape) for v, shape in zip(torch.split(theta, [d * d, d], dim=1), [(d, d), (d,)]))
     opt = _AdamW(theta, config.lr, config.weight_decay)
-    Xp, yp = X.reshape(B, 1, T * N, d), y.reshape(B, 1, T * N)
+    Xp, yp = X.transpose(1, 2).reshape(B, 1, d, T * N), y.reshape(B, 1, T * N)
     loss = None
     for _ in range(steps):
         loss, gW, gc = _grad_W(Xp, yp, A[:, None], c)
@@ -275,9 +278,11 @@ def _retrain_sr(X, y, A0, c0, config, steps):
 
 
 def _finetune(A, c, X, y, y_clean, C0, config, steps):
-    """AdamW on a new adapter (B zero, C given) with A, c frozen; records the clean test MSE."""
+    """AdamW on a new adapter (B zero, C given) with A, c frozen; records the clean test MSE.
+
+    X (B, d, n) features-major, y and y_clean (B, n)."""
     torch = _torch()
-    Bn, n, d = X.shape
+    Bn, d, n = X.shape
     r = C0.shape[-2]
     theta = torch.cat([torch.zeros(Bn, d * r, dtype=X.dtype, device=X.device), C0.reshape(Bn, -1)], dim=1)
     Bf, Cf = (v.view(Bn, *shape) for v, shape in zip(torch.split(theta, [d * r, r * d], dim=1),
@@ -292,7 +297,7 @@ def _finetune(A, c, X, y, y_clean, C0, config, steps):
     for step in range(steps + 1):
         W = A + Bf @ Cf
         if step == record[j]:
-            pred = (torch.sigmoid(X @ W.transpose(-1, -2)) @ c[:, :, None]).squeeze(-1)
+            pred = (c[:, None, :] @ torch.sigmoid(W @ X)).squeeze(1)
             out[:, j] = ((pred - y_clean) ** 2).mean(dim=1)
             j += 1
             if step == steps:
@@ -330,6 +335,8 @@ def _simulate(config, value_index, trials, device):
     draws = [_draw_trial(config, value, np.random.default_rng(children[value_index * config.trials + t]))
              for t in trials]
     st = {key: torch.as_tensor(np.stack([dr[key] for dr in draws]), dtype=dtype, device=device) for key in draws[0]}
+    st["X"] = st["X"].transpose(-1, -2).contiguous()              # (B, T, d, N): features-major
+    st["X_test"] = st["X_test"].transpose(-1, -2).contiguous()    # (B, d, n)
 
     A_ml, c_ml, loss_ml = _retrain_loraml(st["X"], st["y"], st["A0"], st["c0"], st["C0"], config,
                                           config.retrain_steps)

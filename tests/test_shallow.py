@@ -19,7 +19,7 @@ def test_hand_written_gradients_match_autograd():
     y = torch.randn(B, T, N, generator=g, dtype=torch.float64)
     W = torch.randn(B, T, d, d, generator=g, dtype=torch.float64, requires_grad=True)
     c = torch.randn(B, d, generator=g, dtype=torch.float64, requires_grad=True)
-    loss, gW, gc = _grad_W(X, y, W.detach(), c.detach())
+    loss, gW, gc = _grad_W(X.transpose(-1, -2).contiguous(), y, W.detach(), c.detach())
     ref = ((torch.sigmoid(X @ W.transpose(-1, -2)) @ c[:, None, :, None]).squeeze(-1) - y).pow(2).mean(dim=(1, 2))
     ref.sum().backward()
     torch.testing.assert_close(loss, ref.detach(), rtol=1e-12, atol=1e-14)
