@@ -16,8 +16,6 @@ only.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +23,8 @@ import pandas as pd
 
 from theory import fit_loraml_from_statistics, paper_gd, reduced_rank_regression
 from theory._validation import check_choice, check_int, check_real
+
+from ._config import SweepConfig
 
 __all__ = [
     "LinearConfig",
@@ -53,12 +53,8 @@ PRESETS = {
 }
 
 
-def _doc(text):
-    return field(metadata={"doc": text})
-
-
 @dataclass(frozen=True)
-class LinearConfig:
+class LinearConfig(SweepConfig):
     """One linear sweep, frozen and validated. Its content hash names its results."""
 
     vary: str = field(metadata={"doc": "the swept parameter: one of T, n, N, d, k"})
@@ -144,34 +140,6 @@ class LinearConfig:
     def stride(self) -> int:
         return self.record_every or max(1, self.ft_steps // 500)
 
-    @property
-    def block(self) -> int:
-        return self.chunk_trials or self.runs
-
-    def chunks(self) -> list[tuple[int, tuple[int, ...]]]:
-        """(value index, trial indices) of every chunk, in a fixed order."""
-        blocks = [tuple(range(s, min(s + self.block, self.runs))) for s in range(0, self.runs, self.block)]
-        return [(i, b) for i in range(len(self.values)) for b in blocks]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @property
-    def key(self) -> str:
-        """Content hash of everything that determines the numbers (the chunking excluded)."""
-        d = self.to_dict()
-        d.pop("chunk_trials")
-        blob = json.dumps(d, sort_keys=True, default=list).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
-    @classmethod
-    def describe(cls) -> str:
-        """One line per field: name, default and what it means."""
-        lines = []
-        for f in dataclasses.fields(cls):
-            default = "" if f.default is dataclasses.MISSING else f" (default {f.default!r})"
-            lines.append(f"{f.name}{default}: {f.metadata.get('doc', '')}")
-        return "\n".join(lines)
 
 
 def linear_sweep(vary, values=None, *, preset="paper", runs=5, seed=0, **overrides) -> LinearConfig:

@@ -20,14 +20,14 @@ the numbers do not depend on the chunking or the device beyond rounding.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from theory._validation import check_choice, check_int, check_real
+
+from ._config import SweepConfig
 
 __all__ = ["ShallowConfig", "shallow_sweep", "simulate_shallow_chunk", "SHALLOW_SWEEPS", "default_device"]
 
@@ -51,7 +51,7 @@ def default_device() -> str:
 
 
 @dataclass(frozen=True)
-class ShallowConfig:
+class ShallowConfig(SweepConfig):
     """One shallow-network sweep, frozen and validated; its content hash names its results."""
 
     vary: str = field(metadata={"doc": "the swept parameter: d or T"})
@@ -105,33 +105,9 @@ class ShallowConfig:
         return (p["k"], 3 * p["k"]) if p["T"] == 2 else (p["k"],)
 
     @property
-    def block(self) -> int:
-        return self.chunk_trials or self.trials
-
-    def chunks(self):
-        blocks = [tuple(range(s, min(s + self.block, self.trials))) for s in range(0, self.trials, self.block)]
-        return [(i, b) for i in range(len(self.values)) for b in blocks]
-
-    @property
     def runs(self) -> int:
+        """Trials per value (the name the store and runner use)."""
         return self.trials
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @property
-    def key(self) -> str:
-        d = self.to_dict()
-        d.pop("chunk_trials")
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
-
-    @classmethod
-    def describe(cls) -> str:
-        lines = []
-        for f in dataclasses.fields(cls):
-            default = "" if f.default is dataclasses.MISSING else f" (default {f.default!r})"
-            lines.append(f"{f.name}{default}: {f.metadata.get('doc', '')}")
-        return "\n".join(lines)
 
 
 def shallow_sweep(vary, values=None, *, trials=10, seed=0, **overrides) -> ShallowConfig:
