@@ -1,6 +1,7 @@
 """Figures: how the plots look and where they land. They read tables from ``sims``."""
 
 from ._style import COLORS as COLORS
+from .landscape import make_landscape_figures as make_landscape_figures
 from .linear import make_linear_figures as make_linear_figures
 from .loraone import make_loraone_figures as make_loraone_figures
 from .shallow import make_shallow_figures as make_shallow_figures
@@ -11,9 +12,10 @@ from .theory_checks import make_theory_figures as make_theory_figures
 GROUPS = {
     "theory": make_theory_figures,
     "linear": make_linear_figures,
+    "landscape": make_landscape_figures,
     "loraone": make_loraone_figures,
     "shallow": make_shallow_figures,
 }
 
-__all__ = ["COLORS", "GROUPS", "make_linear_figures", "make_loraone_figures", "make_shallow_figures",
+__all__ = ["COLORS", "GROUPS", "make_landscape_figures", "make_linear_figures", "make_loraone_figures", "make_shallow_figures",
            "make_theory_figures"]

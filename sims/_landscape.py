@@ -1,0 +1,298 @@
+"""Landscape experiments (spec P5, P7–P9): tidy tables for the landscape figures and notebooks.
+
+- :func:`saddle_slice_table` and :func:`descent_paths_table`: the reduced objective G of a
+  two-task, rank-one instance on a plane through the SR saddle, and gradient-descent paths;
+- :func:`critical_spectra_table`: Hessian spectra of F at every class of critical points (P9);
+- :func:`recovery_phase_table`: how often the exact population solver recovers A*, over
+  d × k × T, for symmetric and asymmetric adapters (P5's boundary);
+- :func:`convex_recovery_table`: the same for the convex relaxation of the adapters to PSD
+  matrices (cvxpy, Clarabel).
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from theory import GroundTruth, sample_ground_truth
+from theory._validation import check_int, check_real
+from theory.landscape import (
+    critical_points_two_tasks,
+    fit_population_batch,
+    hessian_min_eigenpair,
+    loraml_hessian,
+    reduced_gradient_descent,
+)
+
+__all__ = [
+    "saddle_slice_table",
+    "descent_paths_table",
+    "critical_spectra_table",
+    "recovery_phase_table",
+    "convex_recovery_table",
+    "solve_psd_relaxation",
+    "RECOVERY_TOL",
+]
+
+#: Â recovers A* when ‖Â − A*‖ ≤ RECOVERY_TOL · ‖A*‖ (Frobenius).
+RECOVERY_TOL = 1e-6
+
+
+def _single_threaded_blas():
+    """Run BLAS on one thread inside the block (threadpoolctl).
+
+    The phase diagram makes thousands of small batched solves (matrices of side ≤ 480); a
+    multi-threaded OpenBLAS gains nothing on them and, on a loaded machine, its spinning threads
+    slowed them down 50-fold in our measurements.
+    """
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+# --------------------------------------------------------------------------------------------
+# T = 2 landscape on a plane through the SR saddle
+
+
+def _two_task_truth(d, seed) -> GroundTruth:
+    return sample_ground_truth(d, 1, 2, rng=np.random.default_rng(seed))
+
+
+def _slice_basis(truth: GroundTruth):
+    """Orthonormal directions (e, g) in U-space: the escape direction of G at U = 0, and the
+    direction from U = 0 to the global minimum U* made orthogonal to e."""
+    U0 = np.zeros((2, truth.d, 1))
+    e = hessian_min_eigenpair(truth, None, U0, reduced=True).dU
+    Ustar = np.asarray(truth.U_star[:2])
+    if np.sum(e * Ustar) < 0:
+        e = -e
+    g = Ustar - np.sum(Ustar * e) * e
+    g = g / np.linalg.norm(g)
+    return e, g, Ustar
+
+
+def saddle_slice_table(*, d=4, seed=0, n_grid=121, extent=1.6) -> pd.DataFrame:
+    """G on the plane U(x, y) = x e + y g through the SR saddle U = 0 (T = 2, k = 1).
+
+    e is the escape direction (eigenvector of ∇²G's smallest eigenvalue at U = 0) and g the
+    direction to the global minimum U* = (u*₁, u*₂), made orthogonal to e. The grid spans
+    ±``extent`` · max(|⟨U*, e⟩|, |⟨U*, g⟩|). Columns: ``x``, ``y``, ``G``. ``attrs`` hold the
+    coordinates of U* (``star``), the escape eigenvalue (``lambda_min``) and ‖M‖_op.
+    """
+    func = "saddle_slice_table"
+    d = check_int(d, "d", func, low=2)
+    n_grid = check_int(n_grid, "n_grid", func, low=3)
+    extent = check_real(extent, "extent", func, low=0.0, low_open=True)
+    truth = _two_task_truth(d, seed)
+    e, g, Ustar = _slice_basis(truth)
+    star = (float(np.sum(Ustar * e)), float(np.sum(Ustar * g)))
+    r = extent * max(abs(star[0]), abs(star[1]))
+    xs = np.linspace(-r, r, n_grid)
+    X, Y = np.meshgrid(xs, xs)
+    U = X[..., None, None, None] * e + Y[..., None, None, None] * g
+    W = np.asarray(truth.task_weights[:2])
+    D = U @ np.swapaxes(U, -1, -2) - W
+    D = D - D.mean(axis=-3, keepdims=True)
+    G = 0.5 * np.sum(D * D, axis=(-3, -2, -1))
+    table = pd.DataFrame({"x": X.ravel(), "y": Y.ravel(), "G": G.ravel()})
+    M = truth.R_star[0] - truth.R_star[1]
+    table.attrs.update(star=star, d=d, seed=seed,
+                       lambda_min=float(hessian_min_eigenpair(truth, None, np.zeros((2, d, 1)), reduced=True).eigenvalue),
+                       M_op=float(np.linalg.norm(M, 2)))
+    return table
+
+
+def descent_paths_table(*, d=4, seed=0, n_paths=6, n_steps=4000, init_scale=0.05, record_every=10) -> pd.DataFrame:
+    """Gradient descent on G from random starts near the SR saddle, projected on the slice plane.
+
+    Starts are U = 0 plus iid N(0, init_scale² ‖M‖_op) entries in the whole space (not only in the
+    plane); the step is 0.25 / (‖M‖_op + ‖U*‖²). Columns: ``path``, ``step``, ``x``, ``y`` (the
+    projections on e and g), ``off_plane`` (norm of the rest) and ``G``.
+    """
+    func = "descent_paths_table"
+    d = check_int(d, "d", func, low=2)
+    n_paths = check_int(n_paths, "n_paths", func, low=1)
+    n_steps = check_int(n_steps, "n_steps", func, low=1)
+    init_scale = check_real(init_scale, "init_scale", func, low=0.0, low_open=True)
+    truth = _two_task_truth(d, seed)
+    e, g, Ustar = _slice_basis(truth)
+    M = truth.R_star[0] - truth.R_star[1]
+    m_op = float(np.linalg.norm(M, 2))
+    rng = np.random.default_rng([seed, 1])
+    U0 = init_scale * np.sqrt(m_op) * rng.standard_normal((n_paths, 2, d, 1))
+    step = 0.25 / (m_op + float(np.sum(Ustar * Ustar)))
+    res = reduced_gradient_descent(truth, U0, step=step, n_steps=n_steps, record_every=record_every)
+    P = res.path                                              # (n_rec, n_paths, 2, d, 1)
+    x = np.einsum("rptdk,tdk->rp", P, e)
+    y = np.einsum("rptdk,tdk->rp", P, g)
+    rest = P - x[..., None, None, None] * e - y[..., None, None, None] * g
+    off = np.sqrt(np.sum(rest * rest, axis=(-3, -2, -1)))
+    n_rec = P.shape[0]
+    return pd.DataFrame({
+        "path": np.tile(np.arange(n_paths), n_rec),
+        "step": np.repeat(res.steps, n_paths),
+        "x": x.ravel(), "y": y.ravel(), "off_plane": off.ravel(), "G": res.values.ravel(),
+    })
+
+
+# --------------------------------------------------------------------------------------------
+# Hessian spectra at the critical points (P9)
+
+
+def critical_spectra_table(*, d=4, seed=0, scales=(0.5, 2.0)) -> pd.DataFrame:
+    """Eigenvalues of ∇²F at a representative of every class of critical points (T = 2, k = 1).
+
+    Columns: ``point`` (index), ``family``, ``label``, ``predicted`` ("global minimum" or
+    "strict saddle"), ``index`` (eigenvalue rank, ascending), ``eigenvalue``, ``grad_norm``
+    and ``value`` (F at the point).
+    """
+    func = "critical_spectra_table"
+    d = check_int(d, "d", func, low=2)
+    truth = _two_task_truth(d, seed)
+    rows = []
+    from theory.landscape import landscape_objective
+
+    for i, p in enumerate(critical_points_two_tasks(truth, scales=scales)):
+        lam = np.linalg.eigvalsh(loraml_hessian(truth, p.A, p.U))
+        out = landscape_objective(truth, p.A, p.U)
+        rows.append(pd.DataFrame({"point": i, "family": p.family, "label": p.label, "predicted": p.predicted,
+                                  "index": np.arange(lam.size), "eigenvalue": lam,
+                                  "grad_norm": out.grad_norm, "value": out.value}))
+    table = pd.concat(rows, ignore_index=True)
+    M = truth.R_star[0] - truth.R_star[1]
+    table.attrs.update(d=d, seed=seed, M_eigenvalues=np.linalg.eigvalsh(M))
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# Recovery phase diagram (P5)
+
+
+def _cells(ds, ks):
+    return [(d, k) for d in ds for k in ks if k <= d]
+
+
+def _instances(d, k, T, reps, seed):
+    """Ground truths of one cell, seeded by (seed, T, d, k) so that a cell never depends on others."""
+    ss = np.random.SeedSequence([seed, T, d, k])
+    truths = [sample_ground_truth(d, k, T, rng=np.random.default_rng(s)) for s in ss.spawn(reps)]
+    W = np.stack([t.task_weights[:T] for t in truths])
+    A = np.stack([t.A_star for t in truths])
+    return W, A
+
+
+def recovery_phase_table(*, Ts=(2, 3, 5), ds=range(2, 13), ks=range(1, 5), reps=20, seed=0,
+                         adapters=("symmetric", "asymmetric"), n_starts=3, max_iter=60) -> pd.DataFrame:
+    """Does the exact population solver recover A*? One row per instance.
+
+    For each T, d, k (k ≤ d) and adapter type, ``reps`` ground truths (sample_ground_truth: A*
+    symmetric Gaussian, U*_t Gaussian of rank k) are fitted with adapters of rank k by
+    :func:`theory.landscape.fit_population_batch` (all instances of a cell in one batch). Columns:
+    ``T``, ``d``, ``k``, ``adapters``, ``rep``, ``zero_loss`` (F at rounding level), ``recovered``
+    (‖Â − A*‖ ≤ 1e-6 ‖A*‖), ``A_error`` (‖Â − A*‖/‖A*‖), ``loss``, ``n_iter``.
+    """
+    func = "recovery_phase_table"
+    reps = check_int(reps, "reps", func, low=1)
+    Ts = [check_int(T, "Ts", func, low=1) for T in Ts]
+    ds = [check_int(d, "ds", func, low=1) for d in ds]
+    ks = [check_int(k, "ks", func, low=1) for k in ks]
+    for a in adapters:
+        if a not in ("symmetric", "asymmetric"):
+            raise ValueError(f"The 'adapters' parameter of {func} must hold 'symmetric' and/or 'asymmetric'. Got {a!r}.")
+    rows = []
+    with _single_threaded_blas():
+        rows = _recovery_rows(Ts, ds, ks, reps, seed, adapters, n_starts, max_iter)
+    return pd.concat(rows, ignore_index=True)
+
+
+def _recovery_rows(Ts, ds, ks, reps, seed, adapters, n_starts, max_iter):
+    rows = []
+    for T in Ts:
+        for d, k in _cells(ds, ks):
+            W, A_star = _instances(d, k, T, reps, seed)
+            scale = np.sum((W - W.mean(axis=1, keepdims=True)) ** 2, axis=(1, 2, 3)) / T + 1e-300
+            for a in adapters:
+                fit = fit_population_batch(W, k, rng=np.random.default_rng([seed, T, d, k, a == "symmetric"]),
+                                           symmetric=(a == "symmetric"), n_starts=n_starts, max_iter=max_iter)
+                err = np.linalg.norm(fit.A - A_star, axis=(1, 2)) / np.linalg.norm(A_star, axis=(1, 2))
+                rows.append(pd.DataFrame({
+                    "T": T, "d": d, "k": k, "adapters": a, "rep": np.arange(reps),
+                    "zero_loss": fit.loss <= 1e-20 * scale, "recovered": err <= RECOVERY_TOL,
+                    "A_error": err, "loss": fit.loss, "n_iter": fit.n_iter,
+                }))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Convex relaxation (cvxpy)
+
+
+class _PSDRelaxation:
+    """min ½ Σ_t ‖A + M_t − A*_t‖² + λ Σ_t tr M_t over A and M_t ⪰ 0, compiled once per shape.
+
+    With λ = 0 the λ → 0⁺ limit is solved instead: min Σ_t tr M_t subject to A + M_t = A*_t,
+    M_t ⪰ 0 (the trace-minimal interpolant, which the penalised solutions approach as λ → 0).
+    """
+
+    def __init__(self, d, T, lam):
+        import cvxpy as cp
+
+        self.W = [cp.Parameter((d, d)) for _ in range(T)]
+        self.A = cp.Variable((d, d))
+        self.M = [cp.Variable((d, d), PSD=True) for _ in range(T)]
+        trace = sum(cp.trace(M) for M in self.M)
+        if lam > 0:
+            fit = sum(cp.sum_squares(self.A + M - W) for M, W in zip(self.M, self.W))
+            self.problem = cp.Problem(cp.Minimize(0.5 * fit + lam * trace))
+        else:
+            cons = [self.A + M == W for M, W in zip(self.M, self.W)]
+            self.problem = cp.Problem(cp.Minimize(trace), cons)
+
+    def solve(self, W):
+        import cvxpy as cp
+
+        for p, w in zip(self.W, W):
+            p.value = w
+        self.problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+        return self.A.value, [M.value for M in self.M], self.problem.status
+
+
+def solve_psd_relaxation(task_weights, *, lam=0.0):
+    """Solve the PSD relaxation of LoRA-ML for one instance; returns (A, M (T, d, d), status).
+
+    Parameters
+    ----------
+    task_weights : (T, d, d) the targets A*_t.
+    lam : float >= 0
+        Trace penalty; 0 solves the λ → 0⁺ limit (see :class:`_PSDRelaxation`).
+    """
+    W = np.asarray(task_weights, dtype=float)
+    lam = check_real(lam, "lam", "solve_psd_relaxation", low=0.0)
+    prob = _PSDRelaxation(W.shape[-1], W.shape[0], lam)
+    A, M, status = prob.solve(W)
+    return A, np.array(M), status
+
+
+def convex_recovery_table(*, Ts=(2, 3, 5), ds=range(2, 9), ks=range(1, 4), reps=20, seed=0, lam=0.0,
+                          tol=1e-5) -> pd.DataFrame:
+    """Recovery by the convex PSD relaxation, on the instances of :func:`recovery_phase_table`.
+
+    Each cell's problem is compiled once (cvxpy parameters) and re-solved for every instance with
+    Clarabel at tight tolerances. ``recovered`` uses ``tol`` (relative; the interior-point solution
+    is accurate to ~1e-8, and a failure is an O(1) error: see the notebook). Columns as in
+    :func:`recovery_phase_table`, with ``adapters`` = "convex PSD" and ``status``.
+    """
+    func = "convex_recovery_table"
+    reps = check_int(reps, "reps", func, low=1)
+    tol = check_real(tol, "tol", func, low=0.0, low_open=True)
+    rows = []
+    for T in Ts:
+        for d, k in _cells(ds, ks):
+            W, A_star = _instances(d, k, T, reps, seed)
+            prob = _PSDRelaxation(d, T, lam)
+            for r in range(reps):
+                A, _, status = prob.solve(W[r])
+                err = float(np.linalg.norm(A - A_star[r]) / np.linalg.norm(A_star[r])) if A is not None else np.inf
+                rows.append({"T": T, "d": d, "k": k, "adapters": "convex PSD", "rep": r,
+                             "zero_loss": True, "recovered": err <= tol, "A_error": err, "status": status})
+    return pd.DataFrame(rows)

@@ -1,0 +1,338 @@
+"""Landscape of the population LoRA-ML objective: derivatives, P5's boundary, P7, P8, P9.
+
+Reference values and tolerances (every predicted value derived in the docstrings below and in
+notebooks/01-two-task-landscape.py):
+
+| check | quantity | predicted | tolerance |
+|-------|----------|-----------|-----------|
+| derivatives | ∇F, ∇G, ∇²F, ∇²G | central differences, h = 1e-5 | 1e-6 relative (truncation h²·F''' ≈ 1e-10) |
+| P7 | F on [U₁ U₂]·Q, Q ∈ O(k,k) | 0 | residual ≤ 64 ε · size of the terms |
+| P7 | σ_{2k+1}(Â − A*), σ_{3k+1}(A*₃ − Â) | ≤ ‖E₁‖_op ≤ √(2F) | exact bound + 64 ε · scale |
+| P8 | λ_min(∇²F) at (A*+R̄*, 0) | min(T, 2 min_t λ_min(R̄* − R*_t)); −‖M‖_op at T = 2 | 1e-8 · (1 + ‖R*‖) |
+| P9 | λ_min(∇²G), U = 0 / v₊ family / kernel family | −‖M‖_op / ½(s − √(s² + 4|μ₋|(μ₊+|μ₋|))) / a² − √(a⁴ + ‖M‖²_op) | 1e-8 relative |
+| P9 | λ_min(∇²F), kernel family | λ_min of [[2, √2a, √2a], [√2a, 2a²−μ, 0], [√2a, 0, 2a²+μ]], μ = ‖M‖_op (~ −μ²/(2a⁴)) | 1e-8 relative |
+| P9 | inertia of ∇²F and ∇²G | equal (Haynsworth: ∇²_AA F = T·I ≻ 0) | exact |
+| P9 | G after gradient descent | < 1e-10 | exact |
+"""
+
+import numpy as np
+import pytest
+from helpers import seeds
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import theory as th
+from theory import landscape as L
+
+EPS = np.finfo(float).eps
+
+
+def _truth(d, k, T, seed):
+    return th.sample_ground_truth(d, k, T, rng=np.random.default_rng(seed))
+
+
+# ------------------------------------------------------------------------- finite differences
+
+
+def _fd_check(f, g, H, x, h=1e-5):
+    """Central differences of f (for the gradient g) and of g (for the Hessian H) at x."""
+    n = x.size
+    E = np.eye(n)
+    g_fd = np.array([(f(x + h * e) - f(x - h * e)) / (2 * h) for e in E])
+    H_fd = np.array([(g(x + h * e) - g(x - h * e)) / (2 * h) for e in E])
+    gx, Hx = g(x), H(x)
+    return np.linalg.norm(g_fd - gx) / np.linalg.norm(gx), np.linalg.norm(H_fd - Hx) / np.linalg.norm(Hx)
+
+
+@settings(max_examples=12)
+@given(d=st.integers(2, 4), k=st.integers(1, 2), T=st.integers(2, 3), asym=st.booleans(), seed=seeds)
+def test_gradient_and_hessian_of_F_match_finite_differences(d, k, T, asym, seed):
+    k = min(k, d)
+    truth = _truth(d, k, T, seed)
+    rng = np.random.default_rng(seed)
+    shapes = [(d, d), (T, d, k)] + ([(T, d, k)] if asym else [])
+    sizes = [int(np.prod(s)) for s in shapes]
+
+    def split(x):
+        parts, i = [], 0
+        for s, m in zip(shapes, sizes):
+            parts.append(x[i:i + m].reshape(s))
+            i += m
+        return parts[0], parts[1], (parts[2] if asym else None)
+
+    def f(x):
+        A, U, V = split(x)
+        return L.landscape_objective(truth, A, U, V=V).value
+
+    def g(x):
+        A, U, V = split(x)
+        o = L.landscape_objective(truth, A, U, V=V)
+        return np.concatenate([o.grad_A.ravel(), o.grad_U.ravel()] + ([o.grad_V.ravel()] if asym else []))
+
+    def H(x):
+        A, U, V = split(x)
+        return L.loraml_hessian(truth, A, U, V=V)
+
+    x = rng.standard_normal(sum(sizes))
+    eg, eh = _fd_check(f, g, H, x)
+    assert eg <= 1e-6 and eh <= 1e-6
+
+
+@settings(max_examples=12)
+@given(d=st.integers(2, 4), k=st.integers(1, 2), T=st.integers(2, 4), asym=st.booleans(), seed=seeds)
+def test_reduced_objective_derivatives_and_elimination_of_A(d, k, T, asym, seed):
+    """G(U) = F(A(U), U), and ∇G, ∇²G against central differences."""
+    k = min(k, d)
+    truth = _truth(d, k, T, seed)
+    rng = np.random.default_rng(seed)
+    n1 = T * d * k
+
+    def split(x):
+        return x[:n1].reshape(T, d, k), (x[n1:].reshape(T, d, k) if asym else None)
+
+    def f(x):
+        U, V = split(x)
+        return L.reduced_objective(truth, U, V=V).value
+
+    def g(x):
+        U, V = split(x)
+        o = L.reduced_objective(truth, U, V=V)
+        return np.concatenate([o.grad_U.ravel()] + ([o.grad_V.ravel()] if asym else []))
+
+    def H(x):
+        U, V = split(x)
+        return L.reduced_hessian(truth, U, V=V)
+
+    x = rng.standard_normal(n1 * (2 if asym else 1))
+    eg, eh = _fd_check(f, g, H, x)
+    assert eg <= 1e-6 and eh <= 1e-6
+    U, V = split(x)
+    A = L.optimal_base(truth, U, V=V)
+    full = L.landscape_objective(truth, A, U, V=V)
+    assert abs(full.value - f(x)) <= 1e-12 * max(1.0, f(x))
+    assert np.linalg.norm(full.grad_A) <= 1e-10 * (1 + np.linalg.norm(truth.task_weights))
+
+
+def test_hvp_is_the_hessian_times_the_direction(rng):
+    truth = _truth(4, 2, 3, 5)
+    A, U, V = rng.standard_normal((4, 4)), rng.standard_normal((3, 4, 2)), rng.standard_normal((3, 4, 2))
+    dA, dU, dV = rng.standard_normal((4, 4)), rng.standard_normal((3, 4, 2)), rng.standard_normal((3, 4, 2))
+    hA, hU, hV = L.landscape_hvp(truth, A, U, dA, dU, V=V, dV=dV)
+    H = L.loraml_hessian(truth, A, U, V=V)
+    ref = H @ np.concatenate([dA.ravel(), dU.ravel(), dV.ravel()])
+    np.testing.assert_allclose(np.concatenate([hA.ravel(), hU.ravel(), hV.ravel()]), ref, rtol=1e-12, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------- P8
+
+
+@settings(max_examples=10)
+@given(d=st.integers(2, 6), k=st.integers(1, 3), T=st.sampled_from([2, 3, 5]), seed=seeds)
+def test_P8_sr_is_a_saddle_with_the_predicted_curvature(d, k, T, seed):
+    """At (A*+R̄*, 0) the Hessian is block diagonal: T·I on A and 2(R̄* − R*_t) on each column of U_t."""
+    k = min(k, d)
+    truth = _truth(d, k, T, seed)
+    point = L.sr_saddle(truth)
+    out = L.landscape_objective(truth, point.A, point.U)
+    scale = 1 + np.linalg.norm(truth.R_star)
+    assert out.grad_norm <= 64 * EPS * scale
+    lam = np.linalg.eigvalsh(L.loraml_hessian(truth, point.A, point.U))[0]
+    R = truth.R_star[:T]
+    predicted = min(T, 2 * np.linalg.eigvalsh(truth.R_bar - R)[:, 0].min())
+    assert abs(lam - predicted) <= 1e-8 * scale
+    assert abs(L.sr_saddle_min_eigenvalue(truth) - predicted) <= 1e-12 * scale
+    assert predicted < 0  # Σ_t tr(R̄* − R*_t) = 0 and the R*_t differ: some task has a negative direction
+    if T == 2:
+        assert abs(lam + np.linalg.norm(R[0] - R[1], 2)) <= 1e-8 * scale
+    esc = L.hessian_min_eigenpair(truth, point.A, point.U)
+    assert abs(esc.eigenvalue - lam) <= 1e-12 * scale
+    # moving along the escape direction lowers F at second order: F(x + t v) − F(x) ≈ ½ λ t²
+    t = 1e-3
+    moved = L.landscape_objective(truth, point.A + t * esc.dA, point.U + t * esc.dU).value
+    assert moved - out.value == pytest.approx(0.5 * lam * t * t, rel=1e-2)
+
+
+# ---------------------------------------------------------------------------------------- P7
+
+
+@settings(max_examples=10)
+@given(k=st.integers(1, 2), extra=st.integers(1, 3), s=st.floats(0.1, 1.5), seed=seeds)
+def test_P7_two_tasks_have_a_continuum_of_minima(k, extra, s, seed):
+    """W = [U₁ U₂] → W Q with Q J Qᵀ = J, J = diag(I_k, −I_k), keeps U₁U₁ᵀ − U₂U₂ᵀ, so zero loss."""
+    d = 3 * k + extra
+    truth = _truth(d, k, 2, seed)
+    rng = np.random.default_rng(seed)
+    Wm = np.concatenate([truth.U_star[0], truth.U_star[1]], axis=1)            # (d, 2k)
+    B = rng.standard_normal((k, k))
+    X = np.block([[np.zeros((k, k)), s * B], [s * B.T, np.zeros((k, k))]])   # X J + J Xᵀ = 0
+    lam, P = np.linalg.eigh(X)
+    Q = (P * np.exp(lam)) @ P.T                                                # expm(X) ∈ O(k, k)
+    J = np.diag([1.0] * k + [-1.0] * k)
+    assert np.allclose(Q @ J @ Q.T, J, atol=1e-12 * np.linalg.norm(Q) ** 2)
+    WQ = Wm @ Q
+    U = np.stack([WQ[:, :k], WQ[:, k:]])
+    A = L.optimal_base(truth, U)
+    out = L.landscape_objective(truth, A, U)
+    size = np.linalg.norm(truth.task_weights[:2]) + np.linalg.norm(U) ** 2
+    assert np.sqrt(2 * out.value) <= 64 * EPS * size * np.linalg.norm(Q) ** 2
+    # ... but the base moves: Â − A* = R*₁ − U₁U₁ᵀ ≠ 0 for Q ≠ I
+    shift = truth.R_star[0] - U[0] @ U[0].T
+    assert np.linalg.norm(A - truth.A_star - shift) <= 1e-9 * size
+    assert np.linalg.norm(shift) > 1e-3 * np.linalg.norm(truth.R_star[0])
+
+
+@settings(max_examples=8)
+@given(k=st.integers(1, 2), extra=st.integers(1, 3), seed=seeds)
+def test_P7_fitted_two_task_base_has_the_predicted_ranks(k, extra, seed):
+    """At any fit, Â − A* = E₁ + R*₁ − U₁U₁ᵀ and A*₃ − Â = R*₃ − R*₁ + U₁U₁ᵀ − E₁ with E₁ the task-1
+    residual, so σ_{2k+1}(Â − A*) and σ_{3k+1}(A*₃ − Â) are at most ‖E₁‖_op ≤ √(2F)."""
+    d = 3 * k + extra
+    truth = _truth(d, k, 2, seed)
+    fit = th.fit_loraml_population(truth, k, rng=seed)
+    scale = np.linalg.norm(truth.task_weights)
+    assert fit.loss <= (1e-10 * scale) ** 2
+    bound = np.sqrt(2 * fit.loss) + 64 * EPS * scale
+    s1 = np.linalg.svd(fit.A - truth.A_star, compute_uv=False)
+    s3 = np.linalg.svd(truth.test_weight - fit.A, compute_uv=False)
+    assert s1[2 * k] <= bound
+    assert s3[3 * k] <= bound
+
+
+# ---------------------------------------------------------------------------------------- P9
+
+
+def _mu(truth):
+    lam = np.linalg.eigvalsh(truth.R_star[0] - truth.R_star[1])
+    return lam[-1], lam[0]
+
+
+@settings(max_examples=10)
+@given(d=st.integers(2, 6), seed=seeds)
+def test_P9_enumerated_critical_points_are_minima_or_strict_saddles(d, seed):
+    truth = _truth(d, 1, 2, seed)
+    mp, mm = _mu(truth)
+    m_op = max(mp, -mm)
+    points = L.critical_points_two_tasks(truth)
+    assert {p.family for p in points} >= {"global minimum", "U = 0", "v+ family", "v- family"}
+    assert ("kernel family" in {p.family for p in points}) == (d >= 3)
+    for p in points:
+        c = L.classify_critical_point(truth, p.A, p.U)
+        assert c.critical, p.label
+        assert c.kind == p.predicted, (p.label, c)
+        lam_G = np.linalg.eigvalsh(L.reduced_hessian(truth, p.U))
+        lam_F = np.linalg.eigvalsh(L.loraml_hessian(truth, p.A, p.U))
+        tol = 1e-9 * (m_op + np.sum(p.U ** 2))
+        # Haynsworth: ∇²_AA F = 2I ≻ 0, so ∇²F and its Schur complement ∇²G have the same negative count
+        assert np.sum(lam_F < -tol) == np.sum(lam_G < -tol)
+        s = p.a ** 2 + p.b ** 2
+        predicted = {
+            "U = 0": -m_op,
+            "v+ family": 0.5 * (s - np.sqrt(s * s + 4 * (-mm) * (mp - mm))),
+            "v- family": 0.5 * (s - np.sqrt(s * s + 4 * mp * (mp - mm))),
+            "kernel family": p.a ** 2 - np.sqrt(p.a ** 4 + m_op ** 2),
+        }.get(p.family)
+        if predicted is not None:
+            assert abs(lam_G[0] - predicted) <= 1e-8 * (m_op + s), p.label
+            assert lam_F[0] < -tol
+
+
+@settings(max_examples=6)
+@given(d=st.integers(3, 6), seed=seeds)
+def test_P9_curvature_along_the_kernel_family_decays(d, seed):
+    """u₁ = u₂ = a v, v ∈ ker M: λ_min(∇²G) = a² − √(a⁴ + μ²) ~ −μ²/(2a²) (the spec's 1/a²), while
+    the full Hessian's λ_min(∇²F) is that of [[2, √2a, √2a], [√2a, 2a²−μ, 0], [√2a, 0, 2a²+μ]],
+    ~ −μ²/(2a⁴): the A-direction absorbs the escape, so F's curvature decays like 1/a⁴."""
+    truth = _truth(d, 1, 2, seed)
+    mp, mm = _mu(truth)
+    mu = max(mp, -mm)
+    prev = None
+    for c in (1.0, 4.0, 16.0):
+        a = c * np.sqrt(mu)
+        p = [q for q in L.critical_points_two_tasks(truth, scales=(a,)) if q.family == "kernel family"][0]
+        lam_G = np.linalg.eigvalsh(L.reduced_hessian(truth, p.U))[0]
+        lam_F = np.linalg.eigvalsh(L.loraml_hessian(truth, p.A, p.U))[0]
+        r = np.sqrt(2) * a
+        ref_F = np.linalg.eigvalsh(np.array([[2, r, r], [r, 2 * a * a - mu, 0], [r, 0, 2 * a * a + mu]]))[0]
+        assert abs(lam_G - (a * a - np.sqrt(a ** 4 + mu * mu))) <= 1e-8 * (mu + a * a)
+        assert abs(lam_F - ref_F) <= 1e-8 * abs(ref_F) + 64 * EPS * (mu + a * a)
+        assert lam_G < 0 and lam_F < 0
+        if prev is not None:
+            assert prev[0] < lam_G and prev[1] < lam_F      # the negative curvature shrinks as a grows
+        prev = (lam_G, lam_F)
+    # a² = 256 μ: a²λ_G = −μ²a²/(a² + √(a⁴+μ²)) is within μ²/(4a⁴) < 1e-5 of −μ²/2 (relative)
+    assert a * a * lam_G == pytest.approx(-mu * mu / 2, rel=1e-4)
+    # a⁴λ_F = −μ²/2 · (1 + O(1/a²)): within 1e-2 once a² ≥ 256 μ and μ ≥ ½ (checked on the 3×3 form)
+    assert a ** 4 * ref_F == pytest.approx(-mu * mu / 2, rel=max(1e-2, 4 / (a * a)))
+    assert a ** 4 * lam_F == pytest.approx(a ** 4 * ref_F, rel=1e-6)
+
+
+@settings(max_examples=6)
+@given(d=st.integers(2, 5), seed=seeds)
+def test_P9_found_critical_points_are_minima_or_strict_saddles(d, seed):
+    truth = _truth(d, 1, 2, seed)
+    found = L.find_critical_points(truth, rng=seed, n_starts=8)
+    assert len(found) >= 4
+    kinds = [L.classify_critical_point(truth, p.A, p.U).kind for p in found]
+    assert set(kinds) <= {"global minimum", "strict saddle"}, kinds
+
+
+@settings(max_examples=6)
+@given(d=st.integers(2, 6), seed=seeds)
+def test_P9_gradient_descent_from_random_starts_reaches_zero(d, seed):
+    truth = _truth(d, 1, 2, seed)
+    mp, mm = _mu(truth)
+    rng = np.random.default_rng(seed)
+    U0 = 0.1 * np.sqrt(max(mp, -mm)) * rng.standard_normal((16, 2, d, 1))
+    step = 0.25 / (max(mp, -mm) + float(np.sum(truth.U_star[:2] ** 2)))
+    res = L.reduced_gradient_descent(truth, U0, step=step, n_steps=6000)
+    assert np.all(res.values[-1] < 1e-10), res.values[-1]
+    assert np.all(np.diff(res.values, axis=0) <= 1e-12)
+
+
+# ------------------------------------------------------------------------ P5 and the solvers
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_P5_boundary_d4_k2_T3_zero_loss_without_recovery(seed):
+    """d = 4 < 3k = 6: Sym(4) has 10 dimensions, each rank-2 constraint on R*_t − Δ removes
+    (d−k)(d−k+1)/2 = 3, so a curve of alternatives Δ passes through 0 and the solver lands on it."""
+    truth = th.sample_ground_truth(4, 2, 3, rng=seed)
+    fit = th.fit_loraml_population(truth, 2, rng=seed, n_starts=20)
+    scale = np.linalg.norm(truth.task_weights[:3])
+    assert fit.loss <= (1e-9 * scale) ** 2
+    assert np.linalg.norm(fit.A - truth.A_star) > 1e-3 * np.linalg.norm(truth.A_star)
+
+
+@settings(max_examples=5)
+@given(seed=seeds)
+def test_batched_symmetric_solver_agrees_with_fit_loraml_population(seed):
+    d, k, T = 7, 2, 3
+    truths = [_truth(d, k, T, seed + i) for i in range(4)]
+    W = np.stack([t.task_weights[:T] for t in truths])
+    fit = L.fit_population_batch(W, k, rng=seed)
+    for t, A in zip(truths, fit.A):
+        ref = th.fit_loraml_population(t, k, rng=seed)
+        assert np.linalg.norm(A - t.A_star) <= 1e-8 * np.linalg.norm(t.A_star)
+        assert np.linalg.norm(ref.A - t.A_star) <= 1e-8 * np.linalg.norm(t.A_star)
+
+
+def test_asymmetric_solver_recovers_in_the_identifiable_regime():
+    """T = 3, d = 6, k = 1: d² = 36 unknowns of A against T(d−k)² = 75 rank conditions."""
+    fit = L.fit_asymmetric_population(_truth(6, 1, 3, 11), 1, rng=0)
+    truth = _truth(6, 1, 3, 11)
+    assert np.linalg.norm(fit.A[0] - truth.A_star) <= 1e-8 * np.linalg.norm(truth.A_star)
+    assert fit.converged[0]
+
+
+def test_errors_name_the_argument():
+    truth = _truth(3, 1, 2, 0)
+    with pytest.raises(ValueError, match="'U' parameter of landscape_objective"):
+        L.landscape_objective(truth, np.zeros((3, 3)), np.zeros((3, 3, 1)))
+    with pytest.raises(ValueError, match="'A' parameter of loraml_hessian"):
+        L.loraml_hessian(truth, np.zeros((2, 2)), np.zeros((2, 3, 1)))
+    with pytest.raises(ValueError, match="'truth' parameter of critical_points_two_tasks"):
+        L.critical_points_two_tasks(_truth(3, 1, 3, 0))
+    with pytest.raises(ValueError, match="'tol' parameter of classify_critical_point"):
+        L.classify_critical_point(truth, np.zeros((3, 3)), np.zeros((2, 3, 1)), tol=0)
+    with pytest.raises(ValueError, match="'k' parameter of fit_population_batch"):
+        L.fit_population_batch(np.zeros((1, 2, 3, 3)), 4, rng=0)
