@@ -742,7 +742,6 @@ def _run(problem, A0, B0, *, target, align, model, method, lr, lam, tol, max_ite
         done = done | (rnorm0 == 0)
     n_iter = np.zeros(batch, dtype=int)
     diverged = np.zeros(batch, dtype=bool)
-    it = 0
     with np.errstate(over="ignore", invalid="ignore"):   # divergence is detected and reported below
         A, B, n_iter, done, diverged = _loop(problem, A, B, eta, method, lam, order, tol, max_iter, measure,
                                              crit, scale, done, n_iter, diverged, hist_risk, hist_res,

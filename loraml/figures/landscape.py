@@ -98,7 +98,7 @@ def plot_recovery_phase(table, path: Path, *, convex_note: str = "") -> list[Pat
                 ax.set_ylim(0.5, kmax + 0.5)
                 ax.grid(False)
                 n = int(sub.groupby(["k", "d"]).size().min()) if len(sub) else 0
-                ax.set_title(f"{kind}, T = {T}  ({n} inst./cell)", fontsize=8)
+                ax.set_title(f"{kind}, T = {T}\n{n} instances per cell", fontsize=8)
                 if frac.size == 0:
                     ax.text(0.5, 0.5, "not computed", transform=ax.transAxes, ha="center")
                 if c == 0:
