@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -53,3 +54,24 @@ def save(fig, path: Path, *, pdf: bool = True) -> list[Path]:
         out.append(target)
     plt.close(fig)
     return out
+
+
+def panel_row(n: int, width: float = 2.5, height: float = 2.7):
+    """A row of ``n`` panels sharing the y-axis, one per swept value."""
+    fig, axes = plt.subplots(1, n, figsize=(width * n + 0.7, height), sharey=True)
+    return fig, np.atleast_1d(axes)
+
+
+def finish_row(fig, axes, title: str, *, fontsize: float | None = None) -> None:
+    """One legend below the row (each label once, across panels), a suptitle, a tight layout."""
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    kw = {} if fontsize is None else {"fontsize": fontsize}
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False,
+               bbox_to_anchor=(0.5, -0.03), handlelength=2.2, columnspacing=1.2, **kw)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))

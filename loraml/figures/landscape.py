@@ -78,8 +78,8 @@ def plot_recovery_phase(table, path: Path, *, convex_note: str = "") -> list[Pat
     kinds = [a for a in ("symmetric", "asymmetric", "convex PSD") if a in set(table["adapters"])]
     Ts = sorted(table["T"].unique())
     with plt.rc_context(RC):
-        fig, axes = plt.subplots(len(kinds), len(Ts), figsize=(2.5 * len(Ts) + 1.0, 2.1 * len(kinds) + 0.6),
-                                 squeeze=False, sharex=True, sharey=True)
+        fig, axes = plt.subplots(len(kinds), len(Ts), figsize=(2.5 * len(Ts) + 1.0, 2.4 * len(kinds) + 0.6),
+                                 squeeze=False, sharex=True, sharey=True, gridspec_kw={"hspace": 0.45})
         dmax = int(table["d"].max())
         kmax = int(table["k"].max())
         for r, kind in enumerate(kinds):

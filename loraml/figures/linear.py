@@ -8,11 +8,10 @@ import numpy as np
 
 import sims
 
-from ._style import COLORS, RC, plt, save
+from ._style import COLORS, RC, finish_row, panel_row, plt, save
 
 __all__ = ["make_linear_figures", "plot_linear_sweep", "run_linear_sweeps"]
 
-_SYMBOL = {"T": "T", "n": "n", "N": "N", "d": "d", "k": "k"}
 _YLABEL = {
     "in_sample_sum": "test loss (in-sample, summed)\n" + r"$\|(A^*_{T+1}-\hat A-\Delta)X^\top\|_F^2$",
     "excess_risk": "excess risk\n" + r"$\|\hat A+\Delta-A^*_{T+1}\|_F^2$",
@@ -24,8 +23,7 @@ def plot_linear_sweep(table, path: Path, *, metric: str, title: str, pdf: bool =
     vary = table["vary"].iloc[0]
     values = sorted(table["value"].unique())
     with plt.rc_context(RC):
-        fig, axes = plt.subplots(1, len(values), figsize=(2.5 * len(values) + 0.7, 2.7), sharey=True)
-        axes = np.atleast_1d(axes)
+        fig, axes = panel_row(len(values))
         for ax, value in zip(axes, values):
             sub = table[table["value"] == value]
             for method in ("LoRA-ML", "SR"):
@@ -41,15 +39,11 @@ def plot_linear_sweep(table, path: Path, *, metric: str, title: str, pdf: bool =
                     ax.axhline(per_trial["optimum_exact"], color=COLORS["exact"], ls="-.", lw=1.0,
                                label="exact LoRA-ML retraining + Lemma 1")
             ax.set_yscale("log")
-            ax.set_title(f"{_SYMBOL[vary]} = {value}")
+            ax.set_title(f"{vary} = {value}")
             ax.set_xlabel("fine-tuning iteration")
             ax.margins(x=0)
         axes[0].set_ylabel(_YLABEL[metric])
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False,
-                   bbox_to_anchor=(0.5, -0.03), fontsize=7, handlelength=2.2, columnspacing=1.2)
-        fig.suptitle(title, fontsize=9)
-        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        finish_row(fig, axes, title, fontsize=7)
         return save(fig, path, pdf=pdf)
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 import sims
 
-from ._style import COLORS, RC, plt, save
+from ._style import COLORS, RC, finish_row, panel_row, plt, save
 
 __all__ = ["make_shallow_figures", "central_range", "shallow_table", "plot_shallow_sweep"]
 
@@ -38,8 +38,7 @@ def plot_shallow_sweep(table, path: Path, *, title: str, pdf: bool = True) -> li
     vary = table["vary"].iloc[0]
     values = sorted(table["value"].unique())
     with plt.rc_context(RC):
-        fig, axes = plt.subplots(1, len(values), figsize=(2.3 * len(values) + 0.7, 2.7), sharey=True)
-        axes = np.atleast_1d(axes)
+        fig, axes = panel_row(len(values), width=2.3)
         for ax, value in zip(axes, values):
             sub = table[table["value"] == value]
             ranks = sorted(sub["rank"].unique())
@@ -57,15 +56,7 @@ def plot_shallow_sweep(table, path: Path, *, title: str, pdf: bool = True) -> li
             ax.set_xlabel("fine-tuning iteration")
             ax.margins(x=0)
         axes[0].set_ylabel("test MSE vs clean labels")
-        handles, labels = [], []
-        for ax in axes:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                if lab not in labels:
-                    handles.append(h)
-                    labels.append(lab)
-        fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, -0.03))
-        fig.suptitle(title, fontsize=9)
-        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        finish_row(fig, axes, title)
         return save(fig, path, pdf=pdf)
 
 
