@@ -191,8 +191,9 @@ def test_killed_cli_sweep_resumes_to_the_same_table(tmp_path):
             "--set", "n=50",
             "--quiet", "--store", str(tmp_path / "a")]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list((tmp_path / "a").glob("*/chunk-*.parquet")):
+    for _ in range(1200):                     # poll (up to ~60 s) for the first stored chunk
+        if list((tmp_path / "a").glob("*/chunk-*.parquet")):
+            break
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

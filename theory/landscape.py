@@ -250,13 +250,16 @@ def _f_hvp(W, A, U, V, dA, dU, dV):
     E = _f_residual(W, A, U, V)
     dE = dA[..., None, :, :] + _dprod(U, V, dU, dV)
     hA = dE.sum(axis=-3)
-    hU, hV = _pullback(dE, U, V)
-    if V is None:
-        hU = hU + (E + _tr(E)) @ dU
-    else:
-        hU = hU + E @ dV
-        hV = hV + _tr(E) @ dU
+    hU, hV = _add_curvature(*_pullback(dE, U, V), E, dU, dV, V)
     return hA, hU, hV
+
+
+def _add_curvature(hU, hV, R, dU, dV, V):
+    """Add the second-order term of the adapter product against the residual R to a pulled-back
+    HVP: (R + Rᵀ) dU for U Uᵀ; R dV and Rᵀ dU for U Vᵀ."""
+    if V is None:
+        return hU + (R + _tr(R)) @ dU, hV
+    return hU + R @ dV, hV + _tr(R) @ dU
 
 
 def _center(E):
@@ -276,13 +279,7 @@ def _g_value_grad(W, U, V):
 def _g_hvp(W, U, V, dU, dV):
     r = _g_residual(W, U, V)
     dr = _center(_dprod(U, V, dU, dV))
-    hU, hV = _pullback(dr, U, V)
-    if V is None:
-        hU = hU + (r + _tr(r)) @ dU
-    else:
-        hU = hU + r @ dV
-        hV = hV + _tr(r) @ dU
-    return hU, hV
+    return _add_curvature(*_pullback(dr, U, V), r, dU, dV, V)
 
 
 def _dense(hvp, shapes):
