@@ -26,6 +26,8 @@ from theory.landscape import (
     reduced_gradient_descent,
 )
 
+from ._run import _executor
+
 __all__ = [
     "saddle_slice_table",
     "descent_paths_table",
@@ -182,7 +184,8 @@ def _instances(d, k, T, reps, seed):
 
 
 def recovery_phase_table(*, Ts=(2, 3, 5), ds=range(2, 13), ks=range(1, 5), reps=20, seed=0,
-                         adapters=("symmetric", "asymmetric"), n_starts=3, max_iter=60) -> pd.DataFrame:
+                         adapters=("symmetric", "asymmetric"), n_starts=3, max_iter=60,
+                         executor="serial") -> pd.DataFrame:
     """Does the exact population solver recover A*? One row per instance.
 
     For each T, d, k (k ≤ d) and adapter type, ``reps`` ground truths (sample_ground_truth: A*
@@ -190,37 +193,63 @@ def recovery_phase_table(*, Ts=(2, 3, 5), ds=range(2, 13), ks=range(1, 5), reps=
     :func:`theory.landscape.fit_population_batch` (all instances of a cell in one batch). Columns:
     ``T``, ``d``, ``k``, ``adapters``, ``rep``, ``zero_loss`` (F at rounding level), ``recovered``
     (‖Â − A*‖ ≤ 1e-6 ‖A*‖), ``A_error`` (‖Â − A*‖/‖A*‖), ``loss``, ``n_iter``.
+
+    ``executor`` ("serial", "processes" or an object with ``submit``, as in :func:`sims.run`)
+    spreads the cells over processes, the most expensive first. Every cell is seeded by
+    (seed, T, d, k, adapters) alone, so the table does not depend on the executor.
     """
     func = "recovery_phase_table"
     reps = check_int(reps, "reps", func, low=1)
     Ts = [check_int(T, "Ts", func, low=1) for T in Ts]
     ds = [check_int(d, "ds", func, low=1) for d in ds]
     ks = [check_int(k, "ks", func, low=1) for k in ks]
+    n_starts = check_int(n_starts, "n_starts", func, low=1)
+    max_iter = check_int(max_iter, "max_iter", func, low=1)
+    adapters = (adapters,) if isinstance(adapters, str) else tuple(adapters)
     for a in adapters:
         if a not in ("symmetric", "asymmetric"):
             raise ValueError(f"The 'adapters' parameter of {func} must hold 'symmetric' and/or 'asymmetric'. Got {a!r}.")
-    rows = []
+    pool, owned = _executor(executor, func)
+    jobs = [(T, d, k, a) for T in Ts for d, k in _cells(ds, ks) for a in adapters]
+    rest = dict(reps=reps, seed=seed, n_starts=n_starts, max_iter=max_iter)
+    try:
+        if pool is None:
+            with _single_threaded_blas():
+                frames = [_recovery_cell(*job, **rest) for job in jobs]
+        else:
+            # Largest first (one LM step costs ~ (unknowns)³), so that no big cell starts last.
+            order = sorted(range(len(jobs)), key=lambda i: -_cell_cost(*jobs[i]))
+            futures = {i: pool.submit(_recovery_cell_single_threaded, *jobs[i], **rest) for i in order}
+            frames = [futures[i].result() for i in range(len(jobs))]
+    finally:
+        if owned:
+            pool.shutdown(cancel_futures=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _cell_cost(T, d, k, adapters):
+    unknowns = T * d * k * (1 if adapters == "symmetric" else 2)
+    return unknowns ** 3
+
+
+def _recovery_cell_single_threaded(*args, **kwargs):
     with _single_threaded_blas():
-        rows = _recovery_rows(Ts, ds, ks, reps, seed, adapters, n_starts, max_iter)
-    return pd.concat(rows, ignore_index=True)
+        return _recovery_cell(*args, **kwargs)
 
 
-def _recovery_rows(Ts, ds, ks, reps, seed, adapters, n_starts, max_iter):
-    rows = []
-    for T in Ts:
-        for d, k in _cells(ds, ks):
-            W, A_star = _instances(d, k, T, reps, seed)
-            scale = np.sum((W - W.mean(axis=1, keepdims=True)) ** 2, axis=(1, 2, 3)) / T + 1e-300
-            for a in adapters:
-                fit = fit_population_batch(W, k, rng=np.random.default_rng([seed, T, d, k, a == "symmetric"]),
-                                           symmetric=(a == "symmetric"), n_starts=n_starts, max_iter=max_iter)
-                err = np.linalg.norm(fit.A - A_star, axis=(1, 2)) / np.linalg.norm(A_star, axis=(1, 2))
-                rows.append(pd.DataFrame({
-                    "T": T, "d": d, "k": k, "adapters": a, "rep": np.arange(reps),
-                    "zero_loss": fit.loss <= 1e-20 * scale, "recovered": err <= RECOVERY_TOL,
-                    "A_error": err, "loss": fit.loss, "n_iter": fit.n_iter,
-                }))
-    return rows
+def _recovery_cell(T, d, k, adapters, *, reps, seed, n_starts, max_iter):
+    """The ``reps`` instances of one cell, fitted in one batch."""
+    W, A_star = _instances(d, k, T, reps, seed)
+    scale = np.sum((W - W.mean(axis=1, keepdims=True)) ** 2, axis=(1, 2, 3)) / T + 1e-300
+    symmetric = adapters == "symmetric"
+    fit = fit_population_batch(W, k, rng=np.random.default_rng([seed, T, d, k, symmetric]),
+                               symmetric=symmetric, n_starts=n_starts, max_iter=max_iter)
+    err = np.linalg.norm(fit.A - A_star, axis=(1, 2)) / np.linalg.norm(A_star, axis=(1, 2))
+    return pd.DataFrame({
+        "T": T, "d": d, "k": k, "adapters": adapters, "rep": np.arange(reps),
+        "zero_loss": fit.loss <= 1e-20 * scale, "recovered": err <= RECOVERY_TOL,
+        "A_error": err, "loss": fit.loss, "n_iter": fit.n_iter,
+    })
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ _KINDS = {
 }
 
 
-def _executor(executor):
+def _executor(executor, func="run"):
+    """(pool or None for serial, whether the caller owns the pool and must shut it down)."""
     if executor == "serial":
         return None, False
     if executor == "processes":
@@ -30,7 +31,7 @@ def _executor(executor):
         return cf.ProcessPoolExecutor(max_workers=workers), True
     if hasattr(executor, "submit"):
         return executor, False       # a concurrent.futures.Executor or a dask.distributed Client
-    raise ValueError("The 'executor' parameter of run must be 'serial', 'processes' or an object with a "
+    raise ValueError(f"The 'executor' parameter of {func} must be 'serial', 'processes' or an object with a "
                      f"submit method (a concurrent.futures.Executor or a dask Client). Got {executor!r} instead.")
 
 

@@ -336,3 +336,55 @@ def test_errors_name_the_argument():
         L.classify_critical_point(truth, np.zeros((3, 3)), np.zeros((2, 3, 1)), tol=0)
     with pytest.raises(ValueError, match="'k' parameter of fit_population_batch"):
         L.fit_population_batch(np.zeros((1, 2, 3, 3)), 4, rng=0)
+
+
+@pytest.mark.parametrize("asym", [False, True])
+def test_gauss_newton_matrix_is_JtJ_of_the_centred_residuals(asym):
+    """The centred residuals r_t = U_tV_tᵀ − W_t − mean_s(U_sV_sᵀ − W_s) are bilinear in the
+    factors, so central differences with a unit step give the Jacobian exactly (up to rounding)."""
+    B, T, d, k = 2, 3, 4, 2
+    rng = np.random.default_rng(5)
+    U = rng.standard_normal((B, T, d, k))
+    V = rng.standard_normal((B, T, d, k)) if asym else None
+    x = U.reshape(B, -1) if not asym else np.stack([U, V], axis=2).reshape(B, -1)
+
+    def residual(xb):
+        Ub, Vb = L._unpack(xb[None], (1, T, d, k), not asym)
+        P = L._prod(Ub, Vb)[0]
+        return (P - P.mean(axis=0)).ravel()
+
+    for b in range(B):
+        E = np.eye(x.shape[1])
+        J = np.stack([(residual(x[b] + e) - residual(x[b] - e)) / 2 for e in E], axis=1)
+        K = L._gram(*L._unpack(x[b:b + 1], (1, T, d, k), not asym), T)[0]
+        np.testing.assert_allclose(K, J.T @ J, rtol=0, atol=1e-12 * np.abs(J.T @ J).max())
+
+
+def test_spd_solve_matches_lu_and_falls_back_to_the_pseudo_inverse():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3, 6, 9))
+    K = X @ np.swapaxes(X, 1, 2)
+    b = rng.standard_normal((3, 6))
+    K[2] = np.diag([1.0, 2.0, 3.0, 0.0, -1.0, 5.0])           # not positive definite: pinv branch
+    before = K.copy()
+    x = L._spd_solve(K, b)
+    np.testing.assert_array_equal(K, before)
+    np.testing.assert_allclose(x[:2], np.linalg.solve(K[:2], b[:2, :, None])[..., 0], rtol=1e-10)
+    np.testing.assert_allclose(x[2], np.linalg.pinv(K[2]) @ b[2], rtol=1e-12)
+
+
+def test_recovery_phase_table_does_not_depend_on_the_executor():
+    """T = 2 never identifies A* (P7: a continuum of zero-loss minima); T = 3 with 3k ≤ d does,
+    for symmetric and asymmetric adapters alike (P5)."""
+    from sims._landscape import recovery_phase_table
+
+    kw = dict(Ts=(2, 3), ds=(3, 6), ks=(1,), reps=3)
+    serial = recovery_phase_table(**kw)
+    pooled = recovery_phase_table(**kw, executor="processes")
+    assert serial.equals(pooled)
+    assert len(serial) == 2 * 2 * 2 * 3
+    assert serial["zero_loss"].all()
+    assert not serial.loc[serial["T"] == 2, "recovered"].any()
+    assert serial.loc[serial["T"] == 3, "recovered"].all()
+    with pytest.raises(ValueError, match="'executor' parameter of recovery_phase_table"):
+        recovery_phase_table(**kw, executor="threads")

@@ -143,8 +143,11 @@ def plot_rate(table, path: Path) -> list[Path]:
         return save(fig, path)
 
 
-def make_landscape_figures(out: Path, *, fast: bool = False) -> list[Path]:
-    """Regenerate ``<out>/landscape/*.png`` (and PDFs); ``fast`` shrinks every computation."""
+def make_landscape_figures(out: Path, *, fast: bool = False, executor="processes") -> list[Path]:
+    """Regenerate ``<out>/landscape/*.png`` (and PDFs); ``fast`` shrinks every computation.
+
+    ``executor`` ("serial" or "processes") runs the cells of the recovery phase diagram.
+    """
     out = Path(out) / "landscape"
     paths = []
     grid = land.saddle_slice_table(d=4, seed=0, n_grid=61 if fast else 161)
@@ -152,11 +155,11 @@ def make_landscape_figures(out: Path, *, fast: bool = False) -> list[Path]:
     paths += plot_saddle_slice(grid, walks, out / "saddle-slice.png")
     paths += plot_critical_spectra(land.critical_spectra_table(d=4, seed=0), out / "critical-spectra.png")
     if fast:
-        phase = land.recovery_phase_table(Ts=(2, 3), ds=range(2, 7), ks=range(1, 3), reps=4)
+        phase = land.recovery_phase_table(Ts=(2, 3), ds=range(2, 7), ks=range(1, 3), reps=4, executor=executor)
         convex = land.convex_recovery_table(Ts=(2, 3), ds=range(2, 5), ks=(1,), reps=3)
         note = "convex: d ≤ 4, k = 1, 3 instances per cell (fast preview)"
     else:
-        phase = land.recovery_phase_table()
+        phase = land.recovery_phase_table(executor=executor)
         convex = land.convex_recovery_table(ds=range(2, 9), ks=range(1, 4), reps=20)
         note = "convex PSD relaxation (λ → 0⁺ limit, Clarabel): d ≤ 8, k ≤ 3 only, cvxpy is slower"
     import pandas as pd
