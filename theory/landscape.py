@@ -821,37 +821,6 @@ def _balance(U, V):
     return (Qu @ X) * root, (Qv @ _tr(Yt)) * root
 
 
-def _als_batch(W, U, V, *, max_sweeps, ftol):
-    """Alternating exact minimisation for asymmetric adapters, batched; W (B, T, d, d).
-
-    Each half sweep minimises F exactly over (A, V) for fixed column spaces of U, then over
-    (A, U) for fixed column spaces of V: with P_t the projector on range(U_t),
-    A = (Σ_t (I − P_t))⁺ Σ_t (I − P_t) W_t and V_t = (W_t − A)ᵀ Q_t (Q_t an orthonormal basis),
-    and symmetrically on the right. F never increases. Returns (U, V, f, sweeps).
-    """
-    B, T, d, k = U.shape
-    eye = np.eye(d)
-    f = _g_value_grad(W, U, V)[0]
-    sweeps = np.zeros(B, int)
-    act = np.flatnonzero(f > ftol)
-    for _ in range(max_sweeps):
-        if act.size == 0:
-            break
-        Wa, Ua, Va = W[act], U[act], V[act]
-        Q = np.linalg.qr(Ua)[0]
-        Mt = eye - Q @ _tr(Q)
-        A = np.linalg.pinv(Mt.sum(axis=1), hermitian=True) @ (Mt @ Wa).sum(axis=1)
-        Qv = np.linalg.qr(_tr(Wa - A[:, None]) @ Q)[0]
-        Mv = eye - Qv @ _tr(Qv)
-        A = (Wa @ Mv).sum(axis=1) @ np.linalg.pinv(Mv.sum(axis=1), hermitian=True)
-        Ua, Va = (Wa - A[:, None]) @ Qv, Qv
-        U[act], V[act] = _balance(Ua, Va)
-        f[act] = _g_value_grad(Wa, U[act], V[act])[0]
-        sweeps[act] += 1
-        act = act[f[act] > ftol[act]]
-    return U, V, f, sweeps
-
-
 def _spd_solve(K, b):
     """Solve K_i x_i = b_i for a batch of symmetric positive definite matrices K (B, n, n).
 
