@@ -1,4 +1,4 @@
-"""loraml.sims: experiments built on ``theory`` — configs in, tidy pandas tables out."""
+"""sims: experiments built on ``theory`` — configs in, tidy pandas tables out."""
 
 from ._finetune import JOINED_METHODS as JOINED_METHODS
 from ._finetune import finetune_comparison as finetune_comparison

@@ -22,7 +22,7 @@ import pandas as pd
 
 from theory import finetune_lora, fit_loraml, sample_ground_truth, sample_tasks, standard_retraining
 from theory import loraone as lo
-from theory._validation import check_int, check_real
+from theory.validation import check_int, check_real
 
 __all__ = ["finetune_comparison", "finetune_summary", "JOINED_METHODS"]
 

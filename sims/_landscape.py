@@ -17,7 +17,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from theory import GroundTruth, sample_ground_truth
-from theory._validation import check_int, check_real
+from theory.validation import check_int, check_real
 from theory.landscape import (
     critical_points_two_tasks,
     fit_population_batch,

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from theory import fit_loraml_from_statistics, paper_gd, reduced_rank_regression
-from theory._validation import check_choice, check_int, check_real
+from theory.validation import check_choice, check_int, check_real
 
 from ._config import SweepConfig
 

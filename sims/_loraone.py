@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from theory import loraone as lo
-from theory._validation import check_int, check_real
+from theory.validation import check_int, check_real
 
 __all__ = [
     "vanilla_alpha_table",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from theory._validation import check_choice, check_int, check_real
+from theory.validation import check_choice, check_int, check_real
 
 from ._config import SweepConfig
 

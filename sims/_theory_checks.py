@@ -18,7 +18,7 @@ from theory import (
     standard_retraining,
     tail_energy,
 )
-from theory._validation import check_int, check_real
+from theory.validation import check_int, check_real
 
 __all__ = ["finetune_rate_table", "retraining_samples_table", "rate_prediction"]
 

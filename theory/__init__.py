@@ -1,4 +1,4 @@
-"""loraml.theory: the mathematics of low-rank meta-learning on numpy arrays.
+"""theory: the mathematics of low-rank meta-learning on numpy arrays.
 
 Pure functions: no I/O, no plotting, randomness only through an explicit ``rng``. Shapes follow
 spec/theory.md §1 (samples as rows; batches of tasks on a leading axis).
@@ -6,6 +6,7 @@ spec/theory.md §1 (samples as rows; batches of tasks on a leading axis).
 
 from . import landscape as landscape
 from . import loraone as loraone
+from . import validation as validation
 from ._lowrank import best_rank_approx as best_rank_approx
 from ._lowrank import procrustes_distance as procrustes_distance
 from ._lowrank import reduced_rank_regression as reduced_rank_regression
@@ -100,4 +101,5 @@ __all__ = [
     "subspace_sin",
     "tail_energy",
     "task_statistics",
+    "validation",
 ]

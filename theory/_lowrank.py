@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import check_array, check_int
+from .validation import check_array, check_int
 
 __all__ = [
     "best_rank_approx",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validation import check_array, check_int, check_real, check_rng
+from .validation import check_array, check_int, check_real, check_rng
 
 __all__ = [
     "GroundTruth",

@@ -18,7 +18,7 @@ import numpy as np
 
 from ._lowrank import reduced_rank_regression
 from ._model import GroundTruth
-from ._validation import check_array, check_choice, check_int, check_real, check_rng
+from .validation import check_array, check_choice, check_int, check_real, check_rng
 
 __all__ = [
     "LoraMLFit",

@@ -27,7 +27,7 @@ import numpy as np
 from scipy.linalg import lapack
 
 from ._model import GroundTruth
-from ._validation import check_array, check_int, check_real, check_rng
+from .validation import check_array, check_int, check_real, check_rng
 
 __all__ = [
     "LandscapeValue",

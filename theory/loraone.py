@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._lowrank import subspace_sin
-from ._validation import check_array, check_choice, check_int, check_real, check_rng
+from .validation import check_array, check_choice, check_int, check_real, check_rng
 
 __all__ = [
     "FinetuneResult",

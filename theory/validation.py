@@ -6,6 +6,7 @@ allowed and what was given, in the style of scikit-learn's parameter validation:
     The 'rank' parameter of reduced_rank_regression must be an int in [1, 6]. Got 9 instead.
 
 Checks run before any work starts, so a bad call never leaves half-computed state behind.
+The module is public: `sims`, the command line and user code call the same checks.
 """
 
 from __future__ import annotations
