@@ -19,8 +19,8 @@ from ._shallow import default_device as default_device
 from ._shallow import shallow_sweep as shallow_sweep
 from ._shallow import simulate_shallow_chunk as simulate_shallow_chunk
 from ._store import read_store as read_store
+from theory import rate_prediction as rate_prediction  # re-exported: the P6 formula lives in theory
 from ._theory_checks import finetune_rate_table as finetune_rate_table
-from ._theory_checks import rate_prediction as rate_prediction
 from ._theory_checks import retraining_samples_table as retraining_samples_table
 
 __all__ = [

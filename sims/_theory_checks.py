@@ -12,6 +12,7 @@ import pandas as pd
 from theory import (
     GroundTruth,
     fit_loraml,
+    rate_prediction,
     reduced_rank_regression,
     sample_ground_truth,
     sample_tasks,
@@ -20,13 +21,7 @@ from theory import (
 )
 from theory.validation import check_int, check_real
 
-__all__ = ["finetune_rate_table", "retraining_samples_table", "rate_prediction"]
-
-
-def rate_prediction(d, k, n, sigma):
-    """σ² k(2d − k)/(n − d − 1): the P6 prediction of E‖Δ̂ − R*‖² for rank-k fine-tuning."""
-    n = np.asarray(n, dtype=float)
-    return sigma**2 * k * (2 * d - k) / (n - d - 1)
+__all__ = ["finetune_rate_table", "retraining_samples_table"]
 
 
 def finetune_rate_table(*, d=10, ks=(1, 2, 3), ns=(30, 60, 120, 250, 500, 1000, 2000, 4000), T=3,

@@ -9,6 +9,7 @@ from . import loraone as loraone
 from . import validation as validation
 from ._lowrank import best_rank_approx as best_rank_approx
 from ._lowrank import procrustes_distance as procrustes_distance
+from ._lowrank import rate_prediction as rate_prediction
 from ._lowrank import reduced_rank_regression as reduced_rank_regression
 from ._lowrank import subspace_sin as subspace_sin
 from ._lowrank import tail_energy as tail_energy
@@ -87,6 +88,7 @@ __all__ = [
     "paper_gd",
     "population_risk",
     "procrustes_distance",
+    "rate_prediction",
     "reduced_gradient_descent",
     "reduced_hessian",
     "reduced_hvp",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._results import ArrayFields
 from .validation import check_array, check_int, check_real, check_rng
 
 __all__ = [
@@ -19,7 +20,7 @@ __all__ = [
 
 
 @dataclass(frozen=True, eq=False)
-class GroundTruth:
+class GroundTruth(ArrayFields):
     """Base ``A_star`` (d, d) and adapters ``U_star`` (T+1, d, k); index T is the test task."""
 
     A_star: np.ndarray
@@ -75,7 +76,7 @@ class GroundTruth:
 
 
 @dataclass(frozen=True, eq=False)
-class TaskData:
+class TaskData(ArrayFields):
     """Samples of the retraining tasks ``X``, ``Y`` (T, N, d) and of the test task (n, d)."""
 
     X: np.ndarray

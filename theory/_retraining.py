@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._results import ArrayFields
 from ._lowrank import reduced_rank_regression
 from ._model import GroundTruth
 from .validation import check_array, check_choice, check_int, check_real, check_rng
@@ -51,7 +52,7 @@ EXACT_DEFAULTS = {
 
 
 @dataclass(frozen=True, eq=False)
-class LoraMLFit:
+class LoraMLFit(ArrayFields):
     """Result of LoRA-ML retraining.
 
     Attributes
@@ -83,8 +84,8 @@ class LoraMLFit:
         return self.U @ np.swapaxes(self.U, -1, -2)
 
 
-@dataclass(frozen=True)
-class Objective:
+@dataclass(frozen=True, eq=False)
+class Objective(ArrayFields):
     """Value and gradient of the LoRA-ML objective at (A, U)."""
 
     value: float

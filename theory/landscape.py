@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import lapack
 
+from ._results import ArrayFields
 from ._model import GroundTruth
 from .validation import check_array, check_int, check_real, check_rng
 
@@ -60,7 +61,7 @@ __all__ = [
 
 
 @dataclass(frozen=True, eq=False)
-class LandscapeValue:
+class LandscapeValue(ArrayFields):
     """Value and gradient of F (or of G, where ``grad_A`` is None).
 
     ``grad_V`` is None for symmetric adapters.
@@ -79,7 +80,7 @@ class LandscapeValue:
 
 
 @dataclass(frozen=True, eq=False)
-class CriticalPoint:
+class CriticalPoint(ArrayFields):
     """A point (A, U) of the population objective, with what is known about it.
 
     Attributes
@@ -104,7 +105,7 @@ class CriticalPoint:
 
 
 @dataclass(frozen=True, eq=False)
-class EscapeDirection:
+class EscapeDirection(ArrayFields):
     """Smallest eigenvalue of a Hessian and its unit eigenvector, split into blocks.
 
     ``dA`` is None for the reduced objective; ``dV`` is None for symmetric adapters.
@@ -118,7 +119,7 @@ class EscapeDirection:
 
 
 @dataclass(frozen=True, eq=False)
-class Classification:
+class Classification(ArrayFields):
     """Outcome of :func:`classify_critical_point`.
 
     kind : "global minimum" (critical, value within tolerance of the global minimum value),
@@ -138,7 +139,7 @@ class Classification:
 
 
 @dataclass(frozen=True, eq=False)
-class DescentPath:
+class DescentPath(ArrayFields):
     """Gradient descent on G: the end point, the values along the way, the recorded path.
 
     U : (..., T, d, k) end points; values : (n_record, ...) values of G at the recorded steps;
@@ -152,7 +153,7 @@ class DescentPath:
 
 
 @dataclass(frozen=True, eq=False)
-class BatchFit:
+class BatchFit(ArrayFields):
     """Result of the batched exact population solver (:func:`fit_population_batch`).
 
     A : (B, d, d); U, V : (B, T, d, k) (V is U for symmetric adapters); loss : (B,) the value of

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._results import ArrayFields
 from ._lowrank import subspace_sin
 from .validation import check_array, check_choice, check_int, check_real, check_rng
 
@@ -66,7 +67,7 @@ _ORDERS = ("simultaneous", "gauss-seidel")
 
 
 @dataclass(frozen=True, eq=False)
-class FinetuneResult:
+class FinetuneResult(ArrayFields):
     """Trajectory of a fine-tuning run (:func:`finetune` and friends).
 
     For a batched call every per-run attribute carries the batch shape ``(...)``.
@@ -114,8 +115,8 @@ class FinetuneResult:
         return self.residual if self.rel_error is None else self.rel_error
 
 
-@dataclass(frozen=True)
-class LoraObjective:
+@dataclass(frozen=True, eq=False)
+class LoraObjective(ArrayFields):
     """Value and gradients of the LoRA loss at (A, B)."""
 
     value: float | np.ndarray
