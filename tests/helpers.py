@@ -26,3 +26,11 @@ def recoverable_sizes(draw, max_k=3, max_d=12):
     d = draw(st.integers(3 * k, max(3 * k, max_d)))
     T = draw(st.integers(3, 5))
     return d, k, T
+
+
+def examples(n: int) -> int:
+    """A test's hypothesis budget: ``n`` examples under the default profiles (max_examples 100),
+    scaled with the loaded profile, so that ``HYPOTHESIS_PROFILE=thorough`` really runs more."""
+    from hypothesis import settings
+
+    return max(1, round(n * settings.default.max_examples / 100))
