@@ -5,7 +5,7 @@ Run:  .venv/bin/python benchmarks/linear_engine.py [--scale 10]
 (a) the batched engine (``sims.run``) on all five sweeps of spec §5.1 at the paper's full
     settings (5 runs, 3000 outer iterations, 10000/1000/1000/1400/10000 fine-tuning steps),
     serial and with a process pool;
-(b) ``sims._reference.reference_trial``: one run at a time, one task at a time, every gradient
+(b) ``sims.reference_trial``: one run at a time, one task at a time, every gradient
     from the full data matrices, as the authors' code does.
 
 (b) at full settings takes minutes per sweep value, so both are also timed on the same reduced
@@ -20,7 +20,6 @@ import argparse
 import time
 
 import sims
-from sims._reference import reference_trial
 
 
 def _configs(scale: int = 1):
@@ -44,7 +43,7 @@ def _time_reference(configs):
     t0 = time.perf_counter()
     for cfg in configs:
         for vi in range(len(cfg.values)):
-            reference_trial(cfg, vi, 0)
+            sims.reference_trial(cfg, vi, 0)
     return (time.perf_counter() - t0) * configs[0].runs     # one trial per value, × runs
 
 
@@ -68,7 +67,7 @@ def main(argv=None):
     if not args.skip_full_reference:
         cfg = sims.linear_sweep("T", (3,), runs=1)
         t0 = time.perf_counter()
-        reference_trial(cfg, 0, 0)
+        sims.reference_trial(cfg, 0, 0)
         tb1 = time.perf_counter() - t0
         t0 = time.perf_counter()
         sims.run(sims.linear_sweep("T", (3,)), progress=False)

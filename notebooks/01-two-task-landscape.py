@@ -23,10 +23,10 @@ import os
 
 import numpy as np
 
+import sims
 import theory as th
-from theory import landscape as L
-from sims import _landscape as land
 from loraml.figures.landscape import plot_critical_spectra, plot_saddle_slice
+from theory import landscape as L
 
 FAST = os.environ.get("LORAML_FAST") == "1"
 truth = th.sample_ground_truth(4, 1, 2, rng=0)
@@ -57,10 +57,10 @@ for p in L.critical_points_two_tasks(truth):
 
 # %%
 out = "figures-notebook"
-grid = land.saddle_slice_table(d=4, seed=0, n_grid=41 if FAST else 121)
-walks = land.descent_paths_table(d=4, seed=0, n_paths=3 if FAST else 8, n_steps=800 if FAST else 4000)
+grid = sims.saddle_slice_table(d=4, seed=0, n_grid=41 if FAST else 121)
+walks = sims.descent_paths_table(d=4, seed=0, n_paths=3 if FAST else 8, n_steps=800 if FAST else 4000)
 plot_saddle_slice(grid, walks, f"{out}/saddle-slice.png")
-plot_critical_spectra(land.critical_spectra_table(d=4, seed=0), f"{out}/critical-spectra.png")
+plot_critical_spectra(sims.critical_spectra_table(d=4, seed=0), f"{out}/critical-spectra.png")
 print("final G of the descent paths:", walks[walks.step == walks.step.max()].G.max())
 
 # %% [markdown]

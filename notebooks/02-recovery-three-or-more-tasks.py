@@ -24,8 +24,8 @@ import os
 import numpy as np
 import pandas as pd
 
+import sims
 import theory as th
-from sims import _landscape as land
 from loraml.figures.landscape import plot_recovery_phase
 
 FAST = os.environ.get("LORAML_FAST") == "1"
@@ -43,11 +43,11 @@ print(f"loss = {fit.loss:.1e},  ‖Â − A*‖/‖A*‖ = {np.linalg.norm(fit.A
 
 # %%
 if FAST:
-    phase = land.recovery_phase_table(Ts=(2, 3), ds=range(2, 7), ks=(1, 2), reps=4)
-    convex = land.convex_recovery_table(Ts=(3,), ds=range(2, 5), ks=(1,), reps=3)
+    phase = sims.recovery_phase_table(Ts=(2, 3), ds=range(2, 7), ks=(1, 2), reps=4)
+    convex = sims.convex_recovery_table(Ts=(3,), ds=range(2, 5), ks=(1,), reps=3)
 else:
-    phase = land.recovery_phase_table(executor="processes")   # every cell, 20 instances: ~45 s on 2 cores
-    convex = land.convex_recovery_table(ds=range(2, 9), ks=range(1, 4), reps=20)
+    phase = sims.recovery_phase_table(executor="processes")   # every cell, 20 instances: ~45 s on 2 cores
+    convex = sims.convex_recovery_table(ds=range(2, 9), ks=range(1, 4), reps=20)
 table = pd.concat([phase, convex], ignore_index=True)
 plot_recovery_phase(table, "figures-notebook/recovery-phase.png", convex_note="convex at smaller sizes")
 summary = table.groupby(["adapters", "T", "k", "d"])["recovered"].mean().unstack("d")

@@ -1,8 +1,20 @@
 """sims: experiments built on ``theory`` — configs in, tidy pandas tables out."""
 
+from theory import (
+    rate_prediction as rate_prediction,  # re-exported: the P6 formula lives in theory
+)
+
 from ._finetune import JOINED_METHODS as JOINED_METHODS
 from ._finetune import finetune_comparison as finetune_comparison
 from ._finetune import finetune_summary as finetune_summary
+from ._landscape import RECOVERY_TOL as RECOVERY_TOL
+from ._landscape import convex_recovery_table as convex_recovery_table
+from ._landscape import critical_spectra_table as critical_spectra_table
+from ._landscape import descent_paths_table as descent_paths_table
+from ._landscape import recovery_phase_table as recovery_phase_table
+from ._landscape import saddle_slice_table as saddle_slice_table
+from ._landscape import solve_psd_relaxation as solve_psd_relaxation
+from ._linear import METHODS as METHODS
 from ._linear import PRESETS as PRESETS
 from ._linear import SWEEPS as SWEEPS
 from ._linear import LinearConfig as LinearConfig
@@ -12,6 +24,7 @@ from ._loraone import init_comparison_table as init_comparison_table
 from ._loraone import kappa_iterations_table as kappa_iterations_table
 from ._loraone import two_parameter_table as two_parameter_table
 from ._loraone import vanilla_alpha_table as vanilla_alpha_table
+from ._reference import reference_trial as reference_trial
 from ._run import run as run
 from ._shallow import SHALLOW_SWEEPS as SHALLOW_SWEEPS
 from ._shallow import ShallowConfig as ShallowConfig
@@ -19,18 +32,22 @@ from ._shallow import default_device as default_device
 from ._shallow import shallow_sweep as shallow_sweep
 from ._shallow import simulate_shallow_chunk as simulate_shallow_chunk
 from ._store import read_store as read_store
-from theory import rate_prediction as rate_prediction  # re-exported: the P6 formula lives in theory
 from ._theory_checks import finetune_rate_table as finetune_rate_table
 from ._theory_checks import retraining_samples_table as retraining_samples_table
 
 __all__ = [
     "JOINED_METHODS",
     "LinearConfig",
+    "METHODS",
     "PRESETS",
+    "RECOVERY_TOL",
     "SHALLOW_SWEEPS",
     "SWEEPS",
     "ShallowConfig",
+    "convex_recovery_table",
+    "critical_spectra_table",
     "default_device",
+    "descent_paths_table",
     "finetune_comparison",
     "finetune_rate_table",
     "finetune_summary",
@@ -39,11 +56,15 @@ __all__ = [
     "linear_sweep",
     "rate_prediction",
     "read_store",
+    "recovery_phase_table",
+    "reference_trial",
     "retraining_samples_table",
     "run",
+    "saddle_slice_table",
     "shallow_sweep",
     "simulate_chunk",
     "simulate_shallow_chunk",
+    "solve_psd_relaxation",
     "two_parameter_table",
     "vanilla_alpha_table",
 ]

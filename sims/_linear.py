@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from theory import fit_loraml_from_statistics, paper_gd, reduced_rank_regression
+from theory import (
+    fit_loraml_from_statistics,
+    paper_gd,
+    reduced_rank_regression,
+    sample_ground_truth,
+    standard_retraining_from_statistics,
+)
 from theory.validation import check_choice, check_int, check_real
 
 from ._config import SweepConfig
@@ -191,8 +197,8 @@ def _shared_truth(config: LinearConfig):
     kmax = max(config.params(v)["k"] for v in config.values)
     Tmax = max(config.params(v)["T"] for v in config.values)
     rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(2**31 - 1,)))
-    G = rng.standard_normal((dmax, dmax))
-    return (G + G.T) / 2, rng.standard_normal((Tmax + 1, dmax, kmax))
+    truth = sample_ground_truth(dmax, kmax, Tmax, rng=rng)
+    return truth.A_star, truth.U_star
 
 
 def _draw_trial(config: LinearConfig, value, rng, shared, *, keep_data: bool = False):
@@ -208,9 +214,8 @@ def _draw_trial(config: LinearConfig, value, rng, shared, *, keep_data: bool = F
         A_star = A_full[:d, :d]
         U_star = np.concatenate([U_full[:T, :d, :k], U_full[-1:, :d, :k]])  # the test task is the last one
     else:
-        G = rng.standard_normal((d, d))
-        A_star = (G + G.T) / 2
-        U_star = rng.standard_normal((T + 1, d, k))
+        truth = sample_ground_truth(d, k, T, rng=rng)
+        A_star, U_star = truth.A_star, truth.U_star
     W = A_star + U_star @ np.swapaxes(U_star, -1, -2)
     std = config.noise_std
     X = rng.standard_normal((T, N, d))
@@ -294,7 +299,7 @@ def simulate_chunk(config: LinearConfig, value_index: int, trials) -> pd.DataFra
     A_ml, U_ml = paper_gd(S, C, np.zeros((len(trials), p["d"], p["d"])), stack["U0"],
                           outer_steps=config.outer_steps, inner_steps=config.inner_steps,
                           lr_A=config.lr_A, lr_U=config.lr_U)
-    A_pooled = np.linalg.solve(S.sum(axis=-3), np.swapaxes(C.sum(axis=-3), -1, -2)).swapaxes(-1, -2)
+    A_pooled = standard_retraining_from_statistics(S, C)
     A_sr = A_pooled if config.sr == "closed_form" else _sr_gd(S, C, stack["U_stray"], config)
     bases = np.stack([A_ml, A_sr])                          # (method, trial, d, d)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from theory import reduced_rank_regression
+from theory import reduced_rank_regression, standard_retraining
 
 from ._linear import METHODS, LinearConfig, _draw_trial, _shared_truth, _trial_streams
 
@@ -47,7 +47,7 @@ def reference_trial(config: LinearConfig, value_index: int, trial: int) -> dict:
     # SR: pooled least squares, or the authors' learner with T stray adapters (Q2).
     Xp, Yp = X.reshape(-1, d), Y.reshape(-1, d)
     if config.sr == "closed_form":
-        A_sr = np.linalg.lstsq(Xp, Yp, rcond=None)[0].T
+        A_sr = standard_retraining(X, Y)
     else:
         R = draw["U_stray"] @ np.swapaxes(draw["U_stray"], -1, -2)
         A_sr = np.zeros((d, d))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from theory import sample_ground_truth
 from theory.validation import check_choice, check_int, check_real
 
 from ._config import SweepConfig
@@ -145,8 +146,8 @@ def _kaiming_uniform(rng, shape, fan_in):
 def _draw_trial(config: ShallowConfig, value, rng) -> dict:
     p = config.params(value)
     d, T, k, N, n = p["d"], p["T"], p["k"], p["N"], p["n"]
-    A_star = rng.standard_normal((d, d))
-    U_star = rng.standard_normal((T + 1, d, k))
+    truth = sample_ground_truth(d, k, T, rng=rng, symmetric_base=False)   # spec 5.2: A* not symmetrised
+    A_star, U_star = truth.A_star, truth.U_star
     c_star = rng.standard_normal(d)
     W = A_star + U_star @ np.swapaxes(U_star, -1, -2)
     X = rng.standard_normal((T, N, d))

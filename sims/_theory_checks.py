@@ -43,9 +43,9 @@ def finetune_rate_table(*, d=10, ks=(1, 2, 3), ns=(30, 60, 120, 250, 500, 1000, 
     rows = []
     rng = np.random.default_rng(seed)
     for k in ks:
-        G = rng.standard_normal((reps, d, d))
-        A_star = (G + np.swapaxes(G, -1, -2)) / 2
-        U = rng.standard_normal((reps, T + 1, d, k))
+        truths = sample_ground_truth(d, k, T, rng=rng, size=reps)
+        A_star = np.stack([t.A_star for t in truths])
+        U = np.stack([t.U_star for t in truths])
         R = U @ np.swapaxes(U, -1, -2)
         target = A_star + R[:, T]
         bases = {"LoRA-ML": A_star, "SR": A_star + R[:, :T].mean(axis=1)}

@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 
 import theory as th
 from theory import landscape as L
+from theory.landscape import _objective as LO
+from theory.landscape import _solver as LS
 
 EPS = np.finfo(float).eps
 
@@ -349,14 +351,14 @@ def test_gauss_newton_matrix_is_JtJ_of_the_centred_residuals(asym):
     x = U.reshape(B, -1) if not asym else np.stack([U, V], axis=2).reshape(B, -1)
 
     def residual(xb):
-        Ub, Vb = L._unpack(xb[None], (1, T, d, k), not asym)
-        P = L._prod(Ub, Vb)[0]
+        Ub, Vb = LS._unpack(xb[None], (1, T, d, k), not asym)
+        P = LO._prod(Ub, Vb)[0]
         return (P - P.mean(axis=0)).ravel()
 
     for b in range(B):
         E = np.eye(x.shape[1])
         J = np.stack([(residual(x[b] + e) - residual(x[b] - e)) / 2 for e in E], axis=1)
-        K = L._gram(*L._unpack(x[b:b + 1], (1, T, d, k), not asym), T)[0]
+        K = LS._gram(*LS._unpack(x[b:b + 1], (1, T, d, k), not asym), T)[0]
         np.testing.assert_allclose(K, J.T @ J, rtol=0, atol=1e-12 * np.abs(J.T @ J).max())
 
 
@@ -367,7 +369,7 @@ def test_spd_solve_matches_lu_and_falls_back_to_the_pseudo_inverse():
     b = rng.standard_normal((3, 6))
     K[2] = np.diag([1.0, 2.0, 3.0, 0.0, -1.0, 5.0])           # not positive definite: pinv branch
     before = K.copy()
-    x = L._spd_solve(K, b)
+    x = LS._spd_solve(K, b)
     np.testing.assert_array_equal(K, before)
     np.testing.assert_allclose(x[:2], np.linalg.solve(K[:2], b[:2, :, None])[..., 0], rtol=1e-10)
     np.testing.assert_allclose(x[2], np.linalg.pinv(K[2]) @ b[2], rtol=1e-12)

@@ -51,6 +51,7 @@ from ._retraining import fit_loraml_population as fit_loraml_population
 from ._retraining import loraml_objective as loraml_objective
 from ._retraining import paper_gd as paper_gd
 from ._retraining import standard_retraining as standard_retraining
+from ._retraining import standard_retraining_from_statistics as standard_retraining_from_statistics
 from ._retraining import standard_retraining_population as standard_retraining_population
 from ._retraining import task_statistics as task_statistics
 
@@ -99,6 +100,7 @@ __all__ = [
     "sr_saddle",
     "sr_saddle_min_eigenvalue",
     "standard_retraining",
+    "standard_retraining_from_statistics",
     "standard_retraining_population",
     "subspace_sin",
     "tail_energy",

@@ -134,6 +134,22 @@ def procrustes_distance(U1, U2) -> np.ndarray:
     return np.sqrt(np.sum(diff * diff, axis=(-2, -1)))
 
 
+def _top_factors(D, k, symmetric=True):
+    """Rank-k factors of the top of a stack of matrices D (..., d, d): the spectral start of the
+    LoRA-ML solvers.
+
+    Symmetric: U = V_k diag(√λ_k⁺) from the top-k eigenpairs of sym(D) (negative eigenvalues
+    clipped), returned as ``(U, None)``; asymmetric: ``(L_k √S_k, R_k √S_k)`` from the SVD.
+    """
+    if symmetric:
+        lam, vecs = np.linalg.eigh((D + np.swapaxes(D, -1, -2)) / 2)
+        lam, vecs = lam[..., ::-1][..., :k], vecs[..., ::-1][..., :k]
+        return vecs * np.sqrt(np.clip(lam, 0.0, None))[..., None, :], None
+    Ls, s, Rt = np.linalg.svd(D)
+    root = np.sqrt(s[..., :k])
+    return Ls[..., :k] * root[..., None, :], np.swapaxes(Rt[..., :k, :], -1, -2) * root[..., None, :]
+
+
 def rate_prediction(d, k, n, sigma) -> np.ndarray:
     """P6: E‖Δ̂ − R‖² for rank-k fine-tuning by Lemma 1 on n Gaussian samples, to first order in σ.
 

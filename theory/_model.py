@@ -101,7 +101,8 @@ class TaskData(ArrayFields):
         return self.X.shape[2]
 
 
-def sample_ground_truth(d, k, T, *, rng, symmetric_base: bool = True, scale: float = 1.0) -> GroundTruth:
+def sample_ground_truth(d, k, T, *, rng, symmetric_base: bool = True, scale: float = 1.0,
+                        size: int | None = None) -> GroundTruth | list[GroundTruth]:
     """Draw a ground truth as the paper's code does (spec §2).
 
     ``A* = (G + Gᵀ)/2`` with ``G`` iid N(0, 1) when ``symmetric_base`` (else ``A* = G``), and
@@ -117,16 +118,25 @@ def sample_ground_truth(d, k, T, *, rng, symmetric_base: bool = True, scale: flo
         Symmetrise the base, as the paper's code does.
     scale : float
         Standard deviation of the adapter entries.
+    size : int >= 1, optional
+        Draw ``size`` independent ground truths in one batch (every base first, then every set of
+        adapters) and return them as a list; the default draws one and returns it.
 
     Returns
     -------
-    GroundTruth
+    GroundTruth, or a list of ``size`` of them
 
     Examples
     --------
     >>> truth = sample_ground_truth(5, 1, 3, rng=0)
     >>> truth.A_star.shape, truth.U_star.shape
     ((5, 5), (4, 5, 1))
+
+    The base is symmetric, and with T = 3 tasks of rank 1 the mean adapter R̄* has rank 3 (P2):
+
+    >>> import numpy as np
+    >>> bool(np.allclose(truth.A_star, truth.A_star.T)), int(np.linalg.matrix_rank(truth.R_bar))
+    (True, 3)
     """
     func = "sample_ground_truth"
     d = check_int(d, "d", func, low=1)
@@ -135,11 +145,14 @@ def sample_ground_truth(d, k, T, *, rng, symmetric_base: bool = True, scale: flo
     scale = check_real(scale, "scale", func, low=0.0, low_open=True)
     if not isinstance(symmetric_base, (bool, np.bool_)):
         raise ValueError(f"The 'symmetric_base' parameter of {func} must be a bool. Got {symmetric_base!r} instead.")
+    batch = () if size is None else (check_int(size, "size", func, low=1),)
     rng = check_rng(rng, func)
-    G = rng.standard_normal((d, d))
-    A = (G + G.T) / 2 if symmetric_base else G
-    U = scale * rng.standard_normal((T + 1, d, k))
-    return GroundTruth(A_star=A, U_star=U)
+    G = rng.standard_normal(batch + (d, d))
+    A = (G + np.swapaxes(G, -1, -2)) / 2 if symmetric_base else G
+    U = scale * rng.standard_normal(batch + (T + 1, d, k))
+    if size is None:
+        return GroundTruth(A_star=A, U_star=U)
+    return [GroundTruth(A_star=a, U_star=u) for a, u in zip(A, U)]
 
 
 def sample_tasks(truth: GroundTruth, N, n, sigma, *, rng) -> TaskData:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._results import ArrayFields
-from ._lowrank import reduced_rank_regression
+from ._lowrank import _top_factors, reduced_rank_regression
 from ._model import GroundTruth
+from .landscape import fit_population_batch, landscape_objective
 from .validation import check_array, check_choice, check_int, check_real, check_rng
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "Objective",
     "task_statistics",
     "standard_retraining",
+    "standard_retraining_from_statistics",
     "standard_retraining_population",
     "loraml_objective",
     "fit_loraml",
@@ -213,6 +215,20 @@ def _right_solve(B, M):
 # Standard retraining
 
 
+def _pooled_least_squares(S, C):
+    """(Σ_t C_t)(Σ_t S_t)⁺: the minimum-norm pooled least squares, batched over leading axes.
+
+    The pseudo-inverse comes from an eigendecomposition of the (symmetric PSD) pooled S with the
+    usual cutoff λ_max·d·ε, so a rank-deficient design (T·N < d) gives the minimum-norm solution.
+    """
+    S_sum = S.sum(axis=-3)
+    S_sum = (S_sum + np.swapaxes(S_sum, -1, -2)) / 2
+    lam, Q = np.linalg.eigh(S_sum)
+    cutoff = lam[..., -1:] * S_sum.shape[-1] * np.finfo(float).eps
+    inv = np.where(lam > cutoff, 1.0 / np.where(lam > cutoff, lam, 1.0), 0.0)
+    return (C.sum(axis=-3) @ (Q * inv[..., None, :])) @ np.swapaxes(Q, -1, -2)
+
+
 def standard_retraining(X, Y) -> np.ndarray:
     """Pooled least squares over the stacked tasks: Â_SR = (Σ_t C_t)(Σ_t S_t)⁻¹ (spec §3.1).
 
@@ -223,12 +239,35 @@ def standard_retraining(X, Y) -> np.ndarray:
     Returns
     -------
     A : (d, d); the minimum-norm solution if the pooled design is rank deficient.
+
+    Examples
+    --------
+    With noiseless tasks Y_t = X_t A*_tᵀ, SR lands on the mean task parameter A* + R̄* (P2), not A*:
+
+    >>> import numpy as np
+    >>> from theory import sample_ground_truth, sample_tasks
+    >>> truth = sample_ground_truth(4, 1, 3, rng=0)
+    >>> data = sample_tasks(truth, 400, 1, 0.0, rng=1)
+    >>> A = standard_retraining(data.X, data.Y)
+    >>> bool(np.linalg.norm(A - truth.A_star - truth.R_bar) < 0.2 * np.linalg.norm(truth.R_bar))
+    True
     """
     X, Y = _check_task_arrays(X, Y, "standard_retraining")
-    d = X.shape[-1]
-    Xp, Yp = X.reshape(-1, d), Y.reshape(-1, Y.shape[-1])
-    Bt, *_ = np.linalg.lstsq(Xp, Yp, rcond=None)
-    return Bt.T
+    S, C, _ = task_statistics(X, Y)
+    return _pooled_least_squares(S, C)
+
+
+def standard_retraining_from_statistics(S, C) -> np.ndarray:
+    """:func:`standard_retraining` from per-task statistics S_t = X_tᵀX_t/N, C_t = Y_tᵀX_t/N.
+
+    Batched: S, C (..., T, d, d) give Â_SR (..., d, d). The engines keep only S and C.
+    """
+    func = "standard_retraining_from_statistics"
+    S = check_array(S, "S", func, ndim=(3, 4, 5))
+    C = check_array(C, "C", func, ndim=S.ndim, shape=S.shape[-3:])
+    if S.shape[-1] != S.shape[-2]:
+        raise ValueError(f"The 'S' parameter of {func} must hold square (d, d) matrices. Got shape {S.shape}.")
+    return _pooled_least_squares(S, C)
 
 
 def standard_retraining_population(truth: GroundTruth) -> np.ndarray:
@@ -238,7 +277,8 @@ def standard_retraining_population(truth: GroundTruth) -> np.ndarray:
             "The 'truth' parameter of standard_retraining_population must be a GroundTruth. "
             f"Got {type(truth).__name__} instead."
         )
-    return truth.A_star + truth.R_bar
+    d, T = truth.d, truth.T
+    return _pooled_least_squares(np.broadcast_to(np.eye(d), (T, d, d)), truth.task_weights[:T])
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,8 +304,15 @@ def loraml_objective(A, U, *, X=None, Y=None, truth=None) -> Objective:
     Objective with ``value``, ``grad_A`` (d, d) and ``grad_U`` (T, d, k).
     """
     func = "loraml_objective"
+    if truth is not None and X is None and Y is None:
+        # The population objective has one owner: theory.landscape (F and its gradient).
+        if not isinstance(truth, GroundTruth):
+            raise ValueError(f"The 'truth' parameter of {func} must be a GroundTruth. Got {type(truth).__name__}.")
+        A, U = _check_point(A, U, truth.d, truth.T, func)
+        out = landscape_objective(truth, A, U)
+        return Objective(value=out.value, grad_A=out.grad_A, grad_U=out.grad_U)
     quad = _objective_quadratic(X, Y, truth, func)
-    A, U = _check_point(A, U, quad, func)
+    A, U = _check_point(A, U, quad.d, quad.T, func)
     gA, gU = quad.gradient(A, U)
     w = quad.weight
     return Objective(value=quad.value(A, U), grad_A=w * gA, grad_U=w * gU)
@@ -284,8 +331,7 @@ def _objective_quadratic(X, Y, truth, func) -> _Quadratic:
     return _Quadratic.from_data(X, Y)
 
 
-def _check_point(A, U, quad: _Quadratic, func: str):
-    d, T = quad.d, quad.T
+def _check_point(A, U, d: int, T: int, func: str):
     A = check_array(A, "A", func, ndim=2, shape=(d, d))
     U = check_array(U, "U", func, ndim=3)
     if U.shape[0] != T or U.shape[1] != d or not 1 <= U.shape[2] <= d:
@@ -377,6 +423,20 @@ def fit_loraml_population(truth: GroundTruth, k, *, rng, method: str = "exact", 
     """LoRA-ML retraining on the population objective F(A, U) = ½ Σ_t ‖A + U_tU_tᵀ − A*_t‖².
 
     Same methods and options as :func:`fit_loraml`; ``k`` may differ from the truth's rank.
+    ``method="exact"`` is a batch of one of :func:`theory.landscape.fit_population_batch`
+    (Levenberg–Marquardt on the reduced objective, spectral start, then random restarts until a
+    start reaches zero loss); ``loss`` is F at the fit.
+
+    Examples
+    --------
+    Three tasks and d ≥ 3k: the population minimiser is unique and is the truth (P5).
+
+    >>> import numpy as np
+    >>> from theory import sample_ground_truth
+    >>> truth = sample_ground_truth(6, 2, 3, rng=0)
+    >>> fit = fit_loraml_population(truth, 2, rng=0)
+    >>> bool(fit.converged), bool(np.linalg.norm(fit.A - truth.A_star) < 1e-9 * np.linalg.norm(truth.A_star))
+    (True, True)
     """
     func = "fit_loraml_population"
     if not isinstance(truth, GroundTruth):
@@ -385,7 +445,16 @@ def fit_loraml_population(truth: GroundTruth, k, *, rng, method: str = "exact", 
     method = check_choice(method, "method", func, ("exact", "paper"))
     opts = _check_options(options, method, func)
     rng = check_rng(rng, func)
-    return _fit(_Quadratic.from_truth(truth), k, rng, method, opts)
+    if method == "paper":
+        return _fit(_Quadratic.from_truth(truth), k, rng, method, opts)
+    fit = fit_population_batch(truth.task_weights[None, : truth.T], k, rng=rng, symmetric=True,
+                               n_starts=opts["n_starts"], max_iter=opts["max_iter"], tol=opts["tol"])
+    converged = bool(fit.converged[0])
+    message = (f"Levenberg–Marquardt on the reduced objective: F = {fit.loss[0]:.3g} after {fit.n_iter[0]} "
+               f"iterations from {fit.n_starts_used[0]} start(s); "
+               + ("converged" if converged else "not converged: try a larger max_iter or n_starts"))
+    return LoraMLFit(A=fit.A[0], U=fit.U[0], loss=float(fit.loss[0]), n_iter=int(fit.n_iter[0]),
+                     converged=converged, grad_norm=float(fit.grad_norm[0]), method="exact", message=message)
 
 
 def _check_options(options, method, func):
@@ -494,11 +563,7 @@ def _fit_paper(quad, k, rng, *, outer_steps, inner_steps, lr_A, lr_U, init_scale
 def _spectral_start(quad: _Quadratic, k: int):
     """U_t from the top-k eigenpairs of sym(B_t − Â_SR), B_t the per-task least squares."""
     B = _right_solve(quad.C, quad.S)                 # per-task least squares (pinv if singular)
-    A_sr = _right_solve(quad.C.sum(axis=0), quad.S.sum(axis=0))
-    D = B - A_sr
-    lam, V = np.linalg.eigh((D + np.swapaxes(D, -1, -2)) / 2)
-    lam, V = lam[..., ::-1][..., :k], V[..., ::-1][..., :k]
-    return V * np.sqrt(np.clip(lam, 0.0, None))[..., None, :]
+    return _top_factors(B - _pooled_least_squares(quad.S, quad.C), k)[0]
 
 
 def _gn_system(quad: _Quadratic, A, U, mu):

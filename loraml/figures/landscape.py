@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 import sims
-from sims import _landscape as land
 
 from ._style import COLORS, RC, plt, save
 
@@ -150,17 +149,17 @@ def make_landscape_figures(out: Path, *, fast: bool = False, executor="processes
     """
     out = Path(out) / "landscape"
     paths = []
-    grid = land.saddle_slice_table(d=4, seed=0, n_grid=61 if fast else 161)
-    walks = land.descent_paths_table(d=4, seed=0, n_paths=4 if fast else 8, n_steps=1500 if fast else 4000)
+    grid = sims.saddle_slice_table(d=4, seed=0, n_grid=61 if fast else 161)
+    walks = sims.descent_paths_table(d=4, seed=0, n_paths=4 if fast else 8, n_steps=1500 if fast else 4000)
     paths += plot_saddle_slice(grid, walks, out / "saddle-slice.png")
-    paths += plot_critical_spectra(land.critical_spectra_table(d=4, seed=0), out / "critical-spectra.png")
+    paths += plot_critical_spectra(sims.critical_spectra_table(d=4, seed=0), out / "critical-spectra.png")
     if fast:
-        phase = land.recovery_phase_table(Ts=(2, 3), ds=range(2, 7), ks=range(1, 3), reps=4, executor=executor)
-        convex = land.convex_recovery_table(Ts=(2, 3), ds=range(2, 5), ks=(1,), reps=3)
+        phase = sims.recovery_phase_table(Ts=(2, 3), ds=range(2, 7), ks=range(1, 3), reps=4, executor=executor)
+        convex = sims.convex_recovery_table(Ts=(2, 3), ds=range(2, 5), ks=(1,), reps=3)
         note = "convex: d ≤ 4, k = 1, 3 instances per cell (fast preview)"
     else:
-        phase = land.recovery_phase_table(executor=executor)
-        convex = land.convex_recovery_table(ds=range(2, 9), ks=range(1, 4), reps=20)
+        phase = sims.recovery_phase_table(executor=executor)
+        convex = sims.convex_recovery_table(ds=range(2, 9), ks=range(1, 4), reps=20)
         note = "convex PSD relaxation (λ → 0⁺ limit, Clarabel): d ≤ 8, k ≤ 3 only, cvxpy is slower"
     import pandas as pd
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sims._finetune import JOINED_METHODS, finetune_comparison, finetune_summary
-from sims._loraone import (
+from sims import (
+    JOINED_METHODS,
+    finetune_comparison,
+    finetune_summary,
     init_comparison_table,
     kappa_iterations_table,
     two_parameter_table,

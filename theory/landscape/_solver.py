@@ -1,0 +1,310 @@
+"""The batched exact population solver: Levenberg–Marquardt on the reduced objective G for a batch
+of instances, symmetric or asymmetric adapters. :func:`theory.fit_loraml_population` is a batch of
+one of :func:`fit_population_batch`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import lapack
+
+from .._lowrank import _top_factors
+from .._results import ArrayFields
+from ..validation import check_array, check_int, check_real, check_rng
+from ._objective import _base, _center, _check_truth, _g_value_grad, _prod, _targets, _tr
+
+__all__ = [
+    "BatchFit",
+    "fit_population_batch",
+    "fit_asymmetric_population",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class BatchFit(ArrayFields):
+    """Result of the batched exact population solver (:func:`fit_population_batch`).
+
+    A : (B, d, d); U, V : (B, T, d, k) (V is U for symmetric adapters); loss : (B,) the value of
+    F at (A, U, V) (zero-residual fits reach ~1e-28 relative); grad_norm : (B,);
+    n_iter : (B,) Levenberg–Marquardt iterations summed over starts; n_starts_used : (B,);
+    converged : (B,) whether the gradient (or the loss) reached tolerance.
+    """
+
+    A: np.ndarray
+    U: np.ndarray
+    V: np.ndarray
+    loss: np.ndarray
+    grad_norm: np.ndarray
+    n_iter: np.ndarray
+    n_starts_used: np.ndarray
+    converged: np.ndarray
+    symmetric: bool
+
+
+# --------------------------------------------------------------------------------------------
+# Batched exact population solver (symmetric or asymmetric adapters)
+
+
+def _gram(U, V, T):
+    """Gauss–Newton matrix JᵀJ of the centred residuals r_t = C(U_tV_tᵀ − W_t), batched (B, m, m).
+
+    With L_t(a, b) = a V_tᵀ + U_t bᵀ, the blocks ⟨L_s(a, b), L_t(c, e)⟩ are
+    δ_ij (V_sᵀV_t)_pq (a–c), U_t[i,q] V_s[j,p] (a–e), U_s[j,p] V_t[i,q] (b–c) and δ_ij (U_sᵀU_t)_pq
+    (b–e), for a, b indexed (i, p) and c, e indexed (j, q); symmetric adapters (V = U, a = b,
+    c = e) add all four. JᵀJ = Σ_st (δ_st − 1/T) L_sᵀL_t. Written block by block into one array
+    (the δ_ij blocks on their diagonal only), O(B T² d² k²).
+    """
+    B, _, d, k = U.shape
+    nb = 1 if V is None else 2                      # factor blocks per task: U, or (U, V)
+    m1 = nb * d * k
+    G = np.zeros((B, T, nb, d, k, T, nb, d, k))
+
+    def outer(X, Y, out):      # out[b,s,i,p,t,j,q] = X[b,t,i,q] · Y[b,s,j,p]
+        np.multiply(np.swapaxes(X, 1, 2)[:, None, :, None, :, None, :],
+                    np.transpose(Y, (0, 1, 3, 2))[:, :, None, :, None, :, None], out=out)
+
+    def add_kron_eye(X, Y, out):   # out[b,s,i,p,t,j,q] += δ_ij (X_sᵀY_t)_pq
+        diagonal = np.einsum("bsiptiq->bsptqi", out)          # writeable view of the i = j entries
+        diagonal += np.einsum("bsip,btiq->bsptq", X, Y)[..., None]
+
+    if V is None:
+        block = G[:, :, 0, :, :, :, 0]
+        outer(U, U, block)
+        add_kron_eye(U, U, block)
+        G *= 2.0
+    else:
+        outer(U, V, G[:, :, 0, :, :, :, 1])
+        outer(V, U, G[:, :, 1, :, :, :, 0])
+        add_kron_eye(V, V, G[:, :, 0, :, :, :, 0])
+        add_kron_eye(U, U, G[:, :, 1, :, :, :, 1])
+    K = G.reshape(B, T, m1, T, m1)                   # K_st = (δ_st − 1/T) G_st, in place
+    K *= -1.0 / T
+    idx = np.arange(T)
+    K[:, idx, :, idx, :] *= 1.0 - T
+    return K.reshape(B, T * m1, T * m1)
+
+
+def _grad_packed(W, U, V):
+    val, gU, gV = _g_value_grad(W, U, V)
+    if V is None:
+        return val, gU.reshape(U.shape[0], -1)
+    return val, np.stack([gU, gV], axis=2).reshape(U.shape[0], -1)
+
+
+def _unpack(x, shape, symmetric):
+    B, T, d, k = shape
+    if symmetric:
+        return x.reshape(shape), None
+    y = x.reshape(B, T, 2, d, k)
+    return y[:, :, 0], y[:, :, 1]
+
+
+def _spectral_starts(W, k, symmetric):
+    """The spectral start: top-k factors of the centred targets W_t − W̄ = R*_t − R̄* (the population
+    case of the data solver's per-task least squares minus the pooled one)."""
+    return _top_factors(_center(W), k, symmetric)
+
+
+def _balance(U, V):
+    """Balanced factors with the same products: U'V'ᵀ = UVᵀ and U'ᵀU' = V'ᵀV' (diagonal)."""
+    Qu, Ru = np.linalg.qr(U)
+    Qv, Rv = np.linalg.qr(V)
+    X, sv, Yt = np.linalg.svd(Ru @ _tr(Rv))
+    root = np.sqrt(sv)[..., None, :]
+    return (Qu @ X) * root, (Qv @ _tr(Yt)) * root
+
+
+def _spd_solve(K, b):
+    """Solve K_i x_i = b_i for a batch of symmetric positive definite matrices K (B, n, n).
+
+    Cholesky (LAPACK potrf/potrs) matrix by matrix: numpy has no batched Cholesky solve, and its
+    batched LU costs twice the flops (2.2x slower at n = 320, B = 20, measured). Each matrix is
+    O(n³) work, so the loop over the batch adds nothing measurable. A matrix that is not
+    numerically positive definite falls back to a pseudo-inverse. K is not modified.
+    """
+    x = np.empty_like(b)
+    for i in range(K.shape[0]):
+        c, info = lapack.dpotrf(K[i].T, lower=1, clean=0)   # K[i].T: Fortran order, same matrix
+        if info == 0:
+            x[i], info = lapack.dpotrs(c, b[i], lower=1)
+        if info != 0:
+            x[i] = np.linalg.pinv(K[i], hermitian=True) @ b[i]
+    return x
+
+
+def _lm_batch(W, U, V, *, max_iter, ftol, gtol):
+    """Levenberg–Marquardt on G for a batch; W (B, T, d, d), U/V (B, T, d, k)."""
+    symmetric = V is None
+    B, T, d, k = U.shape
+    shape = U.shape
+    x = U.reshape(B, -1) if symmetric else np.stack([U, V], axis=2).reshape(B, -1)
+    n = x.shape[1]
+    f, g = _grad_packed(W, *_unpack(x, shape, symmetric))
+    # Damping μ = θ‖r‖ (Fan and Yuan's rule): quadratic convergence to zero-residual sets even
+    # when the minimisers are not isolated (gauge directions, continua of minima); θ follows the
+    # ratio of actual to predicted decrease.
+    theta = np.full(B, 1e-2)
+    mu_floor = 1e-14 * np.sqrt(np.sum(W * W, axis=(-3, -2, -1)) / T) + np.finfo(float).tiny
+    x_limit = 1e2 * (np.linalg.norm(x, axis=1) + np.sqrt(np.sum(W * W, axis=(-3, -2, -1))))
+    done = np.zeros(B, bool)
+    n_iter = np.zeros(B, int)
+    # Gauss–Newton matrices, kept while x does not move: a rejected step only changes μ, so
+    # about a third of the assemblies are saved on hard instances.
+    gram = np.empty((B, n, n))
+    stale = np.ones(B, bool)
+    diag = np.arange(n)
+    for _ in range(max_iter):
+        gnorm = np.linalg.norm(g, axis=1)
+        xnorm = 1.0 + np.linalg.norm(x, axis=1)
+        done |= (f <= ftol) | (gnorm <= gtol * xnorm)
+        act = np.flatnonzero(~done)
+        if act.size == 0:
+            break
+        xa = x[act]
+        new = act[stale[act]]
+        if new.size:
+            gram[new] = _gram(*_unpack(x[new], (new.size, T, d, k), symmetric), T)
+            stale[new] = False
+        K = gram[act]
+        mu = theta[act] * np.sqrt(2 * f[act]) + mu_floor[act]
+        K[:, diag, diag] += mu[:, None]
+        dx = -_spd_solve(K, g[act])
+        x_new = xa + dx
+        f_new, g_new = _grad_packed(W[act], *_unpack(x_new, (act.size, T, d, k), symmetric))
+        pred = 0.5 * (mu * np.sum(dx * dx, axis=1) - np.sum(dx * g[act], axis=1))
+        ok = (f_new <= f[act]) & (pred > 0) & np.isfinite(f_new)
+        rho = np.where(ok, (f[act] - f_new) / np.where(pred > 0, pred, 1.0), 0.0)
+        acc = act[ok]
+        if not symmetric and acc.size:
+            # Gauge fixing: U_tV_tᵀ is invariant under (U, V) → (U C, V C⁻ᵀ); keep the factors
+            # balanced (UᵀU = VᵀV) so that the Gauss–Newton matrix stays well conditioned.
+            Ub, Vb = _balance(*_unpack(x_new[ok], (acc.size, T, d, k), False))
+            x_new_ok = np.stack([Ub, Vb], axis=2).reshape(acc.size, -1)
+            f_new_ok, g_new_ok = _grad_packed(W[acc], Ub, Vb)
+        else:
+            x_new_ok, f_new_ok, g_new_ok = x_new[ok], f_new[ok], g_new[ok]
+        x[acc], f[acc], g[acc] = x_new_ok, f_new_ok, g_new_ok
+        stale[acc] = True
+        th = theta[act]
+        th = np.where(rho < 0.25, 4.0 * th, np.where(rho > 0.75, np.maximum(th / 4.0, 1e-8), th))
+        theta[act] = th
+        n_iter[act] += 1
+        tiny = np.sum(dx * dx, axis=1) <= (np.finfo(float).eps ** 2) * (np.sum(xa * xa, axis=1) + 1e-300)
+        # A start whose factors run off to infinity (F has valleys at infinity: products of
+        # diverging factors can converge) is abandoned; the caller restarts it.
+        runaway = np.linalg.norm(x[act], axis=1) > x_limit[act]
+        done[act[(tiny & ok) | (th > 1e16) | runaway]] = True
+    U, V = _unpack(x, shape, symmetric)
+    return U.copy(), (None if V is None else V.copy()), f, np.linalg.norm(g, axis=1), n_iter
+
+
+def fit_population_batch(task_weights, k, *, rng, symmetric=True, n_starts=3, max_iter=300,
+                         tol=1e-14) -> BatchFit:
+    """Exact minimisation of the population F for a batch of instances, symmetric or asymmetric.
+
+    A is eliminated (A = mean_t(A*_t − U_tV_tᵀ)) and the reduced objective G is minimised by
+    Levenberg–Marquardt with the Gauss–Newton matrix assembled in closed form (its blocks are
+    δ_ij (V_sᵀV_t), U_t[i,q]V_s[j,p], …, so assembling it costs O(B T² d² k²)) and all instances
+    advanced in one batched linear solve per iteration. For symmetric adapters the first start is
+    spectral (top-k eigenpairs of A*_t − mean_s A*_s, as in :func:`theory.fit_loraml_population`);
+    asymmetric adapters start from random points of the same scale (from the spectral point,
+    whose factors are badly balanced, Levenberg–Marquardt needs several times more iterations).
+    Instances that have not reached zero loss restart from new random points, up to ``n_starts``
+    starts. Asymmetric factors are rebalanced (UᵀU = VᵀV) after every step. Zero loss
+    means F ≤ 1e-26 · mean_t ‖A*_t − Ā*‖², i.e. a residual at rounding level.
+
+    Parameters
+    ----------
+    task_weights : (B, T, d, d)
+        Targets A*_t of the T retraining tasks of each instance.
+    k : int in [1, d]
+        Adapter rank.
+    rng : numpy.random.Generator, int or None
+    symmetric : bool
+        U_tU_tᵀ adapters (True) or U_tV_tᵀ (False).
+    n_starts : int >= 1
+    max_iter : int >= 1
+        Iterations per start.
+    tol : float > 0
+        A start stops when ‖∇G‖ ≤ tol · ‖W‖ · (1 + ‖U‖) (or at zero loss).
+
+    Returns
+    -------
+    BatchFit
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from theory import sample_ground_truth
+    >>> truths = [sample_ground_truth(6, 1, 3, rng=s) for s in range(4)]
+    >>> W = np.stack([t.task_weights[:3] for t in truths])
+    >>> fit = fit_population_batch(W, 1, rng=0, symmetric=False)
+    >>> A_star = np.stack([t.A_star for t in truths])
+    >>> bool(np.all(np.linalg.norm(fit.A - A_star, axis=(1, 2)) < 1e-8))
+    True
+    """
+    func = "fit_population_batch"
+    W = check_array(task_weights, "task_weights", func, ndim=4)
+    B, T, d, d2 = W.shape
+    if d != d2 or B < 1 or T < 1:
+        raise ValueError(f"The 'task_weights' parameter of {func} must have shape (B, T, d, d) with B, T >= 1. "
+                         f"Got shape {W.shape}.")
+    k = check_int(k, "k", func, low=1, high=d)
+    rng = check_rng(rng, func)
+    if not isinstance(symmetric, (bool, np.bool_)):
+        raise ValueError(f"The 'symmetric' parameter of {func} must be a bool. Got {symmetric!r} instead.")
+    n_starts = check_int(n_starts, "n_starts", func, low=1)
+    max_iter = check_int(max_iter, "max_iter", func, low=1)
+    tol = check_real(tol, "tol", func, low=0.0, low_open=True)
+    scale2 = np.sum(_center(W) ** 2, axis=(-3, -2, -1)) / T + np.finfo(float).tiny
+    ftol = 1e-26 * scale2
+    gtol = tol * np.sqrt(np.sum(W * W, axis=(-3, -2, -1)))
+    U0, V0 = _spectral_starts(W, k, symmetric)
+    sd = np.sqrt(np.sum(U0 * U0, axis=(1, 2, 3)) / (T * d * k))
+    sd = np.maximum(sd, 1e-3 * np.sqrt(scale2 / d))
+    U = np.empty((B, T, d, k))
+    V = None if symmetric else np.empty((B, T, d, k))
+    loss = np.full(B, np.inf)
+    gnorm = np.full(B, np.inf)
+    n_iter = np.zeros(B, int)
+    used = np.zeros(B, int)
+    todo = np.arange(B)
+    for start in range(n_starts):
+        if todo.size == 0:
+            break
+        if start == 0 and symmetric:
+            Us, Vs = U0, V0
+        else:
+            Us = sd[todo, None, None, None] * rng.standard_normal((todo.size, T, d, k))
+            Vs = None if symmetric else sd[todo, None, None, None] * rng.standard_normal((todo.size, T, d, k))
+        Ue, Ve, fe, ge, ie = _lm_batch(W[todo], Us, Vs, max_iter=max_iter, ftol=ftol[todo], gtol=gtol[todo])
+        n_iter[todo] += ie
+        used[todo] += 1
+        better = fe < loss[todo]
+        sel = todo[better]
+        U[sel], loss[sel], gnorm[sel] = Ue[better], fe[better], ge[better]
+        if not symmetric:
+            V[sel] = Ve[better]
+        todo = todo[loss[todo] > ftol[todo]]
+    A = _base(W, _prod(U, V))
+    Vout = U if symmetric else V
+    E = A[:, None] + _prod(U, V) - W
+    F = 0.5 * np.sum(E * E, axis=(-3, -2, -1))
+    converged = (loss <= ftol) | (gnorm <= 1e-9 * np.sqrt(np.sum(W * W, axis=(-3, -2, -1))) * (1 + np.linalg.norm(
+        U.reshape(B, -1), axis=1)))
+    return BatchFit(A=A, U=U, V=Vout, loss=F, grad_norm=gnorm, n_iter=n_iter, n_starts_used=used,
+                    converged=converged, symmetric=bool(symmetric))
+
+
+def fit_asymmetric_population(truth, k, *, rng, n_starts=3, max_iter=300) -> BatchFit:
+    """Exact population LoRA-ML with asymmetric adapters U_tV_tᵀ for one ground truth.
+
+    A batch of one for :func:`fit_population_batch`; the fields of the result keep their
+    leading batch axis of length 1.
+    """
+    func = "fit_asymmetric_population"
+    truth = _check_truth(truth, func)
+    k = check_int(k, "k", func, low=1, high=truth.d)
+    return fit_population_batch(_targets(truth)[None], k, rng=rng, symmetric=False, n_starts=n_starts,
+                                max_iter=max_iter)
