@@ -1,34 +1,5 @@
-"""LoRA-One: the one-step full gradient, spectral initialisation and preconditioned fine-tuning.
-
-Implements spec/loraone.md §1–§2 on numpy arrays (no I/O, randomness only through ``rng``).
-
-Orientation (the paper's)
--------------------------
-Rows are samples: ``X`` (N, d) inputs, ``Y`` (N, m) outputs, and ``Y ≈ X W`` with W (d, m). LoRA
-adds ``A B`` with ``A`` (d, r) on the input side and ``B`` (r, m) on the output side:
-``W = W0 + A B`` and the loss is ``L(A, B) = (1/2N)‖X(W0 + AB) − Y‖²``. Then
-``∇_W L = Σ̂ (W − W♮)`` with ``Σ̂ = XᵀX/N``, ``∇_A L = ∇_W L Bᵀ`` and ``∇_B L = Aᵀ ∇_W L``.
-
-Mapping to torch / PEFT: a ``torch.nn.Linear`` stores ``weight`` as out × in, i.e. ``W0ᵀ``, and PEFT
-adds ``scaling · lora_B @ lora_A`` (out × in). Hence ``A = lora_Aᵀ`` (in × r) and ``B = lora_Bᵀ``
-(r × out), with PEFT's ``scaling`` (``lora_alpha/r``, or ``lora_alpha/√r`` with rsLoRA) folded into
-the factors here: the theory uses no scaling. To export: ``lora_A = A.T``, ``lora_B = B.T / scaling``.
-
-In LoRA-ML's orientation (spec/theory.md, ``y = W x``, W out × in) a parameter ``Â`` corresponds to
-``W0 = Âᵀ`` here, and a LoRA-One update ``A B`` to ``Δ = (A B)ᵀ``.
-
-Sufficient statistics
----------------------
-The linear loss depends on the data only through ``Σ̂ = XᵀX/N`` and ``XᵀY/N``, so
-:func:`finetune_moments` (which :func:`finetune` and :func:`finetune_population` call) costs
-O(d r (d + m)) per step whatever N is. Population mode is ``Σ̂ = I``, ``XᵀY/N = W♮``: the loss is
-then ``½‖W0 + AB − W♮‖²``. Internally the quadratic is kept in square-root form
-``½‖H(W0 + AB) − K‖²`` (``H = Σ̂^{1/2}``, ``K = H⁺ XᵀY/N``) so that residuals near an exact fit are
-computed without cancellation (relative errors of 1e-15 are measurable).
-
-All engines are batched: any leading axes of the statistics, ``W0`` and the factors broadcast, so
-several κ or α (or runs) advance in one array operation per step.
-"""
+"""Fine-tuning (A, B): gradient descent and ScaledGD(λ) on the linear model's sufficient statistics or
+on the ReLU model's data, batched (spec/loraone.md §2)."""
 
 from __future__ import annotations
 
@@ -36,28 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._results import ArrayFields
-from ._lowrank import subspace_sin
-from .validation import check_array, check_choice, check_int, check_real, check_rng
+from .._results import ArrayFields
+from ..validation import check_array, check_choice, check_int, check_real
+from ._common import _T, _check_data, _check_factors, _check_model, _check_W0, _relu
+from ._model import _alignment
 
-__all__ = [
-    "FinetuneResult",
-    "LoraObjective",
-    "finetune",
-    "finetune_moments",
-    "finetune_population",
-    "lora_objective",
-    "loraga_init",
-    "one_step_gradient",
-    "sample_low_rank",
-    "spectral_init",
-    "spectral_init_code",
-    "subspace_alignment",
-    "subspace_sin",
-    "vanilla_init",
-]
-
-_MODELS = ("linear", "relu")
 _METHODS = ("gd", "precgd")
 _ORDERS = ("simultaneous", "gauss-seidel")
 
@@ -115,348 +69,6 @@ class FinetuneResult(ArrayFields):
         return self.residual if self.rel_error is None else self.rel_error
 
 
-@dataclass(frozen=True, eq=False)
-class LoraObjective(ArrayFields):
-    """Value and gradients of the LoRA loss at (A, B)."""
-
-    value: float | np.ndarray
-    grad_A: np.ndarray
-    grad_B: np.ndarray
-
-
-# --------------------------------------------------------------------------------------------
-# Checks
-
-
-def _check_data(X, Y, func):
-    X = check_array(X, "X", func, ndim=(2, 3, 4))
-    Y = check_array(Y, "Y", func, ndim=(2, 3, 4))
-    try:
-        ok = X.shape[-2] == Y.shape[-2] and np.broadcast_shapes(X.shape[:-2], Y.shape[:-2]) is not None
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(
-            f"The 'X' and 'Y' parameters of {func} must have the same number of rows N and "
-            f"broadcastable batch axes (..., N, ·). Got X of shape {X.shape} and Y of shape {Y.shape}."
-        )
-    if X.shape[-2] < 1 or X.shape[-1] < 1 or Y.shape[-1] < 1:
-        raise ValueError(f"The 'X' and 'Y' parameters of {func} must have N, d, m >= 1. "
-                         f"Got X of shape {X.shape} and Y of shape {Y.shape}.")
-    return X, Y
-
-
-def _check_W0(W0, d, m, func, name="W0"):
-    return check_array(W0, name, func, ndim=(2, 3, 4), shape=(d, m))
-
-
-def _check_factors(A, B, d, m, func, names=("A0", "B0")):
-    A = check_array(A, names[0], func, ndim=(2, 3, 4), shape=(d, None))
-    r = A.shape[-1]
-    if not 1 <= r <= min(d, m):
-        raise ValueError(f"The {names[0]!r} parameter of {func} must have shape (..., {d}, r) with "
-                         f"1 <= r <= {min(d, m)}. Got shape {A.shape}.")
-    B = check_array(B, names[1], func, ndim=(2, 3, 4), shape=(r, m))
-    return A, B
-
-
-def _check_model(model, func):
-    return check_choice(model, "model", func, _MODELS)
-
-
-def _relu(Z):
-    return np.maximum(Z, 0.0)
-
-
-def _T(M):
-    return np.swapaxes(M, -1, -2)
-
-
-# --------------------------------------------------------------------------------------------
-# Ground truths with a prescribed spectrum
-
-
-def sample_low_rank(d, m, r, *, kappa=1.0, top=1.0, rng) -> np.ndarray:
-    """A random ΔW = P Λ Qᵀ of rank ``r`` with singular values geometric from ``top`` to ``top/κ``.
-
-    ``P`` (d, r) and ``Q`` (m, r) are Haar-random orthonormal; λ*_i = top · κ^{−(i−1)/(r−1)}.
-    This is the instance of spec/loraone.md §3 (λ*_1 = 1, condition number κ).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> dW = sample_low_rank(6, 5, 3, kappa=100.0, rng=0)
-    >>> np.round(np.linalg.svd(dW, compute_uv=False), 6).tolist()
-    [1.0, 0.1, 0.01, 0.0, 0.0]
-    """
-    func = "sample_low_rank"
-    d = check_int(d, "d", func, low=1)
-    m = check_int(m, "m", func, low=1)
-    r = check_int(r, "r", func, low=1, high=min(d, m))
-    kappa = check_real(kappa, "kappa", func, low=1.0)
-    top = check_real(top, "top", func, low=0.0, low_open=True)
-    rng = check_rng(rng, func)
-    P, _ = np.linalg.qr(rng.standard_normal((d, r)))
-    Q, _ = np.linalg.qr(rng.standard_normal((m, r)))
-    lam = top * kappa ** (-np.arange(r) / max(r - 1, 1))
-    return (P * lam) @ Q.T
-
-
-# --------------------------------------------------------------------------------------------
-# The loss, its gradients and the one-step full gradient
-
-
-def one_step_gradient(X, Y, W0, *, model: str = "linear") -> np.ndarray:
-    """The negative full gradient at the pretrained weight, G♮ = −∇_W L(W0).
-
-    Linear model: G♮ = (1/N) Xᵀ(Y − X W0) = Σ̂ ΔW for noise-free labels (= ΔW in population).
-    ReLU model (``model="relu"``, y = ReLU(W♮ᵀx)): G♮ = (1/N) Xᵀ[(Y − ReLU(X W0)) ⊙ 1{X W0 > 0}],
-    whose expectation is ½ΔW to first order (spec §1), so the spectral step that recovers ΔW is 2.
-
-    Parameters
-    ----------
-    X : (..., N, d) inputs; Y : (..., N, m) labels; W0 : (..., d, m) pretrained weight.
-    model : {"linear", "relu"}
-
-    Returns
-    -------
-    G : (..., d, m)
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> X = rng.standard_normal((50, 3)); dW = np.outer([1.0, 0, 0], [0, 2.0])
-    >>> G = one_step_gradient(X, X @ dW, np.zeros((3, 2)))
-    >>> bool(np.allclose(G, X.T @ X @ dW / 50))
-    True
-    """
-    func = "one_step_gradient"
-    X, Y = _check_data(X, Y, func)
-    W0 = _check_W0(W0, X.shape[-1], Y.shape[-1], func)
-    model = _check_model(model, func)
-    N = X.shape[-2]
-    Z = X @ W0
-    if model == "linear":
-        return _T(X) @ (Y - Z) / N
-    return _T(X) @ ((Y - _relu(Z)) * (Z > 0)) / N
-
-
-def lora_objective(X, Y, W0, A, B, *, model: str = "linear") -> LoraObjective:
-    """Value and gradients of L(A, B) = (1/2N)‖f(X(W0 + AB)) − Y‖², f = identity or ReLU.
-
-    ∇_A L = ∇_W L Bᵀ and ∇_B L = Aᵀ ∇_W L with ∇_W L = (1/N) Xᵀ[(f(XW) − Y) ⊙ f′(XW)]
-    (f′ = 1{XW > 0} for ReLU, the subgradient 0 at the kink).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> X = np.eye(2); Y = np.array([[1.0], [0.0]])
-    >>> obj = lora_objective(X, Y, np.zeros((2, 1)), np.ones((2, 1)), np.zeros((1, 1)))
-    >>> float(obj.value), obj.grad_B.tolist()
-    (0.25, [[-0.5]])
-    """
-    func = "lora_objective"
-    X, Y = _check_data(X, Y, func)
-    d, m = X.shape[-1], Y.shape[-1]
-    W0 = _check_W0(W0, d, m, func)
-    A, B = _check_factors(A, B, d, m, func, names=("A", "B"))
-    model = _check_model(model, func)
-    N = X.shape[-2]
-    Z = X @ (W0 + A @ B)
-    if model == "linear":
-        R = Z - Y
-        D = R
-    else:
-        R = _relu(Z) - Y
-        D = R * (Z > 0)
-    value = 0.5 * np.sum(R * R, axis=(-2, -1)) / N
-    GW = _T(X) @ D / N
-    value = float(value) if np.ndim(value) == 0 else value
-    return LoraObjective(value=value, grad_A=GW @ _T(B), grad_B=_T(A) @ GW)
-
-
-# --------------------------------------------------------------------------------------------
-# Initialisations
-
-
-def vanilla_init(d, m, r, *, alpha, rng, batch=()) -> tuple[np.ndarray, np.ndarray]:
-    """Vanilla LoRA: A0 with iid N(0, α²) entries (d, r), B0 = 0 (r, m) [code].
-
-    ``alpha`` may be an array (one init size per batch element, broadcast against ``batch``).
-    From B0 = 0 the row space of B_t stays inside the row space of G♮ for every t (spec §2).
-
-    Examples
-    --------
-    >>> A0, B0 = vanilla_init(4, 3, 2, alpha=0.1, rng=0)
-    >>> A0.shape, B0.shape, float(abs(B0).sum())
-    ((4, 2), (2, 3), 0.0)
-    """
-    func = "vanilla_init"
-    d = check_int(d, "d", func, low=1)
-    m = check_int(m, "m", func, low=1)
-    r = check_int(r, "r", func, low=1, high=min(d, m))
-    alpha_arr = np.asarray(alpha, dtype=float) if not np.isscalar(alpha) else None
-    if alpha_arr is None:
-        alpha = check_real(alpha, "alpha", func, low=0.0)
-    else:
-        alpha_arr = check_array(alpha, "alpha", func, ndim=(0, 1, 2, 3))
-        if np.any(alpha_arr < 0):
-            raise ValueError(f"The 'alpha' parameter of {func} must be >= 0. Got {alpha!r} instead.")
-    batch = tuple(int(b) for b in np.atleast_1d(batch)) if np.size(batch) else ()
-    rng = check_rng(rng, func)
-    if alpha_arr is not None:
-        batch = np.broadcast_shapes(batch, alpha_arr.shape)
-        scale = np.broadcast_to(alpha_arr, batch)[..., None, None]
-    else:
-        scale = alpha
-    A0 = scale * rng.standard_normal(batch + (d, r))
-    return A0, np.zeros(batch + (r, m))
-
-
-def _top_svd(G, r):
-    U, s, Vt = np.linalg.svd(G, full_matrices=False)
-    return U[..., :, :r], s[..., :r], Vt[..., :r, :], s
-
-
-def spectral_init(G, r, *, gamma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """LoRA-One's spectral initialisation, theory form [paper].
-
-    With G = U S Vᵀ (the one-step negative gradient, :func:`one_step_gradient`):
-    A0 = √γ U_r diag(√S_r), B0 = √γ diag(√S_r) V_rᵀ, so A0ᵀA0 = B0B0ᵀ (balanced) and
-    A0 B0 = γ · SVD_r(G): one full fine-tuning step of size γ truncated to rank r. W0 is unchanged.
-
-    Parameters
-    ----------
-    G : (..., d, m)
-    r : int in [1, min(d, m)]
-    gamma : float > 0, the step (1 for the linear model, 2 for the ReLU model of spec §1).
-
-    Returns
-    -------
-    (A0, B0) : (..., d, r), (..., r, m)
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> G = np.diag([3.0, 2.0, 1.0])
-    >>> A0, B0 = spectral_init(G, 2)
-    >>> bool(np.allclose(A0 @ B0, np.diag([3.0, 2.0, 0.0]))), bool(np.allclose(A0.T @ A0, B0 @ B0.T))
-    (True, True)
-    """
-    func = "spectral_init"
-    G = check_array(G, "G", func, ndim=(2, 3, 4))
-    r = check_int(r, "r", func, low=1, high=min(G.shape[-2:]))
-    gamma = check_real(gamma, "gamma", func, low=0.0, low_open=True)
-    U, s, Vt, _ = _top_svd(G, r)
-    root = np.sqrt(gamma * s)
-    return U * root[..., None, :], root[..., :, None] * Vt
-
-
-def spectral_init_code(G, r, *, alpha: float = 16.0, gamma: float = 128.0) -> tuple[np.ndarray, np.ndarray]:
-    """LoRA-One's spectral initialisation as the authors' current code does it [code].
-
-    Normalised by the top singular value and scaled like rsLoRA:
-    A0 B0 = (α / (γ √r)) · SVD_r(G) / σ_1(G), with balanced factors. The code's forward pass
-    multiplies lora_B @ lora_A by the rsLoRA scaling α/√r; here that scaling is folded into the
-    factors so that the theory's W = W0 + A B holds. (The code estimates G from a few mini-batches
-    with a randomised SVD; pass such a G if wanted — the SVD here is exact.)
-
-    Parameters
-    ----------
-    G : (..., d, m); r : int in [1, min(d, m)]; alpha : float > 0 (16); gamma : float > 0 (128).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> A0, B0 = spectral_init_code(np.diag([4.0, 2.0]), 1, alpha=16.0, gamma=128.0)
-    >>> round(float((A0 @ B0)[0, 0]), 12)   # 16 / (128 · 1) · 4 / 4
-    0.125
-    """
-    func = "spectral_init_code"
-    G = check_array(G, "G", func, ndim=(2, 3, 4))
-    r = check_int(r, "r", func, low=1, high=min(G.shape[-2:]))
-    alpha = check_real(alpha, "alpha", func, low=0.0, low_open=True)
-    gamma = check_real(gamma, "gamma", func, low=0.0, low_open=True)
-    U, s, Vt, _ = _top_svd(G, r)
-    s1 = np.where(s[..., :1] > 0, s[..., :1], 1.0)
-    root = np.sqrt(alpha / (gamma * np.sqrt(r)) * s / s1)
-    return U * root[..., None, :], root[..., :, None] * Vt
-
-
-def loraga_init(G, W0, r, *, gamma: float = 16.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """LoRA-GA initialisation with its offset [code] (the baseline LoRA-One criticises).
-
-    SVD of the gradient ∇L(W0) = −G = U S Vᵀ: A0 = c · U[:, :r] (left singular vectors 1..r),
-    B0 = c · V[:, r:2r]ᵀ (right singular vectors r+1..2r), c = m^{1/4}/√γ (``stable`` scaling);
-    then W0 ← W0 − A0 B0 so that the initial output is unchanged. The effective target of A B
-    becomes ΔW + A0 B0, of rank up to r* + r (spec L5).
-
-    Parameters
-    ----------
-    G : (..., d, m) the one-step negative gradient; W0 : (..., d, m);
-    r : int with 2r <= min(d, m); gamma : float > 0 (LoRA-GA's ``stable_gamma``, 16).
-
-    Returns
-    -------
-    (A0, B0, W0_new) with W0_new + A0 B0 = W0.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> G = np.diag([4.0, 3.0, 2.0, 1.0]); W0 = np.eye(4)
-    >>> A0, B0, W0n = loraga_init(G, W0, 2)
-    >>> bool(np.allclose(W0n + A0 @ B0, W0))
-    True
-    """
-    func = "loraga_init"
-    G = check_array(G, "G", func, ndim=(2, 3, 4))
-    d, m = G.shape[-2:]
-    W0 = _check_W0(W0, d, m, func)
-    r = check_int(r, "r", func, low=1, high=min(d, m) // 2)
-    gamma = check_real(gamma, "gamma", func, low=0.0, low_open=True)
-    U, _, Vt = np.linalg.svd(-G, full_matrices=False)
-    c = m ** 0.25 / np.sqrt(gamma)
-    A0 = c * U[..., :, :r]
-    B0 = c * Vt[..., r:2 * r, :]
-    return A0, B0, W0 - A0 @ B0
-
-
-# --------------------------------------------------------------------------------------------
-# Metrics
-
-
-def subspace_alignment(A, U) -> np.ndarray:
-    """sin θ between the top-k left singular subspace of ``A`` and span(``U``), k = U's columns.
-
-    The metric of spec §3, sin θ(U1, U2) = ‖(I − U2U2ᵀ)U1‖_op, with U1 the top-k left singular
-    vectors of A (e.g. the LoRA factor A_t against the top-r* subspace of G♮ or of ΔW).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> A = np.array([[1.0, 0.0], [0.0, 1e-3], [0.0, 0.0]])
-    >>> float(subspace_alignment(A, np.array([[1.0], [0.0], [0.0]])))
-    0.0
-    """
-    func = "subspace_alignment"
-    A = check_array(A, "A", func, ndim=(2, 3, 4))
-    U = check_array(U, "U", func, ndim=(2, 3, 4), shape=(A.shape[-2], None))
-    k = U.shape[-1]
-    if not 1 <= k <= A.shape[-1]:
-        raise ValueError(f"The 'U' parameter of {func} must have between 1 and {A.shape[-1]} columns "
-                         f"(the columns of A). Got shape {U.shape}.")
-    return _alignment(A, U)
-
-
-def _alignment(A, Qref):
-    """Qref orthonormal (..., d, k)."""
-    k = Qref.shape[-1]
-    Ua = np.linalg.svd(A, full_matrices=False)[0][..., :, :k]
-    resid = Ua - Qref @ (_T(Qref) @ Ua)
-    return np.linalg.norm(resid, ord=2, axis=(-2, -1))
-
-
 # --------------------------------------------------------------------------------------------
 # Fine-tuning
 
@@ -505,6 +117,7 @@ def finetune(X, Y, W0, A0, B0, *, method: str = "gd", lr, lam: float = 0.0, tol:
     Examples
     --------
     >>> import numpy as np
+    >>> from theory.loraone import one_step_gradient, sample_low_rank, spectral_init
     >>> rng = np.random.default_rng(0)
     >>> X = rng.standard_normal((400, 6)); dW = sample_low_rank(6, 5, 2, kappa=10.0, rng=1)
     >>> W0 = np.zeros((6, 5)); Y = X @ dW
@@ -549,6 +162,7 @@ def finetune_population(W_natural, W0, A0, B0, *, method: str = "gd", lr, lam: f
     Examples
     --------
     >>> import numpy as np
+    >>> from theory.loraone import sample_low_rank, spectral_init
     >>> dW = sample_low_rank(5, 5, 1, rng=0)
     >>> A0, B0 = spectral_init(dW, 1)          # G♮ = ΔW in population
     >>> res = finetune_population(dW, np.zeros((5, 5)), A0, B0, lr=0.5, max_iter=10, target=dW)
@@ -574,7 +188,7 @@ def _check_options(func, method, lr, lam, tol, max_iter, order):
     lam = check_real(lam, "lam", func, low=0.0)
     tol = check_real(tol, "tol", func, low=0.0, low_open=True)
     max_iter = check_int(max_iter, "max_iter", func, low=0)
-    return dict(method=method, lr=lr, lam=lam, tol=tol, max_iter=max_iter, order=order)
+    return {"method": method, "lr": lr, "lam": lam, "tol": tol, "max_iter": max_iter, "order": order}
 
 
 def _check_extras(func, target, align_to, d, m, r):
