@@ -250,12 +250,20 @@ def loraml_hessian(truth, A, U, *, V=None) -> np.ndarray:
 
     Examples
     --------
+    At the truth (a zero-loss minimum) the Hessian is JᵀJ: positive semidefinite, and flat only along
+    the rotations U_t → U_t Q_t, k(k−1)/2 directions per task, when A* is identified (P5: T = 3,
+    d ≥ 3k). Below d = 3k a further flat direction appears, the tangent of a continuum of minima:
+
     >>> import numpy as np
     >>> from theory import sample_ground_truth
-    >>> truth = sample_ground_truth(3, 1, 2, rng=0)
-    >>> H = loraml_hessian(truth, truth.A_star, truth.U_star[:2])
-    >>> H.shape, bool(np.allclose(H, H.T))
-    ((15, 15), True)
+    >>> def flat_directions(d, k, T):
+    ...     truth = sample_ground_truth(d, k, T, rng=0)
+    ...     lam = np.linalg.eigvalsh(loraml_hessian(truth, truth.A_star, truth.U_star[:T]))
+    ...     return lam.size, int(np.sum(lam < 1e-9 * lam[-1])), bool(lam[0] > -1e-9 * lam[-1])
+    >>> flat_directions(6, 2, 3)      # side d² + Tdk = 72; 3 flat directions = 3 tasks × 1 rotation
+    (72, 3, True)
+    >>> flat_directions(4, 2, 3)      # d = 4 < 3k: one more, the curve of zero-loss bases Â ≠ A*
+    (40, 4, True)
     """
     func = "loraml_hessian"
     truth = _check_truth(truth, func)
