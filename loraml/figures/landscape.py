@@ -130,7 +130,7 @@ def plot_rate(table, path: Path) -> list[Path]:
                 ls = ":" if method == "LoRA-ML" else "--"
                 ax.plot(n, g["prediction"].mean(), ls=ls, color=COLORS["prediction"] if method == "LoRA-ML"
                         else COLORS["SR"], lw=1.0, alpha=1.0 - 0.22 * i)
-        ax.plot([], [], ":", color=COLORS["prediction"], label=r"P6: $\sigma^2k[\frac{d}{n-d-1}+\frac{d-k}{n-k-1}]$")
+        ax.plot([], [], ":", color=COLORS["prediction"], label=r"P6: $\sigma^2k\,[d/(n-d-1)+(d-k)/(n-k-1)]$")
         ax.plot([], [], "--", color=COLORS["SR"], label="SR floor (P4)")
         ax.set_xscale("log")
         ax.set_yscale("log")
