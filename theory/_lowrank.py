@@ -111,6 +111,11 @@ def subspace_sin(U1, U2) -> np.ndarray:
     U2 = check_array(U2, "U2", "subspace_sin", ndim=(2, 3))
     Q1, _ = np.linalg.qr(U1)
     Q2, _ = np.linalg.qr(U2)
+    return _sin_orthonormal(Q1, Q2)
+
+
+def _sin_orthonormal(Q1, Q2):
+    """‖(I − Q2 Q2ᵀ) Q1‖_op for orthonormal columns Q1, Q2 (..., d, ·): the sin θ kernel."""
     resid = Q1 - Q2 @ (np.swapaxes(Q2, -1, -2) @ Q1)
     return np.linalg.norm(resid, ord=2, axis=(-2, -1))
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._lowrank import _sin_orthonormal
 from .._results import ArrayFields
 from ..validation import check_array, check_int, check_real, check_rng
 from ._common import _T, _check_data, _check_factors, _check_model, _check_W0, _relu
@@ -175,5 +176,4 @@ def _alignment(A, Qref):
     """sin θ(top-k left singular vectors of A, span Qref); Qref must have orthonormal columns (..., d, k)."""
     k = Qref.shape[-1]
     Ua = np.linalg.svd(A, full_matrices=False)[0][..., :, :k]
-    resid = Ua - Qref @ (_T(Qref) @ Ua)
-    return np.linalg.norm(resid, ord=2, axis=(-2, -1))
+    return _sin_orthonormal(Ua, Qref)
