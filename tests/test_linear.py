@@ -4,7 +4,7 @@ What the engine tests rule out, and the margin:
 
 | test                                  | independent oracle                                   | tolerance          | rules out (margin)                                              |
 |---------------------------------------|------------------------------------------------------|--------------------|-----------------------------------------------------------------|
-| engine = per-run implementation       | sims.reference_trial (full data, per task, per run)  | 1e-10 relative     | any batching / statistics bug (rounding ≈ 1e-13)                 |
+| engine = per-run implementation       | sims.reference_trial (full data, per task, per run)  | 1e-10 relative     | any batching / statistics bug                                    |
 | clean SR is pooled least squares      | theory.standard_retraining + finetune_lora on the trial's data, excess risk, rank 3k | 1e-9 relative | wrong base, rank, target or metric in the engine's optimum and optimum_exact (rank r−1: ×1000; in-sample metric: ×90) |
 | default setting (P2, P5 at §5.1)      | the exact solver on each trial's statistics           | ‖Â_paper − Â_exact‖² ≤ 1 % of ‖Â_exact − A*‖² | an unconverged paper GD (2100 of 3000 outer steps: 7 % and 2 %; measured at 3000: 5e-5 and 1e-5) |
 | killed CLI sweep resumes              | chunk files' inodes and mtimes; an uninterrupted sweep | exact              | a resume that recomputes stored chunks, a kill after the sweep ended or before any chunk |
