@@ -50,3 +50,20 @@ def test_P1_population_identity_monte_carlo(d, sigma, seed):
     predicted = float(th.population_risk(W, truth.task_weights[0], sigma))
     assert abs(mean - predicted) <= 5 * se + 1e-12
     assert np.isclose(predicted - d * sigma**2, th.excess_risk(W, truth.task_weights[0]))
+
+
+def test_batched_ground_truths_follow_the_documented_draw_order():
+    """size = B draws every base, then every set of adapters, from one stream (the order the batched
+    P6 table has always used), each base symmetrised; a GroundTruth per instance. A per-instance
+    order (base, adapters, base, …) or a missing symmetrisation would fail."""
+    d, k, T, B = 4, 2, 3, 5
+    truths = th.sample_ground_truth(d, k, T, rng=7, size=B)
+    rng = np.random.default_rng(7)
+    G = rng.standard_normal((B, d, d))
+    U = rng.standard_normal((B, T + 1, d, k))
+    assert len(truths) == B and all(isinstance(t, th.GroundTruth) for t in truths)
+    np.testing.assert_array_equal(np.stack([t.A_star for t in truths]), (G + np.swapaxes(G, 1, 2)) / 2)
+    np.testing.assert_array_equal(np.stack([t.U_star for t in truths]), U)
+    one = th.sample_ground_truth(d, k, T, rng=7)               # size=None: the first base, then its adapters
+    np.testing.assert_array_equal(one.A_star, truths[0].A_star)
+    assert not np.array_equal(one.U_star, truths[0].U_star)

@@ -48,6 +48,25 @@ def test_sr_from_sufficient_statistics(rng):
                                C.sum(0) @ np.linalg.inv(S.sum(0)), atol=1e-10)
 
 
+def test_sr_from_statistics_is_batched_and_minimum_norm_when_rank_deficient(rng):
+    """The one pooled least squares: batched over leading axes, and with T·N < d (a rank-deficient
+    pooled design) the minimum-norm solution, checked against numpy's lstsq on the stacked data
+    (an SVD oracle). A plain inverse would return garbage there (norm O(1/ε)); a wrong cutoff that
+    drops a kept direction misses the fit by O(1)."""
+    X = rng.standard_normal((4, 2, 3, 7, 5))
+    Y = rng.standard_normal((4, 2, 3, 7, 5))
+    S = np.swapaxes(X, -1, -2) @ X / 7
+    C = np.swapaxes(np.swapaxes(X, -1, -2) @ Y, -1, -2) / 7
+    batched = th.standard_retraining_from_statistics(S, C)
+    assert batched.shape == (4, 2, 5, 5)
+    for i in range(4):
+        for j in range(2):
+            np.testing.assert_allclose(batched[i, j], th.standard_retraining(X[i, j], Y[i, j]), atol=1e-12)
+    Xs, Ys = rng.standard_normal((2, 1, 3, 6))          # T·N = 3 < d = 6
+    oracle = np.linalg.lstsq(Xs[0], Ys[0], rcond=None)[0].T
+    np.testing.assert_allclose(th.standard_retraining(Xs, Ys), oracle, atol=1e-12)
+
+
 Z = 4.0   # every statistical assertion: |measured − predicted| ≤ Z·SE (two-sided normal false alarm 6e-5)
 
 

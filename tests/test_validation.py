@@ -59,6 +59,14 @@ CASES = [
     (th.loraml_objective, dict(A=np.eye(4), U=np.zeros((3, 4, 1)), X=X, Y=Y, truth=TRUTH), "not both"),
     (th.excess_risk, dict(W=np.ones(3), target=np.eye(3)), "'W'"),
     (th.population_risk, dict(W=np.eye(3), target=np.eye(3), sigma=-1.0), "'sigma'"),
+    (th.sample_ground_truth, dict(d=4, k=1, T=3, rng=0, size=0), "'size'"),
+    (th.rate_prediction, dict(d=4, k=1, n=5, sigma=0.1), "'n'"),
+    (th.rate_prediction, dict(d=4, k=5, n=50, sigma=0.1), "'k'"),
+    (th.rate_prediction, dict(d=4, k=1, n=50, sigma=-0.1), "'sigma'"),
+    (th.standard_retraining_from_statistics, dict(S=np.ones((3, 4, 3)), C=np.ones((3, 4, 3))), "'S'"),
+    (th.standard_retraining_from_statistics, dict(S=np.ones((3, 4, 4)), C=np.ones((3, 3, 4))), "'C'"),
+    (th.fit_population_batch, dict(task_weights=np.ones((1, 3, 4, 4)), k=1, rng=0, tol=0.0), "'tol'"),
+    (th.fit_loraml_population, dict(truth=TRUTH, k=1, rng=0, n_starts=0), "'n_starts'"),
 ]
 
 
