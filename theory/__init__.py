@@ -24,6 +24,8 @@ from .landscape import Classification as Classification
 from .landscape import CriticalPoint as CriticalPoint
 from .landscape import DescentPath as DescentPath
 from .landscape import EscapeDirection as EscapeDirection
+from .landscape import Identifiability as Identifiability
+from .landscape import IdentifiabilityBatch as IdentifiabilityBatch
 from .landscape import LandscapeValue as LandscapeValue
 from .landscape import classify_critical_point as classify_critical_point
 from .landscape import critical_points_two_tasks as critical_points_two_tasks
@@ -31,6 +33,8 @@ from .landscape import find_critical_points as find_critical_points
 from .landscape import fit_asymmetric_population as fit_asymmetric_population
 from .landscape import fit_population_batch as fit_population_batch
 from .landscape import hessian_min_eigenpair as hessian_min_eigenpair
+from .landscape import identifiability as identifiability
+from .landscape import identifiability_batch as identifiability_batch
 from .landscape import landscape_hvp as landscape_hvp
 from .landscape import landscape_objective as landscape_objective
 from .landscape import loraml_hessian as loraml_hessian
@@ -41,6 +45,7 @@ from .landscape import reduced_hvp as reduced_hvp
 from .landscape import reduced_objective as reduced_objective
 from .landscape import sr_saddle as sr_saddle
 from .landscape import sr_saddle_min_eigenvalue as sr_saddle_min_eigenvalue
+from .landscape import zero_loss_residual as zero_loss_residual
 from ._retraining import PAPER_DEFAULTS as PAPER_DEFAULTS
 from ._retraining import LoraMLFit as LoraMLFit
 from ._retraining import Objective as Objective
@@ -62,6 +67,8 @@ __all__ = [
     "DescentPath",
     "EscapeDirection",
     "GroundTruth",
+    "Identifiability",
+    "IdentifiabilityBatch",
     "LandscapeValue",
     "LoraMLFit",
     "Objective",
@@ -79,6 +86,8 @@ __all__ = [
     "fit_loraml_population",
     "fit_population_batch",
     "hessian_min_eigenpair",
+    "identifiability",
+    "identifiability_batch",
     "landscape",
     "landscape_hvp",
     "landscape_objective",
@@ -106,4 +115,5 @@ __all__ = [
     "tail_energy",
     "task_statistics",
     "validation",
+    "zero_loss_residual",
 ]

@@ -13,12 +13,14 @@ variables as A flattened row-major, then U (T, d, k) flattened, then V (asymmetr
 
 On top of these: the SR saddle (P8), the critical points of the two-task, rank-one landscape (P9),
 a critical-point finder, the smallest Hessian eigenpair (an escape direction), a classifier, plain
-gradient descent on G, and a batched exact (Levenberg–Marquardt) population solver for symmetric
-and asymmetric adapters, used by the recovery phase diagram.
+gradient descent on G, a batched exact (Levenberg–Marquardt) population solver for symmetric
+and asymmetric adapters, and the identifiability of A* (is it the only zero-loss base?), used
+by the recovery phase diagram.
 
 Everything is numpy; randomness comes only from an ``rng`` argument. The package is split along
 its seams: ``_objective`` (F, G, their derivatives and the optimal base), ``_critical`` (critical
-points and curvature) and ``_solver`` (the batched exact solver); every public name is importable
+points and curvature), ``_solver`` (the batched exact solver) and ``_identify``
+(identifiability); every public name is importable
 from ``theory.landscape`` (and from ``theory``).
 """
 
@@ -44,6 +46,11 @@ from ._critical import reduced_gradient_descent as reduced_gradient_descent
 from ._solver import BatchFit as BatchFit
 from ._solver import fit_population_batch as fit_population_batch
 from ._solver import fit_asymmetric_population as fit_asymmetric_population
+from ._identify import Identifiability as Identifiability
+from ._identify import IdentifiabilityBatch as IdentifiabilityBatch
+from ._identify import identifiability as identifiability
+from ._identify import identifiability_batch as identifiability_batch
+from ._identify import zero_loss_residual as zero_loss_residual
 
 __all__ = [
     "BatchFit",
@@ -51,6 +58,8 @@ __all__ = [
     "CriticalPoint",
     "DescentPath",
     "EscapeDirection",
+    "Identifiability",
+    "IdentifiabilityBatch",
     "LandscapeValue",
     "classify_critical_point",
     "critical_points_two_tasks",
@@ -58,6 +67,8 @@ __all__ = [
     "fit_asymmetric_population",
     "fit_population_batch",
     "hessian_min_eigenpair",
+    "identifiability",
+    "identifiability_batch",
     "landscape_hvp",
     "landscape_objective",
     "loraml_hessian",
@@ -68,4 +79,5 @@ __all__ = [
     "reduced_objective",
     "sr_saddle",
     "sr_saddle_min_eigenvalue",
+    "zero_loss_residual",
 ]

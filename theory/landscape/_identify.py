@@ -1,0 +1,446 @@
+"""Identifiability of the base A* from the population objective (spec P5, P7).
+
+A base Â has zero population loss exactly when every A*_t − Â = R*_t + Δ (Δ = A* − Â) is a
+possible adapter product: PSD of rank ≤ k for symmetric adapters U_tU_tᵀ, of rank ≤ k for
+asymmetric U_tV_tᵀ. A* is *identified* when Δ = 0 is the only such Δ. Each instance is put in
+one of three classes, with the evidence kept:
+
+- **continuum**: the Jacobian of the residual map (A, U) ↦ (A + U_tV_tᵀ − A*_t)_t at the truth
+  has a null space larger than the gauge (U_t → U_tQ_t with Q_t orthogonal, dimension
+  T·k(k−1)/2; or (U_t, V_t) → (U_tC, V_tC⁻ᵀ), dimension T·k²): the zero-loss set is a manifold
+  through A* of positive dimension beyond the gauge. The A-block of the Jacobian has full rank d²,
+  so rank J = d² + rank(JᵀJ of the centred U-residuals), the Gauss–Newton matrix of the reduced
+  objective (``_solver._gram``) at U*; its numerical rank is read off a gap in its spectrum.
+- otherwise A* is locally identified, and the question is global:
+
+  - **T ≥ 3 and d ≥ 3k** with span(U*_1), span(U*_2), span(U*_3) independent (checked): identified
+    by the argument of P5, which holds for both adapter kinds. With X_t = R*_t + Δ of rank ≤ k,
+    X_s − X_t = R*_s − R*_t has rank 2k, so col X_s ⊕ col X_t = span(U*_s, U*_t) for every pair;
+    then col X_1 ⊆ span(U*_1, U*_2) ∩ span(U*_1, U*_3) = span(U*_1), likewise for X_2, and
+    X_1 − R*_1 = X_2 − R*_2 lies in span(U*_1) ∩ span(U*_2) = 0: Δ = 0.
+  - **T = 3, d = 3k − 1, symmetric** (the ``"plane"`` construction): [U*_1 U*_2 U*_3] (d × 3k) has
+    a one-dimensional kernel (a, b, c), and S = span(U*_1a, U*_2b) is the unique plane meeting
+    every span(U*_t) in a line. For Δ = B M Bᵀ (B an orthonormal basis of S, M symmetric 2 × 2),
+    with n = (n_U, n_B) the kernel of [U*_t B] (rank k + 1) scaled to ‖n_U‖ = 1, rank(R*_t + Δ) ≤ k
+    ⇔ det M + n_Bᵀ adj(M) n_B = 0 (det of Z D Zᵀ is det D · nᵀD⁻¹n up to a positive factor, with
+    D = diag(I_k, M)). These are the three equations of the case (T, d, k) = (3, 2, 1); their
+    differences are linear in M, so M = λM₀, and λ ≠ 0 solves the remaining one. The candidate is
+    an alternative iff every R*_t + Δ is PSD. A multi-start search never found an alternative that
+    the construction missed (see ``tests/test_identifiability.py``): that it finds all of them is
+    the measured claim of spec P5, not a proof.
+  - elsewhere (T ≥ 4 with d < 3k, or a non-generic instance), a multi-start search: Levenberg–
+    Marquardt on the reduced objective from ``n_starts`` random points per instance, all starts of
+    all instances in one batch. Zero-loss end points with Â far from A* are alternatives (after
+    the independent check below, and deduplicated); none found means "identified" up to the
+    search's miss rate, which the tests measure against the exact construction at T = 3.
+
+Every reported alternative passes a check independent of the solver that found it
+(:func:`zero_loss_residual`): the eigenvalues (symmetric) or singular values (asymmetric) of
+A*_t − Â beyond rank k, and (symmetric) the negative part and the asymmetry, are at rounding level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._results import ArrayFields
+from ..validation import check_array, check_choice, check_int, check_rng
+from ._objective import _base, _center, _check_truth, _prod, _tr
+from ._solver import _gram, _lm_batch
+
+__all__ = [
+    "Identifiability",
+    "IdentifiabilityBatch",
+    "identifiability",
+    "identifiability_batch",
+    "zero_loss_residual",
+]
+
+_EPS = np.finfo(float).eps
+#: Zero loss of a search end point: F ≤ ZERO_LOSS · mean_t ‖R*_t − R̄*‖² (as in sims' phase table).
+_ZERO_LOSS = 1e-20
+#: Â is "far" from A* (and two alternatives are distinct) beyond this, relative to the same scale.
+_FAR = 1e-6
+#: Independent check: residual eigen/singular values beyond rank k, relative to the scale.
+#: A zero-loss end point has ‖A + U_tV_tᵀ − A*_t‖ ≤ √(2·ZERO_LOSS·T) · scale ≈ 2.4e-10 · scale,
+#: and by Weyl the eigenvalues of A*_t − Â move by at most that much; 1e-8 leaves a margin.
+_CHECK = 1e-8
+#: span(U*_1, U*_2, U*_3) counts as a direct sum when σ_min/σ_max of [U*_1 U*_2 U*_3] exceeds this.
+_GENERIC = 1e-8
+
+
+@dataclass(frozen=True, eq=False)
+class Identifiability(ArrayFields):
+    """Is A* the only zero-loss base of one instance? (:func:`identifiability`)
+
+    status : "identified", "isolated" (finitely many other zero-loss bases; those found are in
+        ``alternatives``) or "continuum" (the zero-loss set through A* has positive dimension
+        beyond the gauge).
+    method : how the global question was settled: "jacobian" (continuum), "theorem" (T ≥ 3,
+        d ≥ 3k, generic), "plane" (T = 3, d = 3k − 1, symmetric: the exact construction) or
+        "search" (multi-start; ``n_starts`` per instance).
+    jacobian_rank : rank of the residual map's Jacobian at the truth (d² + rank of the U-block).
+    expected_rank : the rank when A* is locally identified: number of unknowns − gauge_dim.
+    gauge_dim : T·k(k−1)/2 (symmetric) or T·k² (asymmetric).
+    nullity : dimension of the Jacobian's null space (= gauge_dim when locally identified).
+    spectrum_gap : evidence for the rank: the smallest eigenvalue of JᵀJ (U-block) counted
+        nonzero over the largest counted zero (inf when none is zero).
+    threshold : eigenvalues of JᵀJ at or below it count as zero (64 · m · ε · λ_max, m = side).
+    alternative_bases : (n, d, d) the alternatives Â ≠ A* found; ``alternatives`` lists them.
+    alternative_residuals : (n,) their independent zero-loss residual (:func:`zero_loss_residual`).
+    n_starts : search starts run for this instance (0 when no search was needed).
+    """
+
+    status: str
+    method: str
+    adapters: str
+    jacobian_rank: int
+    expected_rank: int
+    gauge_dim: int
+    nullity: int
+    spectrum_gap: float
+    threshold: float
+    alternative_bases: np.ndarray
+    alternative_residuals: np.ndarray
+    n_starts: int
+
+    @property
+    def alternatives(self) -> list:
+        """The zero-loss bases other than A* that were found, as a list of (d, d) arrays."""
+        return list(self.alternative_bases)
+
+
+@dataclass(frozen=True, eq=False)
+class IdentifiabilityBatch(ArrayFields):
+    """:func:`identifiability_batch` for B instances: the fields of :class:`Identifiability` as
+    (B,) arrays (``gauge_dim`` and ``expected_rank`` are ints: they depend on T, d, k only), with
+    the alternatives of every instance stacked in ``alternative_bases`` (n, d, d) and
+    ``alternative_owner`` (n,) the index of the instance each belongs to. ``instance(i)`` returns
+    the :class:`Identifiability` of one instance."""
+
+    status: np.ndarray
+    method: np.ndarray
+    adapters: str
+    jacobian_rank: np.ndarray
+    expected_rank: int
+    gauge_dim: int
+    nullity: np.ndarray
+    spectrum_gap: np.ndarray
+    threshold: np.ndarray
+    n_alternatives: np.ndarray
+    alternative_bases: np.ndarray
+    alternative_residuals: np.ndarray
+    alternative_owner: np.ndarray
+    n_starts: np.ndarray
+
+    def instance(self, i) -> Identifiability:
+        own = self.alternative_owner == i
+        return Identifiability(
+            status=str(self.status[i]), method=str(self.method[i]), adapters=self.adapters,
+            jacobian_rank=int(self.jacobian_rank[i]), expected_rank=self.expected_rank,
+            gauge_dim=self.gauge_dim, nullity=int(self.nullity[i]), spectrum_gap=float(self.spectrum_gap[i]),
+            threshold=float(self.threshold[i]), alternative_bases=self.alternative_bases[own],
+            alternative_residuals=self.alternative_residuals[own], n_starts=int(self.n_starts[i]))
+
+
+# --------------------------------------------------------------------------------------------
+# The independent zero-loss check
+
+
+def _residual(A_hat, A_star, U_star, symmetric):
+    """Largest violation, relative to max(1, ‖R*_t‖_op), of "A*_t − Â is an adapter product of rank
+    ≤ k": eigen/singular values beyond the k-th, negative eigenvalues and asymmetry (symmetric)."""
+    R = _prod(U_star, None)
+    M = (A_star - A_hat)[..., None, :, :] + R                      # A*_t − Â = R*_t + Δ
+    k = U_star.shape[-1]
+    scale = np.maximum(np.linalg.norm(R, ord=2, axis=(-2, -1)), 1.0)
+    if symmetric:
+        asym = np.linalg.norm(M - _tr(M), axis=(-2, -1))
+        lam = np.linalg.eigvalsh((M + _tr(M)) / 2)                 # ascending
+        d = lam.shape[-1]
+        rest = np.abs(lam[..., : d - k]).max(axis=-1, initial=0.0)
+        neg = np.clip(-lam[..., d - k:], 0.0, None).max(axis=-1, initial=0.0)
+        bad = np.maximum(np.maximum(asym, rest), neg)
+    else:
+        s = np.linalg.svd(M, compute_uv=False)
+        bad = s[..., k:].max(axis=-1, initial=0.0)
+    return (bad / scale).max(axis=-1)
+
+
+def zero_loss_residual(A_hat, truth, *, adapters="symmetric") -> float:
+    """How far Â is from zero population loss, checked without any solver.
+
+    Â has zero loss iff every A*_t − Â (t ≤ T) is PSD of rank ≤ k (symmetric adapters) or of
+    rank ≤ k (asymmetric). Returns the largest violation over t, relative to max(1, ‖R*_t‖_op):
+    the eigenvalues (or singular values) beyond the k-th, the negative eigenvalues and the
+    asymmetry. It is at rounding level (≲ 1e-12) for a zero-loss base, O(1) otherwise.
+
+    >>> from theory import sample_ground_truth
+    >>> truth = sample_ground_truth(4, 1, 3, rng=0)
+    >>> zero_loss_residual(truth.A_star, truth) < 1e-14, zero_loss_residual(truth.A_star + 0.1, truth) > 0.01
+    (True, True)
+    """
+    func = "zero_loss_residual"
+    truth = _check_truth(truth, func)
+    A_hat = check_array(A_hat, "A_hat", func, ndim=2, shape=(truth.d, truth.d))
+    adapters = check_choice(adapters, "adapters", func, ("symmetric", "asymmetric"))
+    return float(_residual(A_hat, np.asarray(truth.A_star), np.asarray(truth.U_star[: truth.T]),
+                           adapters == "symmetric"))
+
+
+# --------------------------------------------------------------------------------------------
+# Local: the Jacobian at the truth
+
+
+def _local(U, symmetric):
+    """Nullity, rank, gap and threshold of JᵀJ (U-block) at U*, batched."""
+    B, T, d, k = U.shape
+    lam = np.linalg.eigvalsh(_gram(U, None if symmetric else U, T))      # ascending, (B, m)
+    m = lam.shape[-1]
+    top = np.maximum(lam[:, -1], np.finfo(float).tiny)
+    # eigvalsh is backward stable: each eigenvalue of the computed Gram matrix is within
+    # ~ m·ε·λ_max of the exact one, and assembling JᵀJ adds rounding of the same order.
+    threshold = 64.0 * m * _EPS * top
+    zero = lam <= threshold[:, None]
+    nullity = zero.sum(axis=1)
+    idx = np.arange(B)
+    small = np.where(nullity > 0, np.abs(lam[idx, np.maximum(nullity - 1, 0)]), 0.0)
+    big = np.where(nullity < m, lam[idx, np.minimum(nullity, m - 1)], np.inf)
+    with np.errstate(over="ignore", divide="ignore"):
+        gap = np.where(nullity > 0, big / np.maximum(small, np.finfo(float).tiny), np.inf)
+    return nullity, m - nullity, gap, threshold
+
+
+def _independent_spans(U):
+    """σ_min/σ_max of [U_1 U_2 U_3] > _GENERIC: the spans of the first three adapters are a direct sum."""
+    Z = np.concatenate([U[:, 0], U[:, 1], U[:, 2]], axis=-1)          # (B, d, 3k)
+    s = np.linalg.svd(Z, compute_uv=False)
+    return s[:, -1] > _GENERIC * s[:, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# Global: the plane construction (T = 3, d = 3k − 1, symmetric)
+
+
+def _null_vector(M):
+    """A unit vector spanning the (generically one-dimensional) kernel of each wide M (B, p, p+1)."""
+    return np.linalg.svd(M)[2][:, -1]
+
+
+def _plane_candidates(U):
+    """The one candidate Δ ≠ 0 supported on the plane S of each instance (B, d, d), or NaN."""
+    B, T, d, k = U.shape
+    n = _null_vector(np.concatenate([U[:, 0], U[:, 1], U[:, 2]], axis=-1))           # (B, 3k)
+    basis = np.stack([(U[:, 0] @ n[:, :k, None])[..., 0], (U[:, 1] @ n[:, k:2 * k, None])[..., 0]], axis=-1)
+    basis = np.linalg.qr(basis)[0]                                                      # (B, d, 2)
+    coef = []
+    for t in range(3):
+        nt = _null_vector(np.concatenate([U[:, t], basis], axis=-1))                  # (B, k + 2)
+        x, y = (nt[:, k:] / np.linalg.norm(nt[:, :k], axis=1, keepdims=True)).T
+        coef.append(np.stack([y * y, -2 * x * y, x * x], axis=-1))   # n_Bᵀ adj(M) n_B on (a, b, c)
+    E = np.stack([coef[0] - coef[1], coef[0] - coef[2]], axis=1)                     # (B, 2, 3)
+    a, b, c = np.linalg.svd(E)[2][:, -1].T
+    det0 = a * c - b * b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam = -np.einsum("bi,bi->b", coef[0], np.stack([a, b, c], axis=-1)) / det0
+    M = lam[:, None, None] * np.stack([np.stack([a, b], -1), np.stack([b, c], -1)], axis=-2)
+    return basis @ M @ _tr(basis)
+
+
+# --------------------------------------------------------------------------------------------
+# Global: multi-start search
+
+
+def _search(W, A_star, U_star, symmetric, n_starts, max_iter, rng):
+    """Alternatives found by ``n_starts`` random Levenberg–Marquardt starts per instance.
+
+    Returns a list (one entry per instance) of (n_i, d, d) arrays of distinct far zero-loss bases
+    and the count of end points rejected by the independent check.
+    """
+    B, T, d, k = U_star.shape
+    scale = np.sqrt(np.sum(_center(W) ** 2, axis=(1, 2, 3)) / T) + np.finfo(float).tiny
+    sd = np.sqrt(np.sum(U_star ** 2, axis=(1, 2, 3)) / (T * d * k))     # the truth's entry scale
+    m = T * d * k * (1 if symmetric else 2)
+    per_chunk = max(1, int(3e6 // (m * m)))            # bounds the Gauss–Newton matrices' memory
+    inst = np.repeat(np.arange(B), n_starts)
+    bases = np.empty((inst.size, d, d))
+    good = np.zeros(inst.size, bool)
+    for lo in range(0, inst.size, per_chunk):
+        sl = slice(lo, lo + per_chunk)
+        i = inst[sl]
+        Wc = W[i]
+        # Half the starts at the truth's scale, half log-uniform over [1, 30] times it: the
+        # alternatives that starts at the truth's scale miss are mostly far away (‖Δ‖ ≫ ‖R*‖).
+        s = sd[i] * np.where(rng.random(i.size) < 0.5, 1.0, 10.0 ** rng.uniform(0.0, 1.5, i.size))
+        U0 = s[:, None, None, None] * rng.standard_normal((i.size, T, d, k))
+        V0 = None if symmetric else s[:, None, None, None] * rng.standard_normal((i.size, T, d, k))
+        Ue, Ve, f, _, _ = _lm_batch(Wc, U0, V0, max_iter=max_iter, ftol=1e-26 * scale[i] ** 2,
+                                    gtol=1e-14 * np.sqrt(np.sum(Wc * Wc, axis=(1, 2, 3))))
+        A = _base(Wc, _prod(Ue, Ve))
+        bases[sl] = A
+        far = np.linalg.norm(A - A_star[i], axis=(1, 2)) > _FAR * scale[i]
+        good[sl] = (f <= _ZERO_LOSS * scale[i] ** 2) & far
+    found = []
+    for b in range(B):
+        cand = bases[(inst == b) & good]
+        distinct = []
+        for A in cand:
+            if all(np.linalg.norm(A - other) > _FAR * scale[b] for other in distinct):
+                distinct.append(A)
+        found.append(np.array(distinct).reshape(-1, d, d))
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Public
+
+
+def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts=16, max_iter=100,
+                          search="auto") -> IdentifiabilityBatch:
+    """Classify B instances as identified, isolated or continuum (see the module docstring).
+
+    Parameters
+    ----------
+    A_star : (B, d, d)
+        The true bases.
+    U_star : (B, T, d, k)
+        The true adapters of the T retraining tasks (the problem depends on them only; A_star
+        places the alternatives).
+    adapters : "symmetric" or "asymmetric"
+        Adapter kind of the learner (U_tU_tᵀ or U_tV_tᵀ); the truth is U*_tU*_tᵀ either way.
+    rng : numpy.random.Generator, int or None
+        Starts of the multi-start search.
+    n_starts : int >= 1
+        Search starts per instance, where a search is needed.
+    max_iter : int >= 1
+        Levenberg–Marquardt iterations per start.
+    search : "auto", "always", "only" or "never"
+        "auto" searches only where neither the Jacobian, the d ≥ 3k theorem nor the plane
+        construction settles the instance; "always" also searches (and adds what it finds) where
+        the theorem or the construction applies, as a check of them; "only" settles every
+        locally identified instance by the search alone (to measure the search against the
+        construction); "never" reports the unsettled instances as "identified" with method
+        "jacobian" (local identification only).
+
+    Returns
+    -------
+    IdentifiabilityBatch
+    """
+    func = "identifiability_batch"
+    U = check_array(U_star, "U_star", func, ndim=4)
+    B, T, d, k = U.shape
+    if B < 1 or T < 1 or not 1 <= k <= d:
+        raise ValueError(f"The 'U_star' parameter of {func} must have shape (B, T, d, k) with B, T >= 1 and "
+                         f"1 <= k <= d. Got shape {U.shape}.")
+    A = check_array(A_star, "A_star", func, ndim=3, shape=(B, d, d))
+    adapters = check_choice(adapters, "adapters", func, ("symmetric", "asymmetric"))
+    rng = check_rng(rng, func)
+    n_starts = check_int(n_starts, "n_starts", func, low=1)
+    max_iter = check_int(max_iter, "max_iter", func, low=1)
+    search = check_choice(search, "search", func, ("auto", "always", "only", "never"))
+    symmetric = adapters == "symmetric"
+    W = A[:, None] + _prod(U, None)
+
+    gauge = T * k * (k - 1) // 2 if symmetric else T * k * k
+    n_unknowns = d * d + T * d * k * (1 if symmetric else 2)
+    nullity, rank_u, gap, threshold = _local(U, symmetric)
+    status = np.where(nullity > gauge, "continuum", "identified").astype(object)
+    method = np.where(nullity > gauge, "jacobian", "").astype(object)
+    alts = [np.empty((0, d, d)) for _ in range(B)]
+    starts = np.zeros(B, int)
+
+    open_ = nullity <= gauge
+    if T >= 3 and d >= 3 * k and search != "only":
+        theorem = open_ & _independent_spans(U)
+        method[theorem] = "theorem"
+        open_ &= ~theorem
+    if symmetric and T == 3 and d == 3 * k - 1 and search != "only":
+        plane = np.flatnonzero(open_)
+        if plane.size:
+            delta = _plane_candidates(U[plane])
+            ok = np.all(np.isfinite(delta), axis=(1, 2))
+            cand = A[plane] - np.where(ok[:, None, None], delta, 0.0)
+            res = np.where(ok, _residual(cand, A[plane], U[plane], True), np.inf)
+            for j, b in enumerate(plane):
+                if res[j] <= _CHECK:
+                    alts[b] = cand[j][None]
+            method[plane] = "plane"
+            open_[plane] = False
+    todo = np.flatnonzero({"auto": open_, "only": open_, "always": nullity <= gauge, "never": np.zeros(B, bool)}[search])
+    if todo.size:
+        found = _search(W[todo], A[todo], U[todo], symmetric, n_starts, max_iter, rng)
+        for j, b in enumerate(todo):
+            starts[b] = n_starts
+            if not method[b]:
+                method[b] = "search"
+            for Ahat in found[j]:
+                if all(np.linalg.norm(Ahat - other) > _FAR * max(1.0, np.linalg.norm(other)) for other in alts[b]):
+                    alts[b] = np.concatenate([alts[b], Ahat[None]])
+    method[method == ""] = "jacobian"
+
+    res_all, owner = [], []
+    for b in range(B):
+        if alts[b].shape[0]:
+            r = _residual(alts[b], A[b][None], U[b][None], symmetric)
+            keep = r <= _CHECK            # only alternatives that pass the independent check
+            alts[b] = alts[b][keep]
+            res_all.append(r[keep])
+            owner.append(np.full(int(keep.sum()), b))
+            if keep.any() and status[b] != "continuum":
+                status[b] = "isolated"
+    n_alt = np.array([a.shape[0] for a in alts])
+    return IdentifiabilityBatch(
+        status=status.astype(str), method=method.astype(str), adapters=adapters,
+        jacobian_rank=d * d + rank_u, expected_rank=n_unknowns - gauge, gauge_dim=gauge,
+        nullity=nullity, spectrum_gap=gap, threshold=threshold, n_alternatives=n_alt,
+        alternative_bases=np.concatenate(alts) if B else np.empty((0, d, d)),
+        alternative_residuals=np.concatenate(res_all) if res_all else np.empty(0),
+        alternative_owner=np.concatenate(owner).astype(int) if owner else np.empty(0, int),
+        n_starts=starts)
+
+
+def identifiability(truth, *, adapters="symmetric", rng, n_starts=16, max_iter=100,
+                    search="auto") -> Identifiability:
+    """Is A* the only base with zero population loss? Classify one ground truth (its T retraining
+    tasks) as "identified", "isolated" or "continuum", with the evidence.
+
+    The local question is answered by the rank of the residual map's Jacobian at the truth
+    modulo the gauge of the adapters; the global one by the d ≥ 3k theorem (T ≥ 3), the exact
+    plane construction (T = 3, d = 3k − 1, symmetric) or a multi-start search (elsewhere). See
+    :func:`identifiability_batch` for the parameters and the module ``theory.landscape._identify``
+    for the mathematics.
+
+    Returns
+    -------
+    Identifiability
+
+    Examples
+    --------
+    Three tasks of rank k = 2 need room: at d = 4 the zero-loss set is a continuum through A*
+    (the Jacobian has one null direction beyond the 3 gauge rotations), at d = 6 = 3k A* is the
+    only zero-loss base, and two tasks never identify it (P7):
+
+    >>> from theory import sample_ground_truth
+    >>> for d, T in [(4, 3), (6, 3), (6, 2)]:
+    ...     r = identifiability(sample_ground_truth(d, 2, T, rng=0), rng=0)
+    ...     print(d, T, r.status, r.method, r.nullity - r.gauge_dim, r.spectrum_gap > 1e6)
+    4 3 continuum jacobian 1 True
+    6 3 identified theorem 0 True
+    6 2 continuum jacobian 4 True
+
+    At d = 3k − 1 the zero-loss bases are finitely many; for this instance there is one besides
+    A*, and it passes the solver-free check:
+
+    >>> r = identifiability(sample_ground_truth(5, 2, 3, rng=0), rng=0)
+    >>> r.status, r.method, len(r.alternatives), bool(r.alternative_residuals[0] < 1e-12)
+    ('isolated', 'plane', 1, True)
+    """
+    func = "identifiability"
+    truth = _check_truth(truth, func)
+    adapters = check_choice(adapters, "adapters", func, ("symmetric", "asymmetric"))
+    rng = check_rng(rng, func)
+    out = identifiability_batch(np.asarray(truth.A_star)[None], np.asarray(truth.U_star[: truth.T])[None],
+                                adapters=adapters, rng=rng, n_starts=n_starts, max_iter=max_iter, search=search)
+    return out.instance(0)
