@@ -270,9 +270,11 @@ def classify_critical_point(truth, A, U, *, V=None, tol=1e-8, min_value=0.0) -> 
     and of the Hessian's entries, and the gradient's size s·(1 + ‖U‖ + ‖V‖):
 
     - critical if ‖∇F‖ ≤ tol · s · (1 + ‖U‖ + ‖V‖);
-    - "global minimum" if critical and F − ``min_value`` ≤ tol · s²  (``min_value`` = 0 is the
-      global minimum of the population objective when the adapter rank is at least the truth's);
-    - "strict saddle" if critical and λ_min(∇²F) < −tol · s;
+    - "strict saddle" if critical and λ_min(∇²F) < −tol · s (checked first: a saddle of a nearly
+      degenerate instance can have F below tol · s², e.g. on the v₊ family when |μ₋| ≪ μ₊);
+    - "global minimum" if critical, not a strict saddle, and F − ``min_value`` ≤ tol · s²
+      (``min_value`` = 0 is the global minimum of the population objective when the adapter rank is
+      at least the truth's);
     - "other" otherwise (not critical, or critical with a Hessian that is PSD to tolerance at a
       value above the minimum).
 
@@ -297,10 +299,10 @@ def classify_critical_point(truth, A, U, *, V=None, tol=1e-8, min_value=0.0) -> 
     critical = out.grad_norm <= tol * s * size
     lam = np.linalg.eigvalsh(loraml_hessian(truth, A, U, V=V))
     n_neg = int(np.sum(lam < -tol * s))
-    if critical and out.value - min_value <= tol * s * s:
+    if critical and lam[0] < -tol * s:
+        kind = "strict saddle"          # negative curvature: not a minimum, however small F is
+    elif critical and out.value - min_value <= tol * s * s:
         kind = "global minimum"
-    elif critical and lam[0] < -tol * s:
-        kind = "strict saddle"
     else:
         kind = "other"
     return Classification(kind=kind, critical=bool(critical), value=out.value, grad_norm=out.grad_norm,
