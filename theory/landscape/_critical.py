@@ -117,7 +117,8 @@ class DescentPath(ArrayFields):
 
 
 def sr_saddle(truth, k=None) -> CriticalPoint:
-    """The critical point (A_SR, U = 0) of F, A_SR = A* + R̄* (P8).
+    """The critical point (A_SR, U = 0) of F, A_SR = A(0) = A* + R̄* (P8): the optimal base at zero
+    adapters, which is the population SR solution (P2).
 
     Parameters
     ----------
@@ -137,7 +138,7 @@ def sr_saddle(truth, k=None) -> CriticalPoint:
     truth = _check_truth(truth, func)
     k = truth.k if k is None else check_int(k, "k", func, low=1, high=truth.d)
     U = np.zeros((truth.T, truth.d, k))
-    return CriticalPoint(A=truth.A_star + truth.R_bar, U=U, family="U = 0",
+    return CriticalPoint(A=optimal_base(truth, U), U=U, family="U = 0",
                          label="SR saddle (A* + R̄*, U = 0)", predicted="strict saddle", a=0.0, b=0.0)
 
 
