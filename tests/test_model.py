@@ -1,4 +1,12 @@
-"""The model (spec §2) and P1, the population identity."""
+"""The model (spec §2) and P1, the population identity.
+
+| check | predicted | tolerance | rules out (margin) |
+|-------|-----------|-----------|--------------------|
+| P1: E‖y − W x‖² by Monte Carlo (20000 draws) | ‖W − A*_t‖² + dσ² | 5 SE (SE ≈ 1% of the mean) | a missing dσ² (off by dσ², up to 32 = ~30 SE at σ = 2, d = 8), a σ for σ² noise (Q1), or a non-squared norm |
+| shapes, symmetric base, R*_t, R̄*, A*_{T+1} | spec §2 | exact / 1e-12 | a test task inside R̄*, an unsymmetrised base |
+| noiseless data | Y = X A*_tᵀ | 1e-12 | rows/columns transposed (samples as columns) |
+| batched ground truths | every base, then every set of adapters, from one stream | bit-identical | another draw order (the P6 figure's numbers would change) |
+"""
 
 import numpy as np
 from helpers import mean_and_se, seeds
