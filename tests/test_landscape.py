@@ -272,6 +272,16 @@ def test_P9_enumerated_critical_points_are_minima_or_strict_saddles(d, seed):
             assert lam_F[0] < -tol
 
 
+def test_critical_point_finder_survives_flat_directions():
+    """Regression (thorough profile, d = 3, seed 10): near the continuum of T = 2 minima ∇²G is
+    singular and H² + μ²I was singular to working precision once μ reached its floor (LinAlgError).
+    The step now goes through H's eigenpairs; every start must end at a classified point."""
+    truth = _truth(3, 1, 2, 10)
+    found = L.find_critical_points(truth, rng=10, n_starts=8)
+    assert len(found) >= 4
+    assert {L.classify_critical_point(truth, p.A, p.U).kind for p in found} <= {"global minimum", "strict saddle"}
+
+
 def test_a_saddle_with_a_tiny_value_is_classified_as_a_saddle():
     """Regression (thorough profile, d = 2, seed 437635): μ₋ ≈ −6e-4 ≪ μ₊, so the v₊ family's saddle
     at s = 0 has F = 3.6e-7 < tol·s² but λ_min = −3.8e-4 < −tol·s: negative curvature decides."""

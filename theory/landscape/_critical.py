@@ -348,7 +348,6 @@ def find_critical_points(truth, k=None, *, rng, n_starts=20, init_scale=1.0, tol
     s = _scale(truth)
     sd = init_scale * np.sqrt(max(np.linalg.eigvalsh(truth.R_bar)[-1], 1e-12) / k)
     out = []
-    n = T * d * k
     for _ in range(n_starts):
         U = sd * rng.standard_normal((T, d, k))
         mu = 1e-3 * s
@@ -358,8 +357,10 @@ def find_critical_points(truth, k=None, *, rng, n_starts=20, init_scale=1.0, tol
             if gn <= tol * s * (1.0 + float(np.linalg.norm(U))):
                 break
             H = _dense(lambda dU: _g_hvp(W, U, None, dU, None)[:1], [U.shape])
-            gv = g.reshape(-1)
-            step = np.linalg.solve(H @ H + mu * mu * np.eye(n), -H @ gv).reshape(U.shape)
+            # (H² + μ²I)⁻¹H g through H's eigenpairs: stable where H is singular (flat directions of a
+            # continuum of critical points, where H² + μ²I is singular to working precision once μ is small).
+            lam, vecs = np.linalg.eigh(H)
+            step = -(vecs @ (lam / (lam * lam + mu * mu) * (vecs.T @ g.reshape(-1)))).reshape(U.shape)
             U_new = U + step
             g_new = _g_value_grad(W, U_new, None)[1]
             gn_new = float(np.linalg.norm(g_new))
