@@ -118,12 +118,20 @@ def _xy(truth, N, sigma, rng):
 
 @given(d=st.integers(2, 10), k=st.integers(1, 3), T=st.integers(1, 6), seed=seeds)
 def test_P2_sr_is_high_rank(d, k, T, seed):
+    """rank(A_SR − A*) = min(Tk, d) and rank(A*_{T+1} − A_SR) = min((T+1)k, d) for generic U*.
+
+    Conditioning explicit: with the stacked adapters [U*_1 … U*_{T+1}] of σ_min/σ_max ≥ 1e-2, the
+    smallest nonzero singular value of R̄* (or R*_{T+1} − R̄*) is ≳ 1e-4 σ_max²/T, far above the rank
+    cutoff 1e-8·‖M‖; nearly parallel adapters make it vanish continuously (thorough profile: d = 2,
+    k = 1, T = 2). A rank-k SR (the LoRA-ML answer) or R̄* over T + 1 tasks would fail by ≥ 1 rank."""
     k = min(k, d)
     truth = th.sample_ground_truth(d, k, T, rng=seed)
+    s = np.linalg.svd(np.concatenate(list(truth.U_star), axis=1), compute_uv=False)[: min(d, (T + 1) * k)]
+    assume(s[-1] >= 1e-2 * s[0])
     A_sr = th.standard_retraining_population(truth)
     np.testing.assert_allclose(A_sr, truth.A_star + truth.R_bar)
-    assert np.linalg.matrix_rank(A_sr - truth.A_star, tol=1e-8) == min(T * k, d)
-    assert np.linalg.matrix_rank(truth.test_weight - A_sr, tol=1e-8) == min((T + 1) * k, d)
+    for M, rank in ((A_sr - truth.A_star, min(T * k, d)), (truth.test_weight - A_sr, min((T + 1) * k, d))):
+        assert np.linalg.matrix_rank(M, tol=1e-8 * np.linalg.norm(M, 2)) == rank
 
 
 def _eig_oracle(M, k):
