@@ -7,11 +7,14 @@ was made once in `theory/landscape/_identify.py` and the test watched failing):
 |---|---|---|
 | T = 2 is never identified (P7) | status; nullity − gauge ≥ 1; gap > 1e6 | a gauge of k(k+1)/2 instead of k(k−1)/2 per task |
 | nullity = flat directions of the dense Hessian, (3, 4, 2) a continuum, (3, 6, 2) not | `loraml_hessian` (exact HVPs, not `_gram`) at the truth, eigenvalues ≤ 64·n·ε·λ_max: 4 flat = 3 gauge + 1 at (3, 4, 2) | a rank threshold of 1e-3·λ_max; "continuum" when nullity ≥ gauge |
-| d = 3k, T = 3 is identified | the d ≥ 3k argument; a search run as well finds nothing | — (a measurement of the theorem's genericity) |
+| d = 3k, T = 3 is identified | the rank argument; a search run as well finds nothing | — (a measurement of the theorem's genericity) |
 | (3, 2, 1): second zero-loss base, instance by instance and in fraction | closed form det(uuᵀ + Δ) = det Δ + uᵀadj(Δ)u in the test; 0.6475 ± 4 SE | the theorem applied from d ≥ 3k − 1; the zero-loss check reduced to a rank check (non-PSD candidates accepted) |
 | the search agrees with the construction at d = 3k − 1 | no alternative the construction lacks; misses ≤ 25 % | a search that keeps end points near A* |
 | T = 4, d = 2k (symmetric) is identified | local rank + 16-start search | — (a measurement; asymmetric T = 4, d = 2k is a continuum) |
 | every alternative has zero loss | the test's own eigenvalue check, at the Weyl bound of the zero-loss tolerance | a search that keeps end points not at zero loss with the final independent check dropped |
+| the rank argument is claimed exactly where (T − 1)(d − 2k) ≥ d − k, and a search finds nothing there | the count; a 6-start search | claiming it from d ≥ 2k alone (crashes, and T = 5, d = 5, k = 3 below) |
+| T = 5, d = 5, k = 3: isolated alternatives | expected dimension 0; ≥ 6 of 12 found (88 % of 50 measured) | the same |
+| the rank argument checks the subspaces, not only the sizes | u_3 ∈ span(u_1, u_2) in R³: the (3, 2, 1) problem embedded | dropping the check ∩_s span(U_t, U_s) = span(U_t) |
 | bad arguments raise ValueError naming them | messages | — |
 
 The binomial bound: with n instances, p = 0.6475 and SE = √(p(1−p)/n), |fraction − p| ≤ 4 SE
@@ -222,3 +225,44 @@ def test_bad_arguments_name_themselves(kwargs, name):
         th.identifiability_batch(**args)
     with pytest.raises(ValueError, match="'truth' parameter of identifiability"):
         th.identifiability(A[0], rng=0)
+
+
+@settings(max_examples=examples(12), deadline=None)
+@given(T=st.integers(3, 5), k=st.integers(1, 3), extra=st.integers(0, 3),
+       adapters=st.sampled_from(["symmetric", "asymmetric"]), seed=seeds)
+def test_where_the_rank_argument_applies_the_search_finds_nothing(T, k, extra, adapters, seed):
+    """The rank argument is claimed exactly where (T − 1)(d − 2k) ≥ d − k (d ≥ 2k), and a search run
+    as well finds no alternative there."""
+    d = 2 * k + extra
+    r = th.identifiability(th.sample_ground_truth(d, k, T, rng=seed), adapters=adapters, rng=seed,
+                           search="always", n_starts=6, max_iter=60)
+    assert (r.method == "theorem") == ((T - 1) * (d - 2 * k) >= d - k)
+    if r.method == "theorem":
+        assert r.status == "identified" and r.alternatives == []
+
+
+def test_five_tasks_at_d5_k3_have_isolated_alternatives():
+    """T = 5, d = 5, k = 3: expected dimension of the zero-loss set d(d+1)/2 − T(d−k)(d−k+1)/2 = 0,
+    the Jacobian is of full rank and (T − 1)(d − 2k) < d − k: finitely many other bases exist
+    for most instances (88 % of 50 measured), and the rank argument must not claim them."""
+    A, U = _batch(5, 3, 5, 12, seed=4)
+    r = th.identifiability_batch(A, U, rng=0, n_starts=8)
+    assert set(r.method) == {"search"} and np.all(r.jacobian_rank == r.expected_rank)
+    assert np.sum(r.status == "isolated") >= 6
+    for Ahat, i in zip(r.alternative_bases, r.alternative_owner):
+        assert _zero_loss_violation(Ahat, A[i], U[i], True) <= ZERO_LOSS_TOL
+
+
+def test_the_rank_argument_checks_the_instance_not_only_the_sizes():
+    """T = 3, d = 3k = 3 but u_3 ∈ span(u_1, u_2): the sizes pass the count, the subspaces do not
+    (I_1 = span(u_1, u_2)), and the instance is in fact the (3, 2, 1) problem embedded in R³, which
+    has other zero-loss bases for most instances."""
+    rng = np.random.default_rng(8)
+    U = rng.standard_normal((20, 3, 3, 1))
+    U[:, 2] = U[:, 0] * rng.standard_normal((20, 1, 1)) + U[:, 1] * rng.standard_normal((20, 1, 1))
+    A = np.zeros((20, 3, 3))
+    r = th.identifiability_batch(A, U, rng=0, n_starts=8)
+    assert "theorem" not in set(r.method)
+    assert np.sum(r.status != "identified") >= 5
+    for Ahat, i in zip(r.alternative_bases, r.alternative_owner):
+        assert _zero_loss_violation(Ahat, A[i], U[i], True) <= ZERO_LOSS_TOL

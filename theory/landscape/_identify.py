@@ -13,11 +13,14 @@ one of three classes, with the evidence kept:
   objective (``_solver._gram``) at U*; its numerical rank is read off a gap in its spectrum.
 - otherwise A* is locally identified, and the question is global:
 
-  - **T ≥ 3 and d ≥ 3k** with span(U*_1), span(U*_2), span(U*_3) independent (checked): identified
-    by the argument of P5, which holds for both adapter kinds. With X_t = R*_t + Δ of rank ≤ k,
-    X_s − X_t = R*_s − R*_t has rank 2k, so col X_s ⊕ col X_t = span(U*_s, U*_t) for every pair;
-    then col X_1 ⊆ span(U*_1, U*_2) ∩ span(U*_1, U*_3) = span(U*_1), likewise for X_2, and
-    X_1 − R*_1 = X_2 − R*_2 lies in span(U*_1) ∩ span(U*_2) = 0: Δ = 0.
+  - **the rank argument** (``"theorem"``; both adapter kinds): with X_t = R*_t + Δ of rank ≤ k and
+    span(U*_s) ∩ span(U*_t) = 0 (d ≥ 2k), X_s − X_t = R*_s − R*_t has rank 2k, so
+    col X_s ⊕ col X_t = span(U*_s, U*_t) for every pair; hence col X_t ⊆ I_t = ∩_{s≠t} span(U*_t, U*_s).
+    If I_1 = span(U*_1) and I_2 = span(U*_2), then Δ = X_1 − R*_1 = X_2 − R*_2 has its columns in
+    span(U*_1) ∩ span(U*_2) = 0: Δ = 0, A* is identified. Modulo span(U*_t), I_t is the
+    intersection of T − 1 generic k-dimensional subspaces of R^{d−k}, trivial when
+    (T − 1)(d − 2k) ≥ d − k: d ≥ 3k for T = 3 (P5's theorem), d ≥ 2.5k for T = 4, d ≥ 7k/3 for
+    T = 5. The conditions are checked on the instance (singular values above 1e-8 relative).
   - **T = 3, d = 3k − 1, symmetric** (the ``"plane"`` construction): [U*_1 U*_2 U*_3] (d × 3k) has
     a one-dimensional kernel (a, b, c), and S = span(U*_1a, U*_2b) is the unique plane meeting
     every span(U*_t) in a line. For Δ = B M Bᵀ (B an orthonormal basis of S, M symmetric 2 × 2),
@@ -28,7 +31,7 @@ one of three classes, with the evidence kept:
     an alternative iff every R*_t + Δ is PSD. A multi-start search never found an alternative that
     the construction missed (see ``tests/test_identifiability.py``): that it finds all of them is
     the measured claim of spec P5, not a proof.
-  - elsewhere (T ≥ 4 with d < 3k, or a non-generic instance), a multi-start search: Levenberg–
+  - elsewhere (e.g. T = 4 with 2k ≤ d < 2.5k, or a non-generic instance), a multi-start search: Levenberg–
     Marquardt on the reduced objective from ``n_starts`` random points per instance, all starts of
     all instances in one batch. Zero-loss end points with Â far from A* are alternatives (after
     the independent check below, and deduplicated); none found means "identified" up to the
@@ -67,7 +70,7 @@ _FAR = 1e-6
 #: A zero-loss end point has ‖A + U_tV_tᵀ − A*_t‖ ≤ √(2·ZERO_LOSS·T) · scale ≈ 2.4e-10 · scale,
 #: and by Weyl the eigenvalues of A*_t − Â move by at most that much; 1e-8 leaves a margin.
 _CHECK = 1e-8
-#: span(U*_1, U*_2, U*_3) counts as a direct sum when σ_min/σ_max of [U*_1 U*_2 U*_3] exceeds this.
+#: A subspace condition of the rank argument holds when the deciding σ_min/σ_max exceeds this.
 _GENERIC = 1e-8
 
 
@@ -78,9 +81,10 @@ class Identifiability(ArrayFields):
     status : "identified", "isolated" (finitely many other zero-loss bases; those found are in
         ``alternatives``) or "continuum" (the zero-loss set through A* has positive dimension
         beyond the gauge).
-    method : how the global question was settled: "jacobian" (continuum), "theorem" (T ≥ 3,
-        d ≥ 3k, generic), "plane" (T = 3, d = 3k − 1, symmetric: the exact construction) or
-        "search" (multi-start; ``n_starts`` per instance).
+    method : how the global question was settled: "jacobian" (continuum), "theorem" (the rank
+        argument: T = 3 and d ≥ 3k, T = 4 and d ≥ 2.5k, …, checked on the instance), "plane"
+        (T = 3, d = 3k − 1, symmetric: the exact construction) or "search" (multi-start;
+        ``n_starts`` per instance).
     jacobian_rank : rank of the residual map's Jacobian at the truth (d² + rank of the U-block).
     expected_rank : the rank when A* is locally identified: number of unknowns − gauge_dim.
     gauge_dim : T·k(k−1)/2 (symmetric) or T·k² (asymmetric).
@@ -91,6 +95,8 @@ class Identifiability(ArrayFields):
     alternative_bases : (n, d, d) the alternatives Â ≠ A* found; ``alternatives`` lists them.
     alternative_residuals : (n,) their independent zero-loss residual (:func:`zero_loss_residual`).
     n_starts : search starts run for this instance (0 when no search was needed).
+    n_zero_loss_starts : how many of them ended at zero loss, at A* or elsewhere (the search's
+        evidence: "identified" by a search whose starts rarely reach zero loss is weak).
     """
 
     status: str
@@ -105,6 +111,7 @@ class Identifiability(ArrayFields):
     alternative_bases: np.ndarray
     alternative_residuals: np.ndarray
     n_starts: int
+    n_zero_loss_starts: int
 
     @property
     def alternatives(self) -> list:
@@ -134,6 +141,7 @@ class IdentifiabilityBatch(ArrayFields):
     alternative_residuals: np.ndarray
     alternative_owner: np.ndarray
     n_starts: np.ndarray
+    n_zero_loss_starts: np.ndarray
 
     def instance(self, i) -> Identifiability:
         own = self.alternative_owner == i
@@ -142,7 +150,8 @@ class IdentifiabilityBatch(ArrayFields):
             jacobian_rank=int(self.jacobian_rank[i]), expected_rank=self.expected_rank,
             gauge_dim=self.gauge_dim, nullity=int(self.nullity[i]), spectrum_gap=float(self.spectrum_gap[i]),
             threshold=float(self.threshold[i]), alternative_bases=self.alternative_bases[own],
-            alternative_residuals=self.alternative_residuals[own], n_starts=int(self.n_starts[i]))
+            alternative_residuals=self.alternative_residuals[own], n_starts=int(self.n_starts[i]),
+            n_zero_loss_starts=int(self.n_zero_loss_starts[i]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,11 +222,27 @@ def _local(U, symmetric):
     return nullity, m - nullity, gap, threshold
 
 
-def _independent_spans(U):
-    """σ_min/σ_max of [U_1 U_2 U_3] > _GENERIC: the spans of the first three adapters are a direct sum."""
-    Z = np.concatenate([U[:, 0], U[:, 1], U[:, 2]], axis=-1)          # (B, d, 3k)
-    s = np.linalg.svd(Z, compute_uv=False)
-    return s[:, -1] > _GENERIC * s[:, 0]
+def _rank_argument(U):
+    """Whether the rank argument (module docstring) proves Δ = 0, per instance: d ≥ 2k, span(U_t)
+    meets every other span(U_s) trivially for t = 1, 2, and I_t = span(U_t) for t = 1, 2."""
+    B, T, d, k = U.shape
+    ok = np.full(B, T >= 3 and d >= 2 * k and (T - 1) * (d - 2 * k) >= d - k)
+    if not ok.any():
+        return ok
+    for t in (0, 1):
+        for s in range(T):
+            if s != t:
+                sv = np.linalg.svd(np.concatenate([U[:, t], U[:, s]], axis=-1), compute_uv=False)
+                ok &= sv[:, -1] > _GENERIC * sv[:, 0]
+        Q = np.linalg.svd(U[:, t])[0][:, :, k:]                       # span(U_t)^⊥, (B, d, d − k)
+        rows = []
+        for s in range(T):
+            if s != t:
+                Y = np.linalg.svd(_tr(Q) @ U[:, s])[0]                # (B, d − k, d − k)
+                rows.append(_tr(Y[:, :, k:]))                         # complement of span(QᵀU_s)
+        sv = np.linalg.svd(np.concatenate(rows, axis=1), compute_uv=False)    # (B, d − k)
+        ok &= sv[:, -1] > _GENERIC                                    # ∩_s span(QᵀU_s) = 0
+    return ok
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,8 +281,8 @@ def _plane_candidates(U):
 def _search(W, A_star, U_star, symmetric, n_starts, max_iter, rng):
     """Alternatives found by ``n_starts`` random Levenberg–Marquardt starts per instance.
 
-    Returns a list (one entry per instance) of (n_i, d, d) arrays of distinct far zero-loss bases
-    and the count of end points rejected by the independent check.
+    Returns a list (one entry per instance) of (n_i, d, d) arrays of distinct far zero-loss bases,
+    and per instance the number of starts that ended at zero loss (at A* or elsewhere).
     """
     B, T, d, k = U_star.shape
     scale = np.sqrt(np.sum(_center(W) ** 2, axis=(1, 2, 3)) / T) + np.finfo(float).tiny
@@ -267,6 +292,7 @@ def _search(W, A_star, U_star, symmetric, n_starts, max_iter, rng):
     inst = np.repeat(np.arange(B), n_starts)
     bases = np.empty((inst.size, d, d))
     good = np.zeros(inst.size, bool)
+    zero = np.zeros(inst.size, bool)
     for lo in range(0, inst.size, per_chunk):
         sl = slice(lo, lo + per_chunk)
         i = inst[sl]
@@ -281,7 +307,8 @@ def _search(W, A_star, U_star, symmetric, n_starts, max_iter, rng):
         A = _base(Wc, _prod(Ue, Ve))
         bases[sl] = A
         far = np.linalg.norm(A - A_star[i], axis=(1, 2)) > _FAR * scale[i]
-        good[sl] = (f <= _ZERO_LOSS * scale[i] ** 2) & far
+        zero[sl] = f <= _ZERO_LOSS * scale[i] ** 2
+        good[sl] = zero[sl] & far
     found = []
     for b in range(B):
         cand = bases[(inst == b) & good]
@@ -290,7 +317,7 @@ def _search(W, A_star, U_star, symmetric, n_starts, max_iter, rng):
             if all(np.linalg.norm(A - other) > _FAR * scale[b] for other in distinct):
                 distinct.append(A)
         found.append(np.array(distinct).reshape(-1, d, d))
-    return found
+    return found, np.bincount(inst[zero], minlength=B)
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,7 +344,7 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
     max_iter : int >= 1
         Levenberg–Marquardt iterations per start.
     search : "auto", "always", "only" or "never"
-        "auto" searches only where neither the Jacobian, the d ≥ 3k theorem nor the plane
+        "auto" searches only where neither the Jacobian, the rank argument nor the plane
         construction settles the instance; "always" also searches (and adds what it finds) where
         the theorem or the construction applies, as a check of them; "only" settles every
         locally identified instance by the search alone (to measure the search against the
@@ -350,10 +377,11 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
     method = np.where(nullity > gauge, "jacobian", "").astype(object)
     alts = [np.empty((0, d, d)) for _ in range(B)]
     starts = np.zeros(B, int)
+    zero_starts = np.zeros(B, int)
 
     open_ = nullity <= gauge
-    if T >= 3 and d >= 3 * k and search != "only":
-        theorem = open_ & _independent_spans(U)
+    if search != "only":
+        theorem = open_ & _rank_argument(U)
         method[theorem] = "theorem"
         open_ &= ~theorem
     if symmetric and T == 3 and d == 3 * k - 1 and search != "only":
@@ -370,9 +398,10 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
             open_[plane] = False
     todo = np.flatnonzero({"auto": open_, "only": open_, "always": nullity <= gauge, "never": np.zeros(B, bool)}[search])
     if todo.size:
-        found = _search(W[todo], A[todo], U[todo], symmetric, n_starts, max_iter, rng)
+        found, n_zero = _search(W[todo], A[todo], U[todo], symmetric, n_starts, max_iter, rng)
         for j, b in enumerate(todo):
             starts[b] = n_starts
+            zero_starts[b] = n_zero[j]
             if not method[b]:
                 method[b] = "search"
             for Ahat in found[j]:
@@ -398,7 +427,7 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
         alternative_bases=np.concatenate(alts) if B else np.empty((0, d, d)),
         alternative_residuals=np.concatenate(res_all) if res_all else np.empty(0),
         alternative_owner=np.concatenate(owner).astype(int) if owner else np.empty(0, int),
-        n_starts=starts)
+        n_starts=starts, n_zero_loss_starts=zero_starts)
 
 
 def identifiability(truth, *, adapters="symmetric", rng, n_starts=16, max_iter=100,
@@ -407,8 +436,9 @@ def identifiability(truth, *, adapters="symmetric", rng, n_starts=16, max_iter=1
     tasks) as "identified", "isolated" or "continuum", with the evidence.
 
     The local question is answered by the rank of the residual map's Jacobian at the truth
-    modulo the gauge of the adapters; the global one by the d ≥ 3k theorem (T ≥ 3), the exact
-    plane construction (T = 3, d = 3k − 1, symmetric) or a multi-start search (elsewhere). See
+    modulo the gauge of the adapters; the global one by a rank argument (T = 3 and d ≥ 3k, T = 4
+    and d ≥ 2.5k, …), the exact plane construction (T = 3, d = 3k − 1, symmetric) or a multi-start
+    search (elsewhere). See
     :func:`identifiability_batch` for the parameters and the module ``theory.landscape._identify``
     for the mathematics.
 
