@@ -3,8 +3,10 @@
 - :func:`saddle_slice_table` and :func:`descent_paths_table`: the reduced objective G of a
   two-task, rank-one instance on a plane through the SR saddle, and gradient-descent paths;
 - :func:`critical_spectra_table`: Hessian spectra of F at every class of critical points (P9);
-- :func:`recovery_phase_table`: how often the exact population solver recovers A*, over
-  d × k × T, for symmetric and asymmetric adapters (P5's boundary);
+- :func:`recovery_phase_table`: over d × k × T, for symmetric and asymmetric adapters, whether A*
+  is identified (the only zero-loss base), has isolated alternatives or sits in a continuum
+  (:func:`theory.identifiability_batch`), beside how often the exact population solver lands on
+  it (P5's boundary);
 - :func:`convex_recovery_table`: the same for the convex relaxation of the adapters to PSD
   matrices (cvxpy, Clarabel).
 """
@@ -22,6 +24,7 @@ from theory.landscape import (
     critical_points_two_tasks,
     fit_population_batch,
     hessian_min_eigenpair,
+    identifiability_batch,
     loraml_hessian,
     reduced_gradient_descent,
 )
@@ -174,29 +177,45 @@ def _cells(ds, ks):
     return [(d, k) for d in ds for k in ks if k <= d]
 
 
-def _instances(d, k, T, reps, seed):
-    """Ground truths of one cell, seeded by (seed, T, d, k) so that a cell never depends on others."""
+def _instances(d, k, T, reps, seed, *, adapters=False):
+    """Ground truths of one cell, seeded by (seed, T, d, k) so that a cell never depends on others:
+    targets W (reps, T, d, d), bases A* (reps, d, d) and, with ``adapters``, U* (reps, T, d, k)."""
     ss = np.random.SeedSequence([seed, T, d, k])
     truths = [sample_ground_truth(d, k, T, rng=np.random.default_rng(s)) for s in ss.spawn(reps)]
     W = np.stack([t.task_weights[:T] for t in truths])
     A = np.stack([t.A_star for t in truths])
+    if adapters:
+        return W, A, np.stack([t.U_star[:T] for t in truths])
     return W, A
 
 
-def recovery_phase_table(*, Ts=(2, 3, 5), ds=range(2, 13), ks=range(1, 5), reps=20, seed=0,
-                         adapters=("symmetric", "asymmetric"), n_starts=3, max_iter=60,
-                         executor="serial") -> pd.DataFrame:
-    """Does the exact population solver recover A*? One row per instance.
+def recovery_phase_table(*, Ts=(2, 3, 4, 5), ds=range(2, 13), ks=range(1, 5), reps=50, seed=0,
+                         adapters=("symmetric", "asymmetric"), n_starts=3, max_iter=60, identify=True,
+                         search_starts=None, search_iter=60, executor="serial") -> pd.DataFrame:
+    """Is A* identified, and does the exact population solver land on it? One row per instance.
 
     For each T, d, k (k ≤ d) and adapter type, ``reps`` ground truths (sample_ground_truth: A*
-    symmetric Gaussian, U*_t Gaussian of rank k) are fitted with adapters of rank k by
-    :func:`theory.landscape.fit_population_batch` (all instances of a cell in one batch). Columns:
-    ``T``, ``d``, ``k``, ``adapters``, ``rep``, ``zero_loss`` (F at rounding level), ``recovered``
-    (‖Â − A*‖ ≤ 1e-6 ‖A*‖), ``A_error`` (‖Â − A*‖/‖A*‖), ``loss``, ``n_iter``.
+    symmetric Gaussian, U*_t Gaussian of rank k) are
 
-    ``executor`` ("serial", "processes" or an object with ``submit``, as in :func:`sims.run`)
-    spreads the cells over processes, the most expensive first. Every cell is seeded by
-    (seed, T, d, k, adapters) alone, so the table does not depend on the executor.
+    - classified by :func:`theory.identifiability_batch` (with ``identify``): ``status`` is
+      "identified" (A* is the only zero-loss base), "isolated" (finitely many others; one was
+      found) or "continuum" (the Jacobian at the truth has null directions beyond the gauge);
+      ``method`` says what settled it ("jacobian", "theorem" for T ≥ 3 and d ≥ 3k, "plane" for the
+      exact construction at T = 3, d = 3k − 1, symmetric, "search" for ``search_starts`` random
+      starts of ``search_iter`` Levenberg–Marquardt steps, only where nothing else applies:
+      an int, or a mapping from adapter kind to an int; by default 16 symmetric and 8 asymmetric
+      starts, the asymmetric ones being several times dearer);
+      ``n_alternatives``, ``excess_nullity`` (Jacobian nullity − gauge dimension),
+      ``spectrum_gap`` (the eigenvalue gap that decided the rank) and ``search_starts``;
+    - fitted with adapters of rank k by :func:`theory.landscape.fit_population_batch` (all
+      instances of a cell in one batch; ``n_starts``, ``max_iter``): ``zero_loss`` (F at rounding
+      level), ``recovered`` (‖Â − A*‖ ≤ 1e-6 ‖A*‖: the solver landed on A*), ``A_error``
+      (‖Â − A*‖/‖A*‖), ``loss``, ``n_iter``.
+
+    Columns ``T``, ``d``, ``k``, ``adapters``, ``rep`` name the instance. ``executor`` ("serial",
+    "processes" or an object with ``submit``, as in :func:`sims.run`) spreads the cells over
+    processes, the most expensive first. Every cell is seeded by (seed, T, d, k, adapters) alone,
+    so the table does not depend on the executor.
     """
     func = "recovery_phase_table"
     reps = check_int(reps, "reps", func, low=1)
@@ -205,13 +224,22 @@ def recovery_phase_table(*, Ts=(2, 3, 5), ds=range(2, 13), ks=range(1, 5), reps=
     ks = [check_int(k, "ks", func, low=1) for k in ks]
     n_starts = check_int(n_starts, "n_starts", func, low=1)
     max_iter = check_int(max_iter, "max_iter", func, low=1)
+    search_iter = check_int(search_iter, "search_iter", func, low=1)
+    if not isinstance(identify, (bool, np.bool_)):
+        raise ValueError(f"The 'identify' parameter of {func} must be a bool. Got {identify!r} instead.")
     adapters = (adapters,) if isinstance(adapters, str) else tuple(adapters)
     for a in adapters:
         if a not in ("symmetric", "asymmetric"):
             raise ValueError(f"The 'adapters' parameter of {func} must hold 'symmetric' and/or 'asymmetric'. Got {a!r}.")
+    if search_starts is None:
+        search_starts = {"symmetric": 16, "asymmetric": 8}
+    if not isinstance(search_starts, dict):
+        search_starts = {"symmetric": search_starts, "asymmetric": search_starts}
+    search_starts = {a: check_int(search_starts.get(a), "search_starts", func, low=1) for a in adapters}
     pool, owned = _executor(executor, func)
     jobs = [(T, d, k, a) for T in Ts for d, k in _cells(ds, ks) for a in adapters]
-    rest = dict(reps=reps, seed=seed, n_starts=n_starts, max_iter=max_iter)
+    rest = dict(reps=reps, seed=seed, n_starts=n_starts, max_iter=max_iter, identify=bool(identify),
+                search_starts=search_starts, search_iter=search_iter)
     try:
         if pool is None:
             with _single_threaded_blas():
@@ -237,19 +265,28 @@ def _recovery_cell_single_threaded(*args, **kwargs):
         return _recovery_cell(*args, **kwargs)
 
 
-def _recovery_cell(T, d, k, adapters, *, reps, seed, n_starts, max_iter):
-    """The ``reps`` instances of one cell, fitted in one batch."""
-    W, A_star = _instances(d, k, T, reps, seed)
+def _recovery_cell(T, d, k, adapters, *, reps, seed, n_starts, max_iter, identify=False, search_starts=None,
+                   search_iter=60):
+    """The ``reps`` instances of one cell: classified, and fitted in one batch."""
+    W, A_star, U_star = _instances(d, k, T, reps, seed, adapters=True)
     scale = np.sum((W - W.mean(axis=1, keepdims=True)) ** 2, axis=(1, 2, 3)) / T + 1e-300
     symmetric = adapters == "symmetric"
     fit = fit_population_batch(W, k, rng=np.random.default_rng([seed, T, d, k, symmetric]),
                                symmetric=symmetric, n_starts=n_starts, max_iter=max_iter)
     err = np.linalg.norm(fit.A - A_star, axis=(1, 2)) / np.linalg.norm(A_star, axis=(1, 2))
-    return pd.DataFrame({
+    table = pd.DataFrame({
         "T": T, "d": d, "k": k, "adapters": adapters, "rep": np.arange(reps),
         "zero_loss": fit.loss <= 1e-20 * scale, "recovered": err <= RECOVERY_TOL,
         "A_error": err, "loss": fit.loss, "n_iter": fit.n_iter,
     })
+    if identify:
+        starts = (search_starts or {"symmetric": 16, "asymmetric": 8})[adapters]
+        ident = identifiability_batch(A_star, U_star, adapters=adapters, n_starts=starts,
+                                      max_iter=search_iter, rng=np.random.default_rng([seed, T, d, k, symmetric, 1]))
+        table = table.assign(status=ident.status, method=ident.method, n_alternatives=ident.n_alternatives,
+                             excess_nullity=ident.nullity - ident.gauge_dim, spectrum_gap=ident.spectrum_gap,
+                             search_starts=ident.n_starts)
+    return table
 
 
 # --------------------------------------------------------------------------------------------
