@@ -24,6 +24,30 @@ from ._loraone import init_comparison_table as init_comparison_table
 from ._loraone import kappa_iterations_table as kappa_iterations_table
 from ._loraone import two_parameter_table as two_parameter_table
 from ._loraone import vanilla_alpha_table as vanilla_alpha_table
+from ._peftml import FINETUNING_SCHEMES as FINETUNING_SCHEMES
+from ._peftml import RETRAINING_METHODS as RETRAINING_METHODS
+from ._peftml import BatchLoader as BatchLoader
+from ._peftml import FineTuned as FineTuned
+from ._peftml import LoraSpec as LoraSpec
+from ._peftml import OptimSpec as OptimSpec
+from ._peftml import ReptileSpec as ReptileSpec
+from ._peftml import Retrained as Retrained
+from ._peftml import attach_lora as attach_lora
+from ._peftml import best_and_last as best_and_last
+from ._peftml import finetune as finetune
+from ._peftml import linear_names as linear_names
+from ._peftml import retrain as retrain
+from ._peftml import trainable_count as trainable_count
+from ._realdata import CIFAR10_HELP as CIFAR10_HELP
+from ._realdata import REALDATA_PRESETS as REALDATA_PRESETS
+from ._realdata import MLPMixer as MLPMixer
+from ._realdata import RealDataConfig as RealDataConfig
+from ._realdata import crop_flip as crop_flip
+from ._realdata import read_cifar10 as read_cifar10
+from ._realdata import realdata_summary as realdata_summary
+from ._realdata import realdata_sweep as realdata_sweep
+from ._realdata import simulate_realdata_chunk as simulate_realdata_chunk
+from ._realdata import write_cifar10 as write_cifar10
 from ._reference import reference_trial as reference_trial
 from ._run import run as run
 from ._shallow import SHALLOW_SWEEPS as SHALLOW_SWEEPS
@@ -36,6 +60,30 @@ from ._theory_checks import finetune_rate_table as finetune_rate_table
 from ._theory_checks import retraining_samples_table as retraining_samples_table
 
 __all__ = [
+    "BatchLoader",
+    "CIFAR10_HELP",
+    "FINETUNING_SCHEMES",
+    "FineTuned",
+    "LoraSpec",
+    "MLPMixer",
+    "OptimSpec",
+    "REALDATA_PRESETS",
+    "RETRAINING_METHODS",
+    "RealDataConfig",
+    "ReptileSpec",
+    "Retrained",
+    "attach_lora",
+    "best_and_last",
+    "crop_flip",
+    "finetune",
+    "linear_names",
+    "read_cifar10",
+    "realdata_summary",
+    "realdata_sweep",
+    "retrain",
+    "simulate_realdata_chunk",
+    "trainable_count",
+    "write_cifar10",
     "JOINED_METHODS",
     "LinearConfig",
     "METHODS",

@@ -10,6 +10,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ._linear import LinearConfig, simulate_chunk
+from ._realdata import RealDataConfig, simulate_realdata_chunk
 from ._shallow import ShallowConfig, simulate_shallow_chunk
 from ._store import ChunkStore, _sort
 
@@ -19,6 +20,7 @@ __all__ = ["run"]
 _KINDS = {
     LinearConfig: ("linear", simulate_chunk, ()),
     ShallowConfig: ("shallow", simulate_shallow_chunk, ("device",)),
+    RealDataConfig: ("realdata", simulate_realdata_chunk, ("device", "amp")),
 }
 
 
@@ -41,8 +43,8 @@ def run(config, *, executor="serial", store=None, force: bool = False, progress:
 
     Parameters
     ----------
-    config : LinearConfig or ShallowConfig
-        From :func:`linear_sweep` or :func:`shallow_sweep`.
+    config : LinearConfig, ShallowConfig or RealDataConfig
+        From :func:`linear_sweep`, :func:`shallow_sweep` or :func:`realdata_sweep`.
     executor : "serial", "processes", or an object with ``submit``
         Where chunks run. A chunk's numbers depend only on the config and its trials' seeds,
         never on the executor.
@@ -57,7 +59,8 @@ def run(config, *, executor="serial", store=None, force: bool = False, progress:
         and progress reporting).
     **engine_options
         Execution options of the engine that do not change the numbers beyond rounding
-        (shallow: ``device="cpu" | "cuda"``, default cuda when available).
+        (shallow: ``device="cpu" | "cuda"``, default cuda when available; real data: ``device`` and
+        ``amp``, bfloat16 autocast, default on for CUDA).
 
     Returns
     -------
@@ -65,7 +68,7 @@ def run(config, *, executor="serial", store=None, force: bool = False, progress:
     """
     kind = next((v for k, v in _KINDS.items() if isinstance(config, k)), None)
     if kind is None:
-        raise ValueError("The 'config' parameter of run must be a LinearConfig or a ShallowConfig. "
+        raise ValueError("The 'config' parameter of run must be a LinearConfig, a ShallowConfig or a RealDataConfig. "
                          f"Got {type(config).__name__}.")
     name, simulate, accepted = kind
     unknown = sorted(set(engine_options) - set(accepted))

@@ -4,6 +4,7 @@ from ._style import COLORS as COLORS
 from .landscape import make_landscape_figures as make_landscape_figures
 from .linear import make_linear_figures as make_linear_figures
 from .loraone import make_loraone_figures as make_loraone_figures
+from .realdata import make_realdata_figures as make_realdata_figures
 from .shallow import make_shallow_figures as make_shallow_figures
 from .theory_checks import make_theory_figures as make_theory_figures
 
@@ -15,7 +16,9 @@ GROUPS = {
     "landscape": make_landscape_figures,
     "loraone": make_loraone_figures,
     "shallow": make_shallow_figures,
+    "realdata": make_realdata_figures,
 }
 
-__all__ = ["COLORS", "GROUPS", "make_landscape_figures", "make_linear_figures", "make_loraone_figures", "make_shallow_figures",
+__all__ = ["COLORS", "GROUPS", "make_landscape_figures", "make_linear_figures", "make_loraone_figures",
+           "make_realdata_figures", "make_shallow_figures",
            "make_theory_figures"]

@@ -1,0 +1,676 @@
+"""PEFT-ML on any torch model: the four retraining methods and the two fine-tuning schemes of
+spec/realdata.md §1, with LoRA from Hugging Face ``peft``.
+
+A model is any ``torch.nn.Module`` whose output layer is a submodule named by ``head`` (a dotted
+path such as ``"head"``); a data set is a list of per-task loaders, each a re-iterable of
+``(inputs, labels)`` batches with a ``len`` (a :class:`BatchLoader`, or a torch ``DataLoader``).
+
+Retraining (:func:`retrain`):
+
+- ``"SR"``: one model; each step takes one batch of every task (or a batch of the ``pooled``
+  loader when one is given) and one optimiser step on the summed loss.
+- ``"LoRA-ML"``: one peft adapter per task (``task0``, ``task1``, …, ``LoraConfig(r, lora_alpha,
+  lora_dropout, target_modules)``), the base trainable beside them; a step activates each task's
+  adapter in turn on one batch of that task, back-propagates (the base and that adapter get
+  gradients), and then steps the optimiser once on the base and all adapters.
+- ``"last-layer-ML"``: T copies of the head (fresh initialisations), one body; same step.
+- ``"Reptile"``: per task a copy of θ takes ``inner_steps`` SGD steps, then the outer optimiser
+  steps once on the pseudo-gradient ``sign · (θ − θ_t) / T`` (``sign = +1`` moves θ toward θ_t;
+  the authors' code has ``sign = −1``, quirk V3). One outer epoch passes over every task's data
+  once, ``inner_steps`` batches at a time.
+
+The checkpoint with the best mean validation accuracy over tasks (each task evaluated with its own
+adapter or head; SR and Reptile with the base) is returned, never one chosen on a test set.
+
+Fine-tuning (:func:`finetune`): a deep copy of θ̂ is frozen and gets a fresh peft adapter
+(``"lora"``: every targeted Linear layer, head included when it is targeted) or a new trainable
+head (``"last-layer"``). Accuracy on the ``val`` and ``test`` loaders is recorded before training
+(epoch 0) and after every epoch; :func:`best_and_last` reads the last-epoch and the best-epoch
+(chosen on ``val``) test accuracy.
+
+Randomness: data order comes from the loaders' ``torch.Generator``; initialisations (heads, peft's
+``lora_A``) and dropout masks come from torch's default generator, which every public function
+here seeds from its ``seed`` argument inside ``torch.random.fork_rng`` — the caller's global
+state is restored on return, and the same seed gives the same numbers on the CPU.
+
+What peft could not do directly (so it is done around it, not by a home-made adapter layer):
+peft freezes the base when it wraps a model and ``set_adapter`` marks only the active adapter
+trainable; LoRA-ML sets the base trainable again after wrapping and collects every adapter's
+parameters into the optimiser once (``set_adapter`` does not touch the base's flags, and a
+parameter whose ``requires_grad`` is off keeps the gradient it already holds). peft's
+``"all-linear"`` leaves the output layer out, so targets are named explicitly
+(:func:`linear_names`). Ignoring biases in the adapted forward pass (quirk V1) is done by zeroing
+and freezing the targeted layers' biases before wrapping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from theory.validation import check_choice, check_int, check_real
+
+__all__ = [
+    "RETRAINING_METHODS", "FINETUNING_SCHEMES", "LoraSpec", "OptimSpec", "ReptileSpec", "BatchLoader",
+    "Retrained", "FineTuned", "retrain", "finetune", "attach_lora", "best_and_last", "linear_names", "trainable_count",
+]
+
+#: The four retraining methods and the two fine-tuning schemes of spec §1.
+RETRAINING_METHODS = ("SR", "LoRA-ML", "last-layer-ML", "Reptile")
+FINETUNING_SCHEMES = ("lora", "last-layer")
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as err:  # pragma: no cover - torch is a declared dependency of the extras
+        raise ImportError("PEFT-ML needs torch and peft: pip install 'loraml[torch]'") from err
+    return torch
+
+
+# ------------------------------------------------------------------------------------------------
+# Options
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """peft's LoRA options. ``target_modules``: full dotted names of Linear layers (empty: every
+    Linear of the model, the output layer included). ``ignore_bias``: zero and freeze the targeted
+    layers' biases (the authors' adapted forward pass drops them, quirk V1)."""
+
+    r: int = 1
+    lora_alpha: float = 1.0
+    lora_dropout: float = 0.0
+    target_modules: tuple = ()
+    ignore_bias: bool = False
+
+    def __post_init__(self):
+        check_int(self.r, "r", "LoraSpec", low=1)
+        check_real(self.lora_alpha, "lora_alpha", "LoraSpec", low=0.0, low_open=True)
+        check_real(self.lora_dropout, "lora_dropout", "LoraSpec", low=0.0, high=1.0)
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """Optimiser and schedule of one phase: Adam with L2 weight decay (``"adam"``) or AdamW,
+    learning rate on a cosine schedule over ``epochs`` (stepped per epoch) or constant."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+
+    def __post_init__(self):
+        check_int(self.epochs, "epochs", "OptimSpec", low=0)
+        check_real(self.lr, "lr", "OptimSpec", low=0.0)
+        check_real(self.weight_decay, "weight_decay", "OptimSpec", low=0.0)
+        check_choice(self.optimizer, "optimizer", "OptimSpec", ("adam", "adamw"))
+        check_choice(self.schedule, "schedule", "OptimSpec", ("cosine", "constant"))
+
+
+@dataclass(frozen=True)
+class ReptileSpec:
+    """Reptile's inner loop: ``inner_steps`` SGD steps at ``inner_lr`` on a copy per task; the outer
+    pseudo-gradient is ``sign · (θ − θ_t) / T`` (+1 correct, −1 the authors' code, quirk V3)."""
+
+    inner_steps: int = 20
+    inner_lr: float = 1e-2
+    sign: int = 1
+
+    def __post_init__(self):
+        check_int(self.inner_steps, "inner_steps", "ReptileSpec", low=0)
+        check_real(self.inner_lr, "inner_lr", "ReptileSpec", low=0.0)
+        if self.sign not in (1, -1):
+            raise ValueError(f"The 'sign' parameter of ReptileSpec must be 1 or -1. Got {self.sign!r} instead.")
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+
+
+class BatchLoader:
+    """Batches of in-memory tensors, shuffled by a ``torch.Generator``.
+
+    ``x`` and ``y`` live on their device (the GPU for fast training); the permutation is drawn on
+    the CPU from ``generator`` so the order does not depend on the device. ``transform(x,
+    generator)`` turns a raw batch into model input (augmentation, normalisation) as batched
+    tensor operations.
+    """
+
+    def __init__(self, x, y, batch_size: int, *, shuffle: bool = False, generator=None, transform=None,
+                 drop_last: bool = False):
+        func = "BatchLoader"
+        if len(x) != len(y):
+            raise ValueError(f"The 'y' parameter of {func} must have as many rows as 'x' ({len(x)}). Got {len(y)}.")
+        if len(x) == 0:
+            raise ValueError(f"The 'x' parameter of {func} must hold at least one example (an empty task). Got 0.")
+        self.x, self.y = x, y
+        self.batch_size = check_int(batch_size, "batch_size", func, low=1)
+        self.shuffle, self.generator, self.transform, self.drop_last = shuffle, generator, transform, drop_last
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return max(1, n // self.batch_size) if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        torch = _torch()
+        n = len(self.x)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.x.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            xb = self.x[idx]
+            if self.transform is not None:
+                xb = self.transform(xb, self.generator)
+            yield xb, self.y[idx]
+
+    @classmethod
+    def pooled(cls, loaders, batch_size: int | None = None) -> BatchLoader:
+        """One loader over the union of several (the pooled data of SR)."""
+        torch = _torch()
+        first = loaders[0]
+        return cls(torch.cat([ld.x for ld in loaders]), torch.cat([ld.y for ld in loaders]),
+                   batch_size or first.batch_size, shuffle=first.shuffle, generator=first.generator,
+                   transform=first.transform, drop_last=first.drop_last)
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
+# ------------------------------------------------------------------------------------------------
+# Model helpers
+
+
+def linear_names(model) -> tuple[str, ...]:
+    """Full dotted names of every ``nn.Linear`` of ``model`` (peft targets; the output layer included)."""
+    torch = _torch()
+    return tuple(name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+
+
+def trainable_count(params) -> int:
+    """Number of scalars in the parameters an optimiser updates."""
+    return int(sum(p.numel() for p in params))
+
+
+def _get(model, name):
+    return model.get_submodule(name)
+
+
+def _set(model, name, module):
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+def _reset(module):
+    for m in module.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
+def _targets(model, lora: LoraSpec, func: str) -> tuple[str, ...]:
+    torch = _torch()
+    names = lora.target_modules or linear_names(model)
+    modules = dict(model.named_modules())
+    for name in names:
+        m = modules.get(name)
+        if not isinstance(m, torch.nn.Linear):
+            raise ValueError(f"The 'target_modules' parameter of {func} must name Linear layers of the model. "
+                             f"Got {name!r}, which is {'missing' if m is None else type(m).__name__}.")
+        cap = min(m.in_features, m.out_features)
+        if lora.r > cap:
+            raise ValueError(f"The 'r' parameter of {func} must be an int in [1, {cap}] (the smallest side of "
+                             f"layer {name!r}, {m.out_features} x {m.in_features}). Got {lora.r} instead.")
+    return tuple(names)
+
+
+def _lora_config(lora: LoraSpec, targets):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                      target_modules=list(targets), bias="none")
+
+
+def _drop_biases(model, targets):
+    torch = _torch()
+    with torch.no_grad():
+        for name in targets:
+            b = _get(model, name).bias
+            if b is not None:
+                b.zero_()
+                b.requires_grad_(False)
+
+
+def _wrap(model, lora: LoraSpec, targets, names):
+    """peft model with one adapter per name (the first active)."""
+    from peft import get_peft_model
+
+    cfg = _lora_config(lora, targets)
+    pm = get_peft_model(model, cfg, adapter_name=names[0])
+    for name in names[1:]:
+        pm.add_adapter(name, cfg)
+    return pm
+
+
+def attach_lora(model, lora: LoraSpec, n_adapters: int):
+    """Wrap ``model`` (in place) with peft: adapters ``task0`` … ``task{n-1}`` on the targeted Linear
+    layers, ``task0`` active, and the base trainable beside them (LoRA-ML retraining).
+
+    Returns (peft model, the parameters the optimiser updates: the base's trainable ones and every
+    adapter's). ``net.set_adapter(f"task{t}")`` activates task t's adapter.
+
+    Raises
+    ------
+    ValueError
+        ``n_adapters`` < 1, a rank ≤ 0 or above a targeted layer's smallest side, a target that is
+        not a Linear layer.
+    """
+    check_int(n_adapters, "n_adapters", "attach_lora", low=1)
+    return _attach(model, lora, _targets(model, lora, "attach_lora"), n_adapters)
+
+
+def _attach(model, lora, targets, T):
+    if lora.ignore_bias:
+        _drop_biases(model, targets)
+    frozen = {id(p) for p in model.parameters() if not p.requires_grad}
+    net = _wrap(model, lora, targets, [f"task{t}" for t in range(T)])
+    for n, p in net.named_parameters():
+        if "lora_" not in n and id(p) not in frozen:
+            p.requires_grad_(True)          # the base trains beside the active adapter
+    params = [p for n, p in net.named_parameters() if "lora_" in n or id(p) not in frozen]
+    return net, params
+
+
+def _adapter_params(pm, name):
+    return [p for n, p in pm.named_parameters() if f".{name}." in n and "lora_" in n]
+
+
+def _adapter_state(pm, name) -> dict:
+    """{layer name: (lora_A weight, lora_B weight)} of one adapter, detached copies."""
+    out = {}
+    for mod_name, m in pm.base_model.model.named_modules():
+        if hasattr(m, "lora_A") and name in m.lora_A:
+            out[mod_name] = (m.lora_A[name].weight.detach().clone(), m.lora_B[name].weight.detach().clone())
+    return out
+
+
+def _load_adapter(pm, name, state) -> None:
+    torch = _torch()
+    modules = dict(pm.base_model.model.named_modules())
+    with torch.no_grad():
+        for mod_name, (A, B) in state.items():
+            m = modules[mod_name]
+            m.lora_A[name].weight.copy_(A)
+            m.lora_B[name].weight.copy_(B)
+
+
+def _optimizer(params, optim: OptimSpec):
+    torch = _torch()
+    cls = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
+    opt = cls(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    if optim.schedule == "cosine" and optim.epochs > 0:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=optim.epochs)
+    else:
+        sched = None
+    return opt, sched
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device):
+    """torch's default generators seeded inside fork_rng: the caller's state comes back on exit."""
+    torch = _torch()
+    devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda" if devices else "cpu"):
+        torch.manual_seed(seed)
+        yield
+
+
+def _autocast(device, amp: bool):
+    torch = _torch()
+    dev = torch.device(device)
+    if amp and dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _loss(model, batch, device, amp):
+    torch = _torch()
+    x, y = batch
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    with _autocast(device, amp):
+        out = model(x)
+    return torch.nn.functional.cross_entropy(out.float(), y)
+
+
+def _accuracy(model, loader, device, amp) -> float:
+    torch = _torch()
+    was = model.training
+    model.eval()
+    right = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(device, amp):
+                out = model(x)
+            right += int((out.argmax(-1) == y).sum())
+            total += len(y)
+    model.train(was)
+    return right / max(total, 1)
+
+
+def _check_tasks(loaders, name, func, *, least=1):
+    if isinstance(loaders, (str, bytes)) or not hasattr(loaders, "__len__") or len(loaders) < least:
+        raise ValueError(f"The {name!r} parameter of {func} must be a list of at least {least} per-task loader(s). "
+                         f"Got {type(loaders).__name__} of length {len(loaders) if hasattr(loaders, '__len__') else '?'}.")
+    for t, ld in enumerate(loaders):
+        if len(ld) == 0:
+            raise ValueError(f"The {name!r} parameter of {func} must not hold an empty task; task {t} has no batches.")
+
+
+# ------------------------------------------------------------------------------------------------
+# Retraining
+
+
+@dataclass(frozen=True, eq=False)
+class Retrained:
+    """The outcome of :func:`retrain`.
+
+    ``model``: θ̂ (adapters and task heads dropped; for last-layer-ML the body with head 0 in
+    place); ``history``: epoch, mean validation accuracy over tasks, mean training loss;
+    ``best_epoch``: the chosen checkpoint (0 = initialisation); ``adapter0``: task 0's adapter at
+    that checkpoint (LoRA-ML); ``heads``: the T task heads at that checkpoint (last-layer-ML);
+    ``trainable``: scalars the optimiser updated."""
+
+    model: object
+    history: pd.DataFrame
+    best_epoch: int
+    trainable: int
+    adapter0: dict | None = None
+    heads: tuple = field(default=())
+
+
+def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=None, lora: LoraSpec = LoraSpec(),
+            optim: OptimSpec = OptimSpec(), reptile: ReptileSpec = ReptileSpec(), seed: int = 0,
+            device="cpu", amp: bool = False, select: str = "best", deadline=None) -> Retrained:
+    """Retrain ``model`` on T tasks with one of the four methods (spec §1); ``model`` is not modified.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The base θ; its output layer is the submodule ``head``.
+    train, val : lists of per-task loaders
+        Training batches and validation batches of each task (``val`` defaults to ``train``).
+    method : "SR", "LoRA-ML", "last-layer-ML" or "Reptile"
+    pooled : loader, optional
+        SR only: batches of the pooled data (otherwise one batch of every task per step).
+    lora, optim, reptile : LoraSpec, OptimSpec, ReptileSpec
+    seed : int
+        Seeds initialisations and dropout (inside ``torch.random.fork_rng``).
+    device, amp : where to train; bfloat16 autocast on CUDA when ``amp``.
+    select : "best" (validation accuracy) or "last"
+    deadline : float, optional
+        A ``time.perf_counter()`` value; training stops after the epoch that passes it.
+
+    Raises
+    ------
+    ValueError
+        Unknown method, an empty task, a rank ≤ 0 or above a targeted layer's smallest side.
+    """
+    torch = _torch()
+    func = "retrain"
+    check_choice(method, "method", func, RETRAINING_METHODS)
+    check_choice(select, "select", func, ("best", "last"))
+    _check_tasks(train, "train", func)
+    val = train if val is None else val
+    _check_tasks(val, "val", func)
+    if len(val) != len(train):
+        raise ValueError(f"The 'val' parameter of {func} must hold one loader per task ({len(train)}). Got {len(val)}.")
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"The 'model' parameter of {func} must be a torch.nn.Module. Got {type(model).__name__}.")
+    try:
+        _get(model, head)
+    except AttributeError:
+        raise ValueError(f"The 'head' parameter of {func} must name a submodule of the model. Got {head!r}.") from None
+    targets = _targets(model, lora, func) if method == "LoRA-ML" else ()
+    T = len(train)
+    device = torch.device(device)
+    with _seeded(seed, device):
+        model = copy.deepcopy(model).to(device)
+        return _retrain(model, train, val, pooled, method, head, lora, targets, optim, reptile, T, device, amp,
+                        select, deadline)
+
+
+def _retrain(model, train, val, pooled, method, head, lora, targets, optim, reptile, T, device, amp, select,
+             deadline):
+    torch = _torch()
+    heads = None
+    if method == "LoRA-ML":
+        net, params = _attach(model, lora, targets, T)
+
+        def activate(t):
+            net.set_adapter(f"task{t}")
+    elif method == "last-layer-ML":
+        net = model
+        heads = torch.nn.ModuleList([copy.deepcopy(_get(model, head)) for _ in range(T)])
+        for h in heads:
+            _reset(h)
+        body = [p for n, p in model.named_parameters() if not (n == head or n.startswith(head + "."))]
+        params = body + list(heads.parameters())
+
+        def activate(t):
+            _set(net, head, heads[t])
+    else:
+        net = model
+        params = list(model.parameters())
+
+        def activate(t):
+            pass
+    if method != "LoRA-ML":     # peft's set_adapter switches inactive adapters' flags off; keep them all
+        params = [p for p in params if p.requires_grad]
+    trainable = trainable_count(params)
+    opt, sched = _optimizer(params, optim)
+
+    def evaluate():
+        accs = []
+        for t in range(T):
+            activate(t)
+            accs.append(_accuracy(net, val[t], device, amp))
+        return float(np.mean(accs))
+
+    def snapshot():
+        state = {"net": copy.deepcopy(net.state_dict())}
+        if heads is not None:
+            state["heads"] = copy.deepcopy(heads.state_dict())
+        return state
+
+    rows = [{"epoch": 0, "val_accuracy": evaluate(), "train_loss": float("nan")}]
+    best, best_epoch, best_state = rows[0]["val_accuracy"], 0, snapshot()
+    net.train()
+    for epoch in range(1, optim.epochs + 1):
+        losses = []
+        if method == "Reptile":
+            _reptile_epoch(net, train, opt, reptile, T, device, amp, losses)
+        elif method == "SR" and pooled is not None:
+            for batch in pooled:
+                opt.zero_grad(set_to_none=True)
+                loss = _loss(net, batch, device, amp)
+                loss.backward()
+                opt.step()
+                losses.append(loss.detach())
+        else:
+            iters = [_cycle(ld) for ld in train]
+            for _ in range(max(len(ld) for ld in train)):
+                opt.zero_grad(set_to_none=True)
+                total = 0.0
+                for t in range(T):
+                    activate(t)
+                    loss = _loss(net, next(iters[t]), device, amp)
+                    loss.backward()
+                    total = total + loss.detach()
+                opt.step()
+                losses.append(total / T)
+        if sched is not None:
+            sched.step()
+        acc = evaluate()
+        # losses stay on the device until the epoch ends (no host sync per step)
+        mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+        rows.append({"epoch": epoch, "val_accuracy": acc, "train_loss": mean_loss})
+        if select == "last" or acc > best:
+            best, best_epoch, best_state = acc, epoch, snapshot()
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    net.load_state_dict(best_state["net"])
+    adapter0, head_states = None, ()
+    if method == "LoRA-ML":
+        adapter0 = _adapter_state(net, "task0")
+        base = net.unload()
+    elif method == "last-layer-ML":
+        heads.load_state_dict(best_state["heads"])
+        head_states = tuple(copy.deepcopy(h) for h in heads)
+        _set(net, head, copy.deepcopy(heads[0]))
+        base = net
+    else:
+        base = net
+    for p in base.parameters():
+        p.requires_grad_(True)
+    base.eval()
+    return Retrained(model=base, history=pd.DataFrame(rows), best_epoch=best_epoch, trainable=trainable,
+                     adapter0=adapter0, heads=head_states)
+
+
+def _reptile_epoch(net, train, opt, reptile: ReptileSpec, T, device, amp, losses):
+    torch = _torch()
+    m = reptile.inner_steps
+    rounds = 1 if m == 0 else max(-(-len(ld) // m) for ld in train)
+    iters = [_cycle(ld) for ld in train]
+    params = [p for p in net.parameters() if p.requires_grad]
+    for _ in range(rounds):
+        for t in range(T):
+            inner = copy.deepcopy(net)
+            inner.train()
+            inner_params = [p for p in inner.parameters() if p.requires_grad]
+            sgd = torch.optim.SGD(inner_params, lr=reptile.inner_lr)
+            for _ in range(m):
+                sgd.zero_grad(set_to_none=True)
+                loss = _loss(inner, next(iters[t]), device, amp)
+                loss.backward()
+                sgd.step()
+                losses.append(loss.detach())
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for p, q in zip(params, inner_params):
+                    p.grad = reptile.sign * (p.detach() - q.detach()) / T
+            opt.step()
+
+
+# ------------------------------------------------------------------------------------------------
+# Fine-tuning
+
+
+@dataclass(frozen=True, eq=False)
+class FineTuned:
+    """The outcome of :func:`finetune`: the fine-tuned model, the accuracy history (epoch, split,
+    accuracy; epoch 0 before training) and the number of trainable scalars."""
+
+    model: object
+    history: pd.DataFrame
+    trainable: int
+
+
+def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: LoraSpec = LoraSpec(),
+             optim: OptimSpec = OptimSpec(), seed: int = 0, device="cpu", amp: bool = False, init_adapter=None,
+             init_head=None, fresh_head: bool = False, deadline=None) -> FineTuned:
+    """Fine-tune a frozen copy of ``base`` on one new task; ``base`` is not modified.
+
+    Parameters
+    ----------
+    base : torch.nn.Module
+        θ̂ with an output layer at ``head``.
+    train, val, test : loaders of the new task
+        ``val`` chooses the best epoch (see :func:`best_and_last`); ``test`` is only reported.
+    scheme : "lora" or "last-layer"
+        ``"lora"``: a fresh peft adapter on the targeted Linear layers, everything else frozen.
+        ``"last-layer"``: a new head (a fresh initialisation of ``head``) trains, the body is frozen.
+    init_adapter : dict, optional
+        ``"lora"``: start the adapter from these (lora_A, lora_B) weights per layer (quirk V2).
+    init_head : torch.nn.Module, optional
+        Use a copy of this module as the head (quirk V2 for ``"last-layer"``; for ``"lora"`` the
+        frozen head under the adapter). ``fresh_head``: for ``"lora"``, a freshly initialised head.
+
+    Raises
+    ------
+    ValueError
+        Unknown scheme, an empty loader, a rank ≤ 0 or above a targeted layer's smallest side.
+    """
+    torch = _torch()
+    func = "finetune"
+    check_choice(scheme, "scheme", func, FINETUNING_SCHEMES)
+    for name, ld in (("train", train), ("val", val), ("test", test)):
+        if len(ld) == 0:
+            raise ValueError(f"The {name!r} parameter of {func} must not be an empty task (no batches).")
+    try:
+        _get(base, head)
+    except AttributeError:
+        raise ValueError(f"The 'head' parameter of {func} must name a submodule of the model. Got {head!r}.") from None
+    targets = _targets(base, lora, func) if scheme == "lora" else ()
+    device = torch.device(device)
+    with _seeded(seed, device):
+        model = copy.deepcopy(base).to(device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if init_head is not None:
+            _set(model, head, copy.deepcopy(init_head).to(device))
+        elif scheme == "last-layer" or fresh_head:
+            _reset(_get(model, head))
+        if scheme == "lora":
+            if lora.ignore_bias:
+                _drop_biases(model, targets)
+            net = _wrap(model, lora, targets, ["finetune"])
+            if init_adapter is not None:
+                _load_adapter(net, "finetune", init_adapter)
+            params = _adapter_params(net, "finetune")
+        else:
+            net = model
+            params = list(_get(model, head).parameters())
+        for p in params:
+            p.requires_grad_(True)
+        trainable = trainable_count(params)
+        opt, sched = _optimizer(params, optim)
+        rows = []
+
+        def record(epoch):
+            for split, ld in (("val", val), ("test", test)):
+                rows.append({"epoch": epoch, "split": split, "accuracy": _accuracy(net, ld, device, amp)})
+
+        record(0)
+        net.train()
+        for epoch in range(1, optim.epochs + 1):
+            for batch in train:
+                opt.zero_grad(set_to_none=True)
+                _loss(net, batch, device, amp).backward()
+                opt.step()
+            if sched is not None:
+                sched.step()
+            record(epoch)
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+        net.eval()
+        return FineTuned(model=net, history=pd.DataFrame(rows), trainable=trainable)
+
+
+def best_and_last(history: pd.DataFrame) -> dict:
+    """Last-epoch test accuracy and the test accuracy at the epoch of best validation accuracy
+    (the earliest on ties) of one fine-tuning history."""
+    val = history[history["split"] == "val"].set_index("epoch")["accuracy"]
+    test = history[history["split"] == "test"].set_index("epoch")["accuracy"]
+    best = int(val.idxmax())
+    return {"last": float(test.iloc[-1]), "best": float(test.loc[best]), "best_epoch": best,
+            "epochs": int(test.index.max())}

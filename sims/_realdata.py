@@ -1,0 +1,581 @@
+"""The paper's real-data experiments (spec/realdata.md §2, §4) as sweeps: an MLP-Mixer, a reader of
+the CIFAR-10 python-pickle batches, scikit-learn's digits as an offline stand-in, and a frozen
+config whose chunks are one retraining method × one seed.
+
+Tasks (both data sets): label = class mod 2 within a pair; retraining tasks 0/1, 2/3, 4/5, 6/7,
+test task 8/9.
+
+- ``"vision"``: CIFAR-10 from ``data_root``. Retraining: a task's training images (10,000), its
+  test images (2,000) as validation. Fine-tuning: ship/truck training images, of which
+  ``ft_val`` are held out as the validation split that chooses the best epoch (the authors chose
+  it on the test set, quirk V4); accuracy on their 2,000 test images. RandomCrop(32, padding 4)
+  and horizontal flips as batched tensor operations, per-channel CIFAR normalisation.
+- ``"digits"``: ``sklearn.datasets.load_digits`` (8×8, 1,797 images). Each retraining task is
+  split 75 % / 25 % into training and validation; the 8/9 images (354) are split per seed into a
+  fine-tuning pool (120), a validation split (60) and a test split (the rest); fine-tuning uses
+  the first ``n`` images of the pool for each ``n`` in ``n_finetune``. The same model family (a
+  tiny Mixer, patch 2) and protocol; no augmentation.
+
+Presets (``paper`` / ``clean``): quirk V1 (biases ignored in the LoRA-adapted forward pass: the
+targeted layers' biases are zeroed and frozen), V2 (fine-tuning LoRA-ML and last-layer-ML bases
+starts from adapter 0 / head 0) and V3 (Reptile's outer step has the wrong sign) are on in
+``paper`` and off in ``clean``. V4 (best epoch chosen on the test set) and V5 (unwired flags) are
+fixed in both.
+
+Table (one row per retraining method × fine-tuning scheme × seed × n_finetune × epoch × split):
+``dataset, preset, phase, retraining, finetuning, seed, n_finetune, epoch, split, accuracy``.
+Retraining rows (``phase == "retrain"``, ``finetuning == "none"``, ``split == "val"``) hold the
+mean validation accuracy over tasks per epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from theory.validation import check_choice, check_int, check_real
+
+from ._config import SweepConfig
+from ._peftml import (
+    FINETUNING_SCHEMES,
+    RETRAINING_METHODS,
+    BatchLoader,
+    LoraSpec,
+    OptimSpec,
+    ReptileSpec,
+    _torch,
+    best_and_last,
+    finetune,
+    retrain,
+)
+
+__all__ = ["MLPMixer", "RealDataConfig", "realdata_sweep", "simulate_realdata_chunk", "read_cifar10",
+           "realdata_summary", "REALDATA_PRESETS", "CIFAR10_HELP", "write_cifar10", "crop_flip"]
+
+REALDATA_PRESETS = ("paper", "clean")
+PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7))
+TEST_PAIR = (8, 9)
+CIFAR10_HELP = ("download the CIFAR-10 python version (cifar-10-python.tar.gz) from "
+                "https://www.cs.toronto.edu/~kriz/cifar.html and unpack it; --data-root is the folder "
+                "holding data_batch_1 ... data_batch_5 and test_batch")
+_CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+_CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+# ------------------------------------------------------------------------------------------------
+# The model
+
+
+@functools.lru_cache(maxsize=1)
+def _mixer_module():
+    torch = _torch()
+    nn = torch.nn
+
+    class FeedForward(nn.Module):
+        def __init__(self, dim, hidden, dropout):
+            super().__init__()
+            self.fc1 = nn.Linear(dim, hidden)
+            self.fc2 = nn.Linear(hidden, dim)
+            self.drop = nn.Dropout(dropout)
+
+        def forward(self, x):
+            return self.drop(self.fc2(self.drop(nn.functional.gelu(self.fc1(x)))))
+
+    class MixerBlock(nn.Module):
+        def __init__(self, tokens, dim, token_hidden, channel_hidden, dropout):
+            super().__init__()
+            self.norm1 = nn.LayerNorm(dim)
+            self.token_mlp = FeedForward(tokens, token_hidden, dropout)
+            self.norm2 = nn.LayerNorm(dim)
+            self.channel_mlp = FeedForward(dim, channel_hidden, dropout)
+
+        def forward(self, x):                                   # x (B, tokens, dim)
+            x = x + self.token_mlp(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+            return x + self.channel_mlp(self.norm2(x))
+
+    class Mixer(nn.Module):
+        """MLP-Mixer: Linear patch embedding, ``depth`` blocks (token MLP across patches, channel MLP
+        across features, pre-LayerNorm, residuals), LayerNorm, mean over tokens, Linear head. Every
+        mixing layer is an ``nn.Linear``, so LoRA can adapt all of them (the head included)."""
+
+        def __init__(self, *, image_size=32, channels=3, patch_size=4, dim=512, depth=1, num_classes=2,
+                     token_expansion=4.0, channel_expansion=0.5, dropout=0.1):
+            super().__init__()
+            if image_size % patch_size:
+                raise ValueError(f"The 'patch_size' parameter of MLPMixer must divide image_size ({image_size}). "
+                                 f"Got {patch_size} instead.")
+            self.patch_size = patch_size
+            tokens = (image_size // patch_size) ** 2
+            self.patch = nn.Linear(channels * patch_size * patch_size, dim)
+            self.blocks = nn.ModuleList([
+                MixerBlock(tokens, dim, max(1, int(tokens * token_expansion)), max(1, int(dim * channel_expansion)),
+                           dropout) for _ in range(depth)])
+            self.norm = nn.LayerNorm(dim)
+            self.head = nn.Linear(dim, num_classes)
+
+        def forward(self, x):                                   # x (B, C, H, W)
+            B, C, H, W = x.shape
+            p = self.patch_size
+            x = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1).reshape(B, (H // p) * (W // p), p * p * C)
+            x = self.patch(x)
+            for block in self.blocks:
+                x = block(x)
+            return self.head(self.norm(x).mean(dim=1))
+
+    return Mixer
+
+
+def MLPMixer(**options):
+    """The MLP-Mixer of spec §2 (defaults: image 32, patch 4, width 512, depth 1, token MLP ×4,
+    channel MLP ×0.5, dropout 0.1, GELU, LayerNorm, mean pooling, Linear(512 → 2)); its output layer
+    is ``head``. Initialised from torch's default generator (seed it, e.g. inside ``fork_rng``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> MLPMixer(image_size=8, channels=1, patch_size=2, dim=8)(torch.zeros(3, 1, 8, 8)).shape
+    torch.Size([3, 2])
+    """
+    return _mixer_module()(**options)
+
+
+# ------------------------------------------------------------------------------------------------
+# CIFAR-10 python-pickle batches
+
+
+def read_cifar10(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read the CIFAR-10 python version from ``root``: (x_train (50000, 3, 32, 32) uint8, y_train,
+    x_test, y_test); any number of rows per file is accepted (for small generated sets).
+
+    Raises
+    ------
+    ValueError
+        ``root`` is missing or lacks a batch file, or a file is not a CIFAR-10 batch; the message
+        says how to get the data set.
+    """
+    root = Path(root) if root is not None else None
+    if root is None or not root.is_dir():
+        raise ValueError(f"--data-root {root} is not a folder with the CIFAR-10 batches: {CIFAR10_HELP}.")
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise ValueError(f"--data-root {root} lacks {', '.join(missing)}: {CIFAR10_HELP}.")
+    parts = []
+    for n in names:
+        try:
+            with open(root / n, "rb") as fh:
+                d = pickle.load(fh, encoding="bytes")
+            x = np.asarray(d[b"data"], dtype=np.uint8)
+            y = np.asarray(d[b"labels"], dtype=np.int64)
+            if x.ndim != 2 or x.shape[1] != 3072 or len(y) != len(x):
+                raise ValueError
+        except Exception:
+            raise ValueError(f"--data-root {root}: {n} is not a CIFAR-10 python batch: {CIFAR10_HELP}.") from None
+        parts.append((x.reshape(-1, 3, 32, 32), y))
+    x_train = np.concatenate([p[0] for p in parts[:5]])
+    y_train = np.concatenate([p[1] for p in parts[:5]])
+    return x_train, y_train, parts[5][0], parts[5][1]
+
+
+def write_cifar10(root, n_train: int = 50000, n_test: int = 10000, *, rng=0) -> Path:
+    """Write a random data set in the CIFAR-10 python-pickle format (5 training batches and a test
+    batch; uniform random pixels, balanced labels) under ``root`` — for tests and benchmarks."""
+    rng = np.random.default_rng(rng)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    sizes = [n_train // 5 + (i < n_train % 5) for i in range(5)]
+    for name, n in [(f"data_batch_{i + 1}", s) for i, s in enumerate(sizes)] + [("test_batch", n_test)]:
+        labels = (np.arange(n) % 10)[rng.permutation(n)]
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        with open(root / name, "wb") as fh:
+            pickle.dump({b"data": data, b"labels": labels.tolist(), b"batch_label": name.encode()}, fh)
+    return root
+
+
+# ------------------------------------------------------------------------------------------------
+# The config
+
+
+def _doc(text, default=dataclasses.MISSING):
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass(frozen=True)
+class RealDataConfig(SweepConfig):
+    """One real-data experiment, frozen and validated; chunks are one retraining method × one seed."""
+
+    dataset: str = _doc("'digits' (offline, scikit-learn) or 'vision' (CIFAR-10 from data_root)")
+    preset: str = _doc("'paper' (quirks V1-V3 of spec §2) or 'clean'", "clean")
+    values: tuple = _doc("retraining methods (a subset of SR, LoRA-ML, last-layer-ML, Reptile)", RETRAINING_METHODS)
+    seeds: tuple = _doc("seeds, one chunk per method and seed", (0, 1, 2, 3, 4))
+    finetuning: tuple = _doc("fine-tuning schemes ('lora', 'last-layer')", FINETUNING_SCHEMES)
+    n_finetune: tuple = _doc("fine-tuning sample sizes (0: every fine-tuning image)", (0,))
+    data_root: str = _doc("vision: folder of the CIFAR-10 python batches (not part of the key)", "")
+    train_per_task: int = _doc("vision: retraining images per task (0: all 10,000)", 0)
+    val_per_task: int = _doc("vision: validation images per task (0: all 2,000)", 0)
+    ft_val: int = _doc("vision: fine-tuning images held out for validation", 1000)
+    test_size: int = _doc("vision: test images of the new task (0: all 2,000)", 0)
+    image_size: int = _doc("image side (32 CIFAR, 8 digits)", 32)
+    patch_size: int = _doc("Mixer patch side", 4)
+    width: int = _doc("Mixer width", 512)
+    depth: int = _doc("Mixer blocks", 1)
+    dropout: float = _doc("Mixer dropout", 0.1)
+    augment: bool = _doc("random crop (padding 4) and horizontal flip at training", True)
+    r: int = _doc("LoRA rank (retraining adapters and fine-tuning adapter)", 1)
+    lora_alpha: float = _doc("LoRA alpha (scaling alpha / r)", 1.0)
+    lora_dropout: float = _doc("LoRA dropout", 0.0)
+    batch_size: int = _doc("retraining batch size (per task for LoRA-ML / last-layer-ML)", 256)
+    retrain_epochs: int = _doc("retraining epochs (SR, LoRA-ML, last-layer-ML)", 100)
+    retrain_lr: float = _doc("retraining Adam learning rate (cosine)", 1e-4)
+    retrain_wd: float = _doc("retraining Adam L2 weight decay", 1e-5)
+    reptile_epochs: int = _doc("Reptile outer epochs", 5)
+    reptile_lr: float = _doc("Reptile outer Adam learning rate", 1e-5)
+    reptile_inner_steps: int = _doc("Reptile inner SGD steps per task", 20)
+    reptile_inner_lr: float = _doc("Reptile inner SGD learning rate", 1e-2)
+    ft_epochs: int = _doc("fine-tuning epochs", 100)
+    ft_lr: float = _doc("fine-tuning Adam learning rate (cosine)", 5e-4)
+    ft_wd: float = _doc("fine-tuning Adam L2 weight decay", 1e-5)
+    ft_batch_size: int = _doc("fine-tuning batch size", 256)
+    chunk_trials: int = _doc("seeds per stored chunk (1: one chunk per method and seed)", 1)
+
+    def __post_init__(self):
+        func = "RealDataConfig"
+        check_choice(self.dataset, "dataset", func, ("digits", "vision"))
+        check_choice(self.preset, "preset", func, REALDATA_PRESETS)
+        for name, allowed in (("values", RETRAINING_METHODS), ("finetuning", FINETUNING_SCHEMES)):
+            items = getattr(self, name)
+            items = (items,) if isinstance(items, str) else tuple(items)
+            if not items or len(set(items)) != len(items):
+                raise ValueError(f"The {name!r} parameter of {func} must be a non-empty sequence without repeats. "
+                                 f"Got {items!r}.")
+            for item in items:
+                check_choice(item, name, func, allowed)
+            object.__setattr__(self, name, items)
+        for name in ("seeds", "n_finetune"):
+            items = getattr(self, name)
+            items = (items,) if isinstance(items, (int, np.integer)) else tuple(items)
+            if not items or len(set(items)) != len(items):
+                raise ValueError(f"The {name!r} parameter of {func} must be a non-empty sequence of distinct ints. "
+                                 f"Got {items!r}.")
+            object.__setattr__(self, name, tuple(check_int(v, name, func, low=0) for v in items))
+        for name, lo in (("train_per_task", 0), ("val_per_task", 0), ("ft_val", 1), ("test_size", 0),
+                         ("image_size", 1), ("patch_size", 1), ("width", 1), ("depth", 1), ("r", 1),
+                         ("batch_size", 1), ("retrain_epochs", 0), ("reptile_epochs", 0),
+                         ("reptile_inner_steps", 0), ("ft_epochs", 0), ("ft_batch_size", 1), ("chunk_trials", 0)):
+            object.__setattr__(self, name, check_int(getattr(self, name), name, func, low=lo))
+        for name, hi in (("dropout", 1.0), ("lora_dropout", 1.0), ("lora_alpha", None), ("retrain_lr", None),
+                         ("retrain_wd", None), ("reptile_lr", None), ("reptile_inner_lr", None), ("ft_lr", None),
+                         ("ft_wd", None)):
+            object.__setattr__(self, name, check_real(getattr(self, name), name, func, low=0.0, high=hi))
+        if self.image_size % self.patch_size:
+            raise ValueError(f"The 'patch_size' parameter of {func} must divide image_size ({self.image_size}). "
+                             f"Got {self.patch_size} instead.")
+        # The head (2 outputs) is the narrowest LoRA-adapted layer.
+        if self.r > 2 and ("lora" in self.finetuning or "LoRA-ML" in self.values):
+            raise ValueError(f"The 'r' parameter of {func} must be an int in [1, 2] (the smallest side of a "
+                             f"LoRA-adapted layer: the head has 2 outputs). Got {self.r} instead.")
+        object.__setattr__(self, "data_root", str(self.data_root))
+
+    # SweepConfig's protocol: values (methods) × runs (seeds), chunked by chunk_trials.
+    @property
+    def runs(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def vary(self) -> str:
+        return "retraining"
+
+    @property
+    def key(self) -> str:
+        """Content hash of everything that determines the numbers (not the chunking, not where the data is)."""
+        d = self.to_dict()
+        d.pop("chunk_trials")
+        d.pop("data_root")
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+_DIGITS = dict(image_size=8, patch_size=2, width=32, depth=1, dropout=0.1, augment=False, r=1, lora_alpha=1.0,
+               batch_size=32, retrain_epochs=30, retrain_lr=3e-3, retrain_wd=1e-5, reptile_epochs=30,
+               reptile_lr=1e-3, reptile_inner_steps=5, reptile_inner_lr=5e-2, ft_epochs=40, ft_lr=1e-2,
+               ft_wd=1e-5, ft_batch_size=16, n_finetune=(10, 20, 40, 80, 120))
+_VISION = dict(n_finetune=(0,))
+
+
+def realdata_sweep(dataset: str, *, preset: str = "clean", seeds=(0, 1, 2, 3, 4), **overrides) -> RealDataConfig:
+    """The frozen config of a real-data experiment (``"digits"`` or ``"vision"``).
+
+    ``digits`` defaults to the offline protocol of the README (a tiny Mixer, 30 retraining and 40
+    fine-tuning epochs, n = 10 … 120 fine-tuning images); ``vision`` to the paper's sizes (spec §2).
+
+    Examples
+    --------
+    >>> cfg = realdata_sweep("digits", seeds=(0, 1))
+    >>> cfg.values, len(cfg.chunks())
+    (('SR', 'LoRA-ML', 'last-layer-ML', 'Reptile'), 8)
+    """
+    check_choice(dataset, "dataset", "realdata_sweep", ("digits", "vision"))
+    names = {f.name for f in dataclasses.fields(RealDataConfig)} - {"dataset", "preset", "seeds"}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"realdata_sweep got unknown option(s) {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(sorted(names))}.")
+    base = dict(_DIGITS if dataset == "digits" else _VISION)
+    base.update(overrides)
+    return RealDataConfig(dataset=dataset, preset=preset, seeds=seeds, **base)
+
+
+# ------------------------------------------------------------------------------------------------
+# Data of one seed
+
+
+def _pair_labels(y, pair):
+    mask = (y == pair[0]) | (y == pair[1])
+    return mask, (y[mask] % 2)
+
+
+def _digits_data(config, rng):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0 - 0.5)[:, None]       # (1797, 1, 8, 8)
+    y = d.target.astype(np.int64)
+    tasks = []
+    for pair in PAIRS:
+        mask, labels = _pair_labels(y, pair)
+        xs = x[mask]
+        order = rng.permutation(len(labels))
+        cut = int(round(0.75 * len(labels)))
+        tasks.append(((xs[order[:cut]], labels[order[:cut]]), (xs[order[cut:]], labels[order[cut:]])))
+    mask, labels = _pair_labels(y, TEST_PAIR)
+    xs = x[mask]
+    order = rng.permutation(len(labels))
+    pool, val, test = order[:120], order[120:180], order[180:]
+    new = {"pool": (xs[pool], labels[pool]), "val": (xs[val], labels[val]), "test": (xs[test], labels[test])}
+    return tasks, new
+
+
+def _vision_data(config, rng):
+    x_tr, y_tr, x_te, y_te = read_cifar10(config.data_root)
+    tasks = []
+    for pair in PAIRS:
+        m_tr, l_tr = _pair_labels(y_tr, pair)
+        m_te, l_te = _pair_labels(y_te, pair)
+        xa, xb = x_tr[m_tr], x_te[m_te]
+        if config.train_per_task:
+            xa, l_tr = xa[:config.train_per_task], l_tr[:config.train_per_task]
+        if config.val_per_task:
+            xb, l_te = xb[:config.val_per_task], l_te[:config.val_per_task]
+        tasks.append(((xa, l_tr), (xb, l_te)))
+    m_tr, l_tr = _pair_labels(y_tr, TEST_PAIR)
+    m_te, l_te = _pair_labels(y_te, TEST_PAIR)
+    xa = x_tr[m_tr]
+    order = rng.permutation(len(l_tr))
+    if config.ft_val >= len(order):
+        raise ValueError(f"The 'ft_val' parameter of RealDataConfig must be below the {len(order)} fine-tuning "
+                         f"images of the new task. Got {config.ft_val}.")
+    val, pool = order[:config.ft_val], order[config.ft_val:]
+    xt, lt = x_te[m_te], l_te
+    if config.test_size:
+        xt, lt = xt[:config.test_size], lt[:config.test_size]
+    new = {"pool": (xa[pool], l_tr[pool]), "val": (xa[val], l_tr[val]), "test": (xt, lt)}
+    return tasks, new
+
+
+def _transforms(config, device, *, train: bool):
+    """Batched input pipeline: uint8 CIFAR → float, crop-and-flip when training, normalisation."""
+    torch = _torch()
+    if config.dataset == "digits":
+        return None
+    mean = torch.tensor(_CIFAR_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(_CIFAR_STD, device=device).view(1, 3, 1, 1)
+    augment = train and config.augment
+
+    def transform(x, generator):
+        x = x.float().div_(255.0)
+        if augment:
+            x = crop_flip(x, generator, padding=4)
+        return (x - mean) / std
+
+    return transform
+
+
+def crop_flip(x, generator, *, padding: int = 4):
+    """RandomCrop(size, padding) with zero padding and a random horizontal flip per image, as one
+    gather: offsets and flips are drawn on the CPU from ``generator`` (device-independent)."""
+    torch = _torch()
+    B, C, H, W = x.shape
+    dy = torch.randint(0, 2 * padding + 1, (B,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (B,), generator=generator).to(x.device)
+    flip = (torch.rand(B, generator=generator) < 0.5).to(x.device)
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    rows = dy[:, None] + torch.arange(H, device=x.device)                      # (B, H)
+    cols = torch.arange(W, device=x.device).expand(B, W)
+    cols = torch.where(flip[:, None], cols.flip(-1), cols) + dx[:, None]       # (B, W)
+    b = torch.arange(B, device=x.device)[:, None, None, None]
+    c = torch.arange(C, device=x.device)[None, :, None, None]
+    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+# ------------------------------------------------------------------------------------------------
+# One chunk
+
+
+def _specs(config):
+    paper = config.preset == "paper"
+    lora = LoraSpec(r=config.r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, ignore_bias=paper)
+    retrain_opt = OptimSpec(epochs=config.retrain_epochs, lr=config.retrain_lr, weight_decay=config.retrain_wd)
+    reptile_opt = OptimSpec(epochs=config.reptile_epochs, lr=config.reptile_lr, weight_decay=config.retrain_wd)
+    reptile = ReptileSpec(inner_steps=config.reptile_inner_steps, inner_lr=config.reptile_inner_lr,
+                          sign=-1 if paper else 1)
+    ft_opt = OptimSpec(epochs=config.ft_epochs, lr=config.ft_lr, weight_decay=config.ft_wd)
+    return lora, retrain_opt, reptile_opt, reptile, ft_opt
+
+
+def _model(config):
+    channels = 1 if config.dataset == "digits" else 3
+    return MLPMixer(image_size=config.image_size, channels=channels, patch_size=config.patch_size, dim=config.width,
+                    depth=config.depth, num_classes=2, dropout=config.dropout)
+
+
+def simulate_realdata_chunk(config: RealDataConfig, value_index: int, trials, device: str | None = None,
+                            amp: bool | None = None, budget: float | None = None,
+                            timings: dict | None = None) -> pd.DataFrame:
+    """Retrain with one method for the seeds ``trials`` (indices into ``config.seeds``), fine-tune with
+    every scheme and sample size; return the tidy table (see the module docstring).
+
+    ``device`` defaults to CUDA when available; ``amp`` (bfloat16 autocast) defaults to on for CUDA.
+    ``budget`` (seconds per seed) caps the work: retraining stops after the epoch that passes half
+    of it, each fine-tuning after the epoch that passes its equal share of the rest (the table's
+    epochs say how far each got); ``timings`` (a dict) receives the wall time of each phase.
+    """
+    torch = _torch()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp = device.type == "cuda" if amp is None else amp
+    method = config.values[value_index]
+    frames = []
+    threads = torch.get_num_threads()
+    # One thread per process on the CPU: the digits model is tiny and intra-op threading made a
+    # chunk 5x slower on 2 cores (measured 67 s against 12 s); scale out with processes instead.
+    if device.type == "cpu" and config.dataset == "digits":
+        torch.set_num_threads(1)
+    try:
+        for t in trials:
+            frames.append(_one_seed(config, method, config.seeds[int(t)], device, amp, budget, timings))
+    finally:
+        torch.set_num_threads(threads)
+    frame = pd.concat(frames, ignore_index=True)
+    for name, cats in (("retraining", RETRAINING_METHODS), ("finetuning", ("none",) + FINETUNING_SCHEMES)):
+        frame[name] = pd.Categorical(frame[name], categories=list(cats))
+    return frame
+
+
+def _one_seed(config, method, seed, device, amp, budget, timings):
+    torch = _torch()
+    streams = np.random.SeedSequence(seed).spawn(4)         # data split, model, retraining, fine-tuning
+    data_rng = np.random.default_rng(streams[0])
+    tasks, new = (_digits_data if config.dataset == "digits" else _vision_data)(config, data_rng)
+
+    def gen(stream, i):
+        return torch.Generator().manual_seed(int(stream.generate_state(1, dtype=np.uint64)[0] % (2**63)) + i)
+
+    def tensors(x, y):
+        return torch.as_tensor(x).to(device), torch.as_tensor(y).to(device)
+
+    lora, retrain_opt, reptile_opt, reptile, ft_opt = _specs(config)
+    train_tf, eval_tf = _transforms(config, device, train=True), _transforms(config, device, train=False)
+    eval_bs = max(config.batch_size, 512)
+    train = [BatchLoader(*tensors(*tr), config.batch_size, shuffle=True, generator=gen(streams[2], i), transform=train_tf)
+             for i, (tr, _) in enumerate(tasks)]
+    val = [BatchLoader(*tensors(*va), eval_bs, transform=eval_tf) for _, va in tasks]
+    pooled = BatchLoader.pooled(train) if method == "SR" else None
+    model_seed = int(streams[1].generate_state(1)[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(model_seed)
+        model = _model(config)
+    start = time.perf_counter()
+    end = None if budget is None else start + budget
+    base_row = {"dataset": config.dataset, "preset": config.preset, "retraining": method, "seed": np.int64(seed)}
+    t0 = time.perf_counter()
+    res = retrain(model, train, method=method, val=val, pooled=pooled, lora=lora,
+                  optim=reptile_opt if method == "Reptile" else retrain_opt, reptile=reptile,
+                  seed=int(streams[2].generate_state(1)[0]), device=device, amp=amp,
+                  deadline=None if end is None else start + budget / 2)
+    if timings is not None:
+        timings[f"retrain {method} seed {seed}"] = time.perf_counter() - t0
+    rows = [dict(base_row, phase="retrain", finetuning="none", n_finetune=np.int64(0), epoch=np.int64(r.epoch),
+                 split="val", accuracy=float(r.val_accuracy)) for r in res.history.itertuples()]
+    frames = [pd.DataFrame(rows)]
+    paper = config.preset == "paper"
+    pool_x, pool_y = new["pool"]
+    val_ld = BatchLoader(*tensors(*new["val"]), eval_bs, transform=eval_tf)
+    test_ld = BatchLoader(*tensors(*new["test"]), eval_bs, transform=eval_tf)
+    for s, scheme in enumerate(config.finetuning):
+        for j, n in enumerate(config.n_finetune):
+            n_used = len(pool_y) if n == 0 else n
+            if n_used > len(pool_y):
+                raise ValueError(f"The 'n_finetune' parameter of RealDataConfig must be at most {len(pool_y)} "
+                                 f"(the fine-tuning pool). Got {n}.")
+            tr = BatchLoader(*tensors(pool_x[:n_used], pool_y[:n_used]), min(config.ft_batch_size, n_used),
+                             shuffle=True, generator=gen(streams[3], 100 * s + j), transform=train_tf)
+            options = {}
+            if method == "LoRA-ML" and scheme == "lora" and paper:
+                options["init_adapter"] = res.adapter0                            # V2
+            if method == "last-layer-ML":
+                if paper:
+                    options["init_head"] = res.heads[0]                          # V2
+                elif scheme == "lora":
+                    options["fresh_head"] = True   # θ̂ has no head of its own: a fresh one, frozen under LoRA
+            t1 = time.perf_counter()
+            left = len(config.finetuning) * len(config.n_finetune) - (s * len(config.n_finetune) + j)
+            deadline = None if end is None else t1 + max(0.0, end - t1) / left
+            ft = finetune(res.model, tr, scheme=scheme, val=val_ld, test=test_ld, lora=lora, optim=ft_opt,
+                          seed=int(streams[3].generate_state(1)[0]) + 100 * s + j, device=device, amp=amp,
+                          deadline=deadline, **options)
+            if timings is not None:
+                timings[f"finetune {method} {scheme} n={n_used} seed {seed}"] = time.perf_counter() - t1
+            h = ft.history
+            frames.append(pd.DataFrame({**base_row, "phase": "finetune", "finetuning": scheme,
+                                        "n_finetune": np.int64(n_used), "epoch": h["epoch"].astype(np.int64),
+                                        "split": h["split"], "accuracy": h["accuracy"].astype(np.float64)}))
+    cols = ["dataset", "preset", "phase", "retraining", "finetuning", "seed", "n_finetune", "epoch", "split",
+            "accuracy"]
+    return pd.concat(frames, ignore_index=True)[cols]
+
+
+# ------------------------------------------------------------------------------------------------
+# Summary
+
+
+def realdata_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per retraining method × fine-tuning scheme × n_finetune: mean, standard error (ddof 1) and
+    median over seeds of the last-epoch and the best-epoch (chosen on validation) test accuracy."""
+    ft = table[table["phase"] == "finetune"]
+    per_seed = []
+    for (m, s, n, seed), g in ft.groupby(["retraining", "finetuning", "n_finetune", "seed"], observed=True):
+        bl = best_and_last(g)
+        per_seed.append({"retraining": m, "finetuning": s, "n_finetune": int(n), "seed": int(seed),
+                         "last": bl["last"], "best": bl["best"]})
+    per_seed = pd.DataFrame(per_seed)
+    rows = []
+    for (m, s, n), g in per_seed.groupby(["retraining", "finetuning", "n_finetune"], observed=True, sort=False):
+        row = {"retraining": m, "finetuning": s, "n_finetune": int(n), "seeds": len(g)}
+        for which in ("last", "best"):
+            v = g[which].to_numpy()
+            row[f"{which}_mean"] = float(v.mean())
+            row[f"{which}_se"] = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+            row[f"{which}_median"] = float(np.median(v))
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    order = {m: i for i, m in enumerate(RETRAINING_METHODS)}
+    sorder = {s: i for i, s in enumerate(FINETUNING_SCHEMES)}
+    out = out.assign(_m=out["retraining"].map(order), _s=out["finetuning"].map(sorder))
+    return out.sort_values(["_s", "n_finetune", "_m"]).drop(columns=["_m", "_s"]).reset_index(drop=True)

@@ -1,0 +1,360 @@
+"""PEFT-ML on torch models (spec/realdata.md §1) and the real-data sweeps (§2, §4).
+
+Each invariant names the wrong implementation it rules out (each was tried once and seen to fail):
+
+- identity at initialisation: a LoRA start with B ≠ 0 (peft's ``init_lora_weights=False``);
+- no cross-task gradient: several adapters active at once, or the base left frozen by peft;
+- frozen bit-identical: a fine-tuning optimiser over every parameter (LayerNorms, biases) instead
+  of the adapter or head only;
+- Reptile: the pseudo-gradient's sign (quirk V3 is the flipped one), an update applied without
+  inner steps;
+- last-layer-ML: one shared head instead of T, or a body left out of the optimiser;
+- trainable counts: adapters of inactive tasks dropped from the optimiser (peft switches their
+  flags off), the head missing from the LoRA targets (peft's "all-linear");
+- determinism: any draw from an unseeded generator.
+"""
+
+import copy
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+import sims  # noqa: E402
+
+T = 3
+
+
+class Tiny(torch.nn.Module):
+    """A small classifier whose output layer is ``head`` (a LayerNorm too, to be kept frozen)."""
+
+    def __init__(self, d=6, h=8):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(d, h)
+        self.norm = torch.nn.LayerNorm(h)
+        self.fc2 = torch.nn.Linear(h, h)
+        self.head = torch.nn.Linear(h, 2)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.fc2(self.norm(torch.tanh(self.fc1(x))))))
+
+
+def _tiny(seed=0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Tiny()
+
+
+def _loaders(seed=0, n=24, batch=8, tasks=T):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in range(tasks):
+        x = torch.randn(n, 6, generator=g)
+        y = (x[:, t] > 0).long()
+        out.append(sims.BatchLoader(x, y, batch, shuffle=True, generator=torch.Generator().manual_seed(seed + t)))
+    return out
+
+
+def _count(model, names=None):
+    return sum(p.numel() for n, p in model.named_parameters() if names is None or n.split(".")[0] in names)
+
+
+def _lora_size(model, r):
+    return sum(r * (m.in_features + m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+# ------------------------------------------------------------------------------------------------
+# Invariants of the generic machinery
+
+
+def test_lora_wrapped_model_computes_the_base_at_initialisation():
+    base = _tiny()
+    x = torch.randn(10, 6)
+    want = base(x)
+    net, _ = sims.attach_lora(copy.deepcopy(base), sims.LoraSpec(r=2, lora_alpha=4.0), T)
+    net.eval()
+    for t in range(T):
+        net.set_adapter(f"task{t}")
+        assert torch.equal(net(x), want)
+    ft = sims.finetune(base, _loaders()[0], scheme="lora", val=_loaders()[1], test=_loaders()[2],
+                       optim=sims.OptimSpec(epochs=0))
+    assert torch.equal(ft.model(x), want)
+
+
+def test_a_task_batch_reaches_the_base_and_its_own_adapter_only():
+    net, params = sims.attach_lora(_tiny(), sims.LoraSpec(r=1), T)
+    x, y = next(iter(_loaders()[1]))
+    for s in range(T):
+        for p in params:
+            p.grad = None
+        net.set_adapter(f"task{s}")
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        for name, p in net.named_parameters():
+            if "lora_" not in name:
+                assert p.grad is not None and p.grad.abs().sum() > 0, name       # the base trains
+            elif f".task{s}." in name:
+                if "lora_B" in name:
+                    assert p.grad is not None and p.grad.abs().sum() > 0, name   # B = 0: only B moves first
+            else:
+                assert p.grad is None or not p.grad.any(), name                 # other tasks' adapters
+
+
+@pytest.mark.parametrize("scheme", ["lora", "last-layer"])
+def test_frozen_parameters_are_bit_identical_after_finetuning(scheme):
+    base = _tiny()
+    before = copy.deepcopy(base.state_dict())
+    ld = _loaders()
+    ft = sims.finetune(base, ld[0], scheme=scheme, val=ld[1], test=ld[2], optim=sims.OptimSpec(epochs=3, lr=0.05))
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())      # base untouched
+    after = {k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in ft.model.state_dict().items()
+             if "lora_" not in k}
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    if scheme == "lora":
+        assert changed == set()
+        trained = [v for k, v in ft.model.state_dict().items() if "lora_B" in k]
+        assert all(v.any() for v in trained)
+    else:
+        assert changed and all(k.startswith("head.") for k in changed)
+
+
+def test_reptile_without_inner_steps_leaves_theta_unchanged():
+    base = _tiny()
+    res = sims.retrain(base, _loaders(), method="Reptile", optim=sims.OptimSpec(epochs=2, lr=0.1),
+                       reptile=sims.ReptileSpec(inner_steps=0), select="last")
+    assert all(torch.equal(a, b) for a, b in zip(base.state_dict().values(), res.model.state_dict().values()))
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_reptile_one_inner_step_moves_theta_toward_the_adapted_weights(sign):
+    """One task, one batch, one inner SGD step: θ_t = θ − η∇L(θ). The first Adam step on the
+    pseudo-gradient sign·(θ − θ_t) moves every coordinate by about lr toward θ_t (sign +1) or
+    away (−1)."""
+    base = _tiny()
+    x = torch.randn(16, 6)
+    y = (x[:, 0] > 0).long()
+    ld = [sims.BatchLoader(x, y, 16)]
+    adapted = copy.deepcopy(base)
+    torch.nn.functional.cross_entropy(adapted(x), y).backward()
+    with torch.no_grad():
+        for p in adapted.parameters():
+            p -= 0.1 * p.grad
+    res = sims.retrain(base, ld, method="Reptile", optim=sims.OptimSpec(epochs=1, lr=1e-3, schedule="constant"),
+                       reptile=sims.ReptileSpec(inner_steps=1, inner_lr=0.1, sign=sign), select="last")
+    for p0, p1, pt in zip(base.parameters(), res.model.parameters(), adapted.parameters()):
+        toward, moved = (pt - p0).detach(), (p1 - p0).detach()
+        mask = toward.abs() > 1e-6
+        assert mask.any()
+        # Adam's first step: lr · g / (|g| + eps), g the pseudo-gradient (bias corrections cancel)
+        want = sign * 1e-3 * toward / (toward.abs() + 1e-8)
+        np.testing.assert_allclose(moved[mask].numpy(), want[mask].numpy(), rtol=1e-3)
+
+
+def test_last_layer_ml_trains_t_heads_and_one_body():
+    base = _tiny()
+    opt = sims.OptimSpec(epochs=2, lr=0.05)
+    start = sims.retrain(base, _loaders(), method="last-layer-ML", optim=sims.OptimSpec(epochs=0), seed=3)
+    res = sims.retrain(base, _loaders(), method="last-layer-ML", optim=opt, seed=3, select="last")
+    assert len(res.heads) == T
+    for h0, h1 in zip(start.heads, res.heads):
+        assert not torch.equal(h0.weight, h1.weight)                              # every head trained
+    assert not torch.equal(res.heads[0].weight, res.heads[1].weight)              # T distinct heads
+    assert not torch.equal(base.fc1.weight, res.model.fc1.weight)                 # one body, trained
+    assert res.trainable == _count(base) - _count(base, {"head"}) + T * _count(base, {"head"})
+
+
+@pytest.mark.parametrize("ignore_bias", [False, True])
+def test_trainable_counts_follow_from_the_configuration(ignore_bias):
+    base, ld = _tiny(), _loaders()
+    r = 2
+    lora = sims.LoraSpec(r=r, ignore_bias=ignore_bias)
+    linear_biases = sum(m.bias.numel() for m in base.modules() if isinstance(m, torch.nn.Linear))
+    every, head, adapter = _count(base), _count(base, {"head"}), _lora_size(base, r)
+    want = {"SR": every, "Reptile": every, "last-layer-ML": every - head + T * head,
+            "LoRA-ML": every - (linear_biases if ignore_bias else 0) + T * adapter}
+    opt = sims.OptimSpec(epochs=0)
+    for method, n in want.items():
+        assert sims.retrain(base, ld, method=method, lora=lora, optim=opt).trainable == n, method
+    assert sims.finetune(base, ld[0], scheme="lora", val=ld[1], test=ld[2], lora=lora, optim=opt).trainable == adapter
+    assert sims.finetune(base, ld[0], scheme="last-layer", val=ld[1], test=ld[2], optim=opt).trainable == head
+    assert "head" in sims.linear_names(base)
+
+
+def test_retraining_chooses_the_checkpoint_on_validation():
+    ld = _loaders()
+    res = sims.retrain(_tiny(), ld, method="SR", val=_loaders(seed=7), optim=sims.OptimSpec(epochs=4, lr=0.05))
+    h = res.history
+    assert res.best_epoch == int(h.loc[h["val_accuracy"].idxmax(), "epoch"])
+    hist = pd.DataFrame({"epoch": [0, 0, 1, 1, 2, 2], "split": ["val", "test"] * 3,
+                         "accuracy": [0.5, 0.4, 0.9, 0.6, 0.8, 0.7]})
+    assert sims.best_and_last(hist) == {"last": 0.7, "best": 0.6, "best_epoch": 1, "epochs": 2}
+
+
+def test_bad_input_names_the_argument():
+    base, ld = _tiny(), _loaders()
+    with pytest.raises(ValueError, match="'method'"):
+        sims.retrain(base, ld, method="MAML")
+    with pytest.raises(ValueError, match="'scheme'"):
+        sims.finetune(base, ld[0], scheme="prefix", val=ld[1], test=ld[2])
+    with pytest.raises(ValueError, match="'r'"):
+        sims.LoraSpec(r=0)
+    with pytest.raises(ValueError, match="'r' parameter of retrain must be an int in \\[1, 2\\]"):
+        sims.retrain(base, ld, method="LoRA-ML", lora=sims.LoraSpec(r=3))
+    with pytest.raises(ValueError, match="'train'.*empty task"):
+        sims.retrain(base, [ld[0], []], method="SR")
+    with pytest.raises(ValueError, match="'x'"):
+        sims.BatchLoader(torch.zeros(0, 6), torch.zeros(0), 4)
+    with pytest.raises(ValueError, match="'target_modules'"):
+        sims.retrain(base, ld, method="LoRA-ML", lora=sims.LoraSpec(target_modules=("norm",)))
+    with pytest.raises(ValueError, match="'values'"):
+        sims.realdata_sweep("digits", values=("SR", "MAML"))
+    with pytest.raises(ValueError, match="'r'"):
+        sims.realdata_sweep("digits", r=4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Data: the CIFAR-10 reader and the augmentation
+
+
+def test_cifar_reader_reads_the_python_pickle_batches(tmp_path):
+    rng = np.random.default_rng(0)
+    batches = []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        d = {b"data": rng.integers(0, 256, (7, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, 7))}
+        batches.append(d)
+        with open(tmp_path / name, "wb") as fh:
+            pickle.dump(d, fh)
+    x_tr, y_tr, x_te, y_te = sims.read_cifar10(tmp_path)
+    assert x_tr.shape == (35, 3, 32, 32) and x_te.shape == (7, 3, 32, 32)
+    # row-major 3072 = 3 channels × 32 rows × 32 columns, as the data set's page documents
+    assert x_tr[8, 1, 2, 3] == batches[1][b"data"][1, 1024 + 2 * 32 + 3]
+    assert list(y_te) == list(batches[5][b"labels"])
+    (tmp_path / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="test_batch is not a CIFAR-10 python batch.*cifar.html"):
+        sims.read_cifar10(tmp_path)
+    with pytest.raises(ValueError, match="--data-root .*cifar.html"):
+        sims.read_cifar10(tmp_path / "nowhere")
+
+
+def test_crop_flip_is_a_shifted_and_mirrored_copy_per_image():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6) + 1
+    out = sims.crop_flip(x, torch.Generator().manual_seed(5), padding=2)
+    g = torch.Generator().manual_seed(5)
+    dy, dx = torch.randint(0, 5, (2,), generator=g), torch.randint(0, 5, (2,), generator=g)
+    flip = torch.rand(2, generator=g) < 0.5
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for b in range(2):
+        want = padded[b, :, dy[b]:dy[b] + 6, dx[b]:dx[b] + 6]
+        want = want.flip(-1) if flip[b] else want
+        assert torch.equal(out[b], want)
+
+
+# ------------------------------------------------------------------------------------------------
+# The sweeps end to end
+
+
+def _tiny_digits(**kw):
+    options = dict(seeds=(0,), retrain_epochs=2, reptile_epochs=1, ft_epochs=2, n_finetune=(10, 30), width=8)
+    options.update(kw)
+    return sims.realdata_sweep("digits", **options)
+
+
+def test_digits_table_is_deterministic_and_resumes_from_the_store(tmp_path):
+    cfg = _tiny_digits(values=("LoRA-ML", "Reptile"))
+    a = sims.run(cfg, store=tmp_path, progress=False)
+    calls = []
+    b = sims.run(cfg, store=tmp_path, progress=False, on_chunk=lambda *c: calls.append(c))
+    c = sims.run(cfg, progress=False)
+    assert calls == []                                               # everything read back
+    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(a, c)                              # same seed, same table
+    cols = {"retraining", "finetuning", "seed", "n_finetune", "epoch", "split", "accuracy"}
+    assert cols <= set(a.columns)
+    ft = a[a["phase"] == "finetune"]
+    assert set(ft["finetuning"]) == {"lora", "last-layer"} and set(ft["n_finetune"]) == {10, 30}
+    assert set(ft["epoch"]) == {0, 1, 2} and set(ft["split"]) == {"val", "test"}
+    d = sims.run(_tiny_digits(values=("LoRA-ML",), seeds=(1,)), progress=False)
+    assert not np.array_equal(d["accuracy"], a[a["retraining"] == "LoRA-ML"]["accuracy"])
+    summary = sims.realdata_summary(a)
+    assert len(summary) == 2 * 2 * 2 and {"last_mean", "best_mean", "last_se", "best_median"} <= set(summary.columns)
+
+
+def test_paper_preset_changes_the_numbers_where_its_quirks_act():
+    clean = sims.run(_tiny_digits(values=("SR", "Reptile"), reptile_lr=0.05), progress=False)
+    paper = sims.run(_tiny_digits(values=("SR", "Reptile"), reptile_lr=0.05, preset="paper"), progress=False)
+    key = ["retraining", "phase", "finetuning"]
+    same = (clean["accuracy"].to_numpy() == paper["accuracy"].to_numpy())
+    frame = clean[key].assign(same=same)
+    # V1 (biases dropped under LoRA) changes SR's LoRA fine-tuning; SR's retraining and
+    # last-layer fine-tuning are untouched; V3 (Reptile's sign) changes Reptile's base, seen
+    # through its last-layer fine-tuning.
+    sr = frame[frame["retraining"] == "SR"]
+    assert sr[sr["phase"] == "retrain"]["same"].all()
+    assert sr[sr["finetuning"] == "last-layer"]["same"].all()
+    assert not sr[sr["finetuning"] == "lora"]["same"].all()
+    rep = frame[(frame["retraining"] == "Reptile") & (frame["finetuning"] == "last-layer")]
+    assert not rep["same"].all()
+
+
+def test_vision_path_end_to_end_on_generated_cifar_files(tmp_path):
+    root = sims.write_cifar10(tmp_path / "cifar", n_train=600, n_test=200, rng=1)
+    cfg = sims.realdata_sweep("vision", seeds=(0,), data_root=str(root), width=16, patch_size=8, batch_size=16,
+                              retrain_epochs=1, reptile_epochs=1, reptile_inner_steps=2, ft_epochs=1, ft_val=20,
+                              ft_batch_size=16, values=("LoRA-ML", "last-layer-ML"), preset="paper")
+    table = sims.run(cfg, store=tmp_path / "store", progress=False, device="cpu")
+    ft = table[table["phase"] == "finetune"]
+    assert set(ft["n_finetune"]) == {120 - 20}                       # 60 per class, 20 held out
+    assert ((ft["accuracy"] >= 0) & (ft["accuracy"] <= 1)).all()
+    assert len(list((tmp_path / "store").glob("realdata-*/chunk-*.parquet"))) == 2
+    with pytest.raises(ValueError, match="--data-root"):
+        sims.run(cfg.__class__(**{**cfg.to_dict(), "data_root": str(tmp_path / "none")}), progress=False)
+
+
+def test_cli_realdata_vision_runs_and_a_missing_data_root_gets_one_line(tmp_path):
+    root = sims.write_cifar10(tmp_path / "cifar", n_train=300, n_test=100, rng=2)
+    out = subprocess.run([sys.executable, "-m", "loraml.cli", "realdata", "vision", "--data-root", str(root),
+                          "--epochs", "1", "--seeds", "0", "--methods", "SR", "--set", "width=8", "--set",
+                          "patch_size=8", "--set", "ft_val=10", "--set", "batch_size=32", "--store",
+                          str(tmp_path / "store"), "--out", str(tmp_path / "fig"), "--device", "cpu", "--quiet"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "fig" / "table.md").exists() and (tmp_path / "fig" / "table.csv").exists()
+    bad = subprocess.run([sys.executable, "-m", "loraml.cli", "realdata", "vision", "--data-root",
+                          str(tmp_path / "missing")], capture_output=True, text=True)
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--data-root" in lines[0] and "cifar.html" in lines[0]
+
+
+def test_reproduce_realdata_group_fast(tmp_path):
+    from loraml.figures import GROUPS
+
+    paths = GROUPS["realdata"](tmp_path / "fig", fast=True, store=tmp_path / "store", executor="serial",
+                               progress=False)
+    names = {p.name for p in paths}
+    assert {"digits.png", "table.csv", "table.md"} <= names and all(p.exists() for p in paths)
+    text = (tmp_path / "fig" / "realdata" / "table.md").read_text()
+    assert "LoRA-ML" in text and "last-layer" in text
+
+
+def test_device_script_stops_cleanly_within_its_budget(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "realdata_device.py"
+    spec = importlib.util.spec_from_file_location("realdata_device", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table = module.main(["--out", str(tmp_path), "--size", "300", "--test-size", "100", "--width", "8",
+                         "--epochs", "3", "--ft-epochs", "3", "--budget", "0", "--device", "cpu",
+                         "--methods", "SR", "LoRA-ML"])
+    printed = capsys.readouterr().out
+    assert "retraining 1/3 epochs" in printed and "fine-tuning lora: 1/3 epochs" in printed
+    assert set(table["retraining"]) == {"SR", "LoRA-ML"}
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["report.txt", "summary.md", "table.csv", "timings.json"]
