@@ -15,6 +15,7 @@ was made once in `theory/landscape/_identify.py` and the test watched failing):
 | the rank argument is claimed exactly where (T − 1)(d − 2k) ≥ d − k, and a search finds nothing there | the count; a 6-start search | claiming it from d ≥ 2k alone (crashes, and T = 5, d = 5, k = 3 below) |
 | T = 5, d = 5, k = 3: isolated alternatives | expected dimension 0; ≥ 6 of 12 found (88 % of 50 measured) | the same |
 | the rank argument checks the subspaces, not only the sizes | u_3 ∈ span(u_1, u_2) in R³: the (3, 2, 1) problem embedded | dropping the check ∩_s span(U_t, U_s) = span(U_t) |
+| `sims.recovery_phase_table` classifies on any executor, with the right method per cell | serial = process pool; T = 2 continuum; methods at (3, 6, 2), (3, 2, 1), (4, 4, 2) | `excess_nullity` without − gauge; `search_starts` ignored |
 | bad arguments raise ValueError naming them | messages | — |
 
 The binomial bound: with n instances, p = 0.6475 and SE = √(p(1−p)/n), |fraction − p| ≤ 4 SE
@@ -266,3 +267,25 @@ def test_the_rank_argument_checks_the_instance_not_only_the_sizes():
     assert np.sum(r.status != "identified") >= 5
     for Ahat, i in zip(r.alternative_bases, r.alternative_owner):
         assert _zero_loss_violation(Ahat, A[i], U[i], True) <= ZERO_LOSS_TOL
+
+
+def test_phase_table_classifies_every_instance_the_same_way_on_any_executor():
+    """sims.recovery_phase_table: the classification columns beside the solver's, independent of
+    the executor; T = 2 all continuum, T = 3 at d = 3k identified by the rank argument, at
+    (3, 2, 1) settled by the plane construction, T = 4 at d = 2k by the search."""
+    import sims
+
+    kw = dict(Ts=(2, 3, 4), ds=(2, 4, 6), ks=(1, 2), reps=3, search_starts=4, search_iter=30)
+    serial = sims.recovery_phase_table(**kw)
+    assert serial.equals(sims.recovery_phase_table(**kw, executor="processes"))
+    assert (serial.loc[serial["T"] == 2, "status"] == "continuum").all()
+    cell = serial.set_index(["T", "d", "k", "adapters"]).sort_index()
+    assert set(cell.loc[(3, 6, 2, "symmetric"), "method"]) == {"theorem"}
+    assert set(cell.loc[(3, 6, 2, "symmetric"), "status"]) == {"identified"}
+    assert set(cell.loc[(3, 2, 1, "symmetric"), "method"]) == {"plane"}
+    assert set(cell.loc[(4, 4, 2, "symmetric"), "method"]) == {"search"}
+    assert (cell.loc[(4, 4, 2, "symmetric"), "search_starts"] == 4).all()
+    assert (serial["excess_nullity"] >= 0).all()
+    assert ((serial["status"] == "continuum") == (serial["excess_nullity"] > 0)).all()
+    with pytest.raises(ValueError, match="'search_starts' parameter of recovery_phase_table"):
+        sims.recovery_phase_table(**kw | dict(search_starts=0))
