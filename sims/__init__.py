@@ -7,7 +7,10 @@ from theory import (
 from ._finetune import JOINED_METHODS as JOINED_METHODS
 from ._finetune import finetune_comparison as finetune_comparison
 from ._finetune import finetune_summary as finetune_summary
+from ._landscape import CLARABEL_TOL as CLARABEL_TOL
 from ._landscape import RECOVERY_TOL as RECOVERY_TOL
+from ._landscape import RECOVERY_TOL_CONVEX as RECOVERY_TOL_CONVEX
+from ._landscape import convex_certificate_margin as convex_certificate_margin
 from ._landscape import convex_recovery_table as convex_recovery_table
 from ._landscape import critical_spectra_table as critical_spectra_table
 from ._landscape import descent_paths_table as descent_paths_table
@@ -62,6 +65,7 @@ from ._theory_checks import retraining_samples_table as retraining_samples_table
 __all__ = [
     "BatchLoader",
     "CIFAR10_HELP",
+    "CLARABEL_TOL",
     "FINETUNING_SCHEMES",
     "FineTuned",
     "LoraSpec",
@@ -89,9 +93,11 @@ __all__ = [
     "METHODS",
     "PRESETS",
     "RECOVERY_TOL",
+    "RECOVERY_TOL_CONVEX",
     "SHALLOW_SWEEPS",
     "SWEEPS",
     "ShallowConfig",
+    "convex_certificate_margin",
     "convex_recovery_table",
     "critical_spectra_table",
     "default_device",

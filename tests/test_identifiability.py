@@ -16,6 +16,7 @@ was made once in `theory/landscape/_identify.py` and the test watched failing):
 | T = 5, d = 5, k = 3: isolated alternatives | expected dimension 0; ≥ 6 of 12 found (88 % of 50 measured) | the same |
 | the rank argument checks the subspaces, not only the sizes | u_3 ∈ span(u_1, u_2) in R³: the (3, 2, 1) problem embedded | dropping the check ∩_s span(U_t, U_s) = span(U_t) |
 | `sims.recovery_phase_table` classifies on any executor, with the right method per cell | serial = process pool; T = 2 continuum; methods at (3, 6, 2), (3, 2, 1), (4, 4, 2) | `excess_nullity` without − gauge; `search_starts` ignored |
+| the convex relaxation returns A* iff a dual certificate exists | Clarabel at a tolerance it reaches (all "optimal"); margin of Y_t = P_tZ_tP_tᵀ, Z_t ⪰ s·I, Σ Y_t = I; |margin| > 1e-4 | a certificate without Y_tU*_t = 0 (P_t spanning everything) |
 | bad arguments raise ValueError naming them | messages | — |
 
 The binomial bound: with n instances, p = 0.6475 and SE = √(p(1−p)/n), |fraction − p| ≤ 4 SE
@@ -289,3 +290,27 @@ def test_phase_table_classifies_every_instance_the_same_way_on_any_executor():
     assert ((serial["status"] == "continuum") == (serial["excess_nullity"] > 0)).all()
     with pytest.raises(ValueError, match="'search_starts' parameter of recovery_phase_table"):
         sims.recovery_phase_table(**kw | dict(search_starts=0))
+    with pytest.raises(ValueError, match="'U_star' parameter of convex_certificate_margin"):
+        sims.convex_certificate_margin(np.zeros((3, 4, 4)))
+
+
+# --------------------------------------------------------------------------------------------
+# The convex relaxation and its dual certificate
+
+
+@pytest.mark.parametrize(("T", "d", "k", "n"), [(3, 6, 2, 60), (3, 4, 1, 40), (4, 4, 2, 30)])
+def test_convex_relaxation_recovers_exactly_when_a_dual_certificate_exists(T, d, k, n):
+    """min Σ_t tr M_t s.t. A + M_t = A*_t, M_t ⪰ 0 returns A* iff Y_t ⪰ 0, Y_tU*_t = 0, Σ_t Y_t = I
+    has a solution (strictly: margin > 0). Every Clarabel solve reaches its tolerance ("optimal"),
+    and instance by instance `recovered` equals `certified`; margins within 1e-4 of 0 (the
+    boundary, where neither side is decided at this tolerance) are excluded and counted."""
+    import sims
+
+    table = sims.convex_recovery_table(Ts=(T,), ds=(d,), ks=(k,), reps=n, seed=3)
+    assert set(table["status"]) == set(table["certificate_status"]) == {"optimal"}
+    decided = table["certificate_margin"].abs() > 1e-4
+    assert decided.sum() >= n - 2
+    assert (table.loc[decided, "recovered"] == table.loc[decided, "certified"]).all()
+    assert table["certified"].any() and not table["certified"].all()      # both sides occur
+    fail = table.loc[decided & ~table["certified"], "A_error"]
+    assert (fail > 100 * sims.RECOVERY_TOL_CONVEX).all()                 # failures are not near misses
