@@ -52,6 +52,7 @@ from ._peftml import (
     LoraSpec,
     OptimSpec,
     ReptileSpec,
+    _seeded,
     _torch,
     best_and_last,
     finetune,
@@ -276,6 +277,12 @@ class RealDataConfig(SweepConfig):
                          ("retrain_wd", None), ("reptile_lr", None), ("reptile_inner_lr", None), ("ft_lr", None),
                          ("ft_wd", None)):
             object.__setattr__(self, name, check_real(getattr(self, name), name, func, low=0.0, high=hi))
+        aug = self.augment
+        if isinstance(aug, str) and aug.lower() in ("true", "false", "1", "0"):
+            aug = aug.lower() in ("true", "1")          # from the command line's --set augment=false
+        if not isinstance(aug, (bool, np.bool_)):
+            raise ValueError(f"The 'augment' parameter of {func} must be True or False. Got {self.augment!r} instead.")
+        object.__setattr__(self, "augment", bool(aug))
         if self.image_size % self.patch_size:
             raise ValueError(f"The 'patch_size' parameter of {func} must divide image_size ({self.image_size}). "
                              f"Got {self.patch_size} instead.")
@@ -498,8 +505,7 @@ def _one_seed(config, method, seed, device, amp, budget, timings):
     val = [BatchLoader(*tensors(*va), eval_bs, transform=eval_tf) for _, va in tasks]
     pooled = BatchLoader.pooled(train) if method == "SR" else None
     model_seed = int(streams[1].generate_state(1)[0])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(model_seed)
+    with _seeded(model_seed, device):
         model = _model(config)
     start = time.perf_counter()
     end = None if budget is None else start + budget

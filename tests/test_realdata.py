@@ -215,6 +215,9 @@ def test_bad_input_names_the_argument():
         sims.realdata_sweep("digits", values=("SR", "MAML"))
     with pytest.raises(ValueError, match="'r'"):
         sims.realdata_sweep("digits", r=4)
+    with pytest.raises(ValueError, match="'augment'"):
+        sims.realdata_sweep("vision", augment="maybe")
+    assert sims.realdata_sweep("vision", augment="false").augment is False
 
 
 # ------------------------------------------------------------------------------------------------
