@@ -194,7 +194,8 @@ def _instances(d, k, T, reps, seed, *, adapters=False):
 
 def recovery_phase_table(*, Ts=(2, 3, 4, 5), ds=range(2, 13), ks=range(1, 5), reps=50, seed=0,
                          adapters=("symmetric", "asymmetric"), n_starts=3, max_iter=60, identify=True,
-                         search_starts=None, search_iter=60, executor="serial") -> pd.DataFrame:
+                         search_starts=None, search_iter=60, landing=True, search_max_unknowns=None,
+                         executor="serial") -> pd.DataFrame:
     """Is A* identified, and does the exact population solver land on it? One row per instance.
 
     For each T, d, k (k ≤ d) and adapter type, ``reps`` ground truths (sample_ground_truth: A*
@@ -215,6 +216,14 @@ def recovery_phase_table(*, Ts=(2, 3, 4, 5), ds=range(2, 13), ks=range(1, 5), re
       level), ``recovered`` (‖Â − A*‖ ≤ 1e-6 ‖A*‖: the solver landed on A*), ``A_error``
       (‖Â − A*‖/‖A*‖), ``loss``, ``n_iter``.
 
+    With ``landing=False`` the solver is not run and its columns are absent (the classification
+    alone). ``search_max_unknowns`` (int or None) bounds the search: in a cell whose
+    Levenberg–Marquardt problem has more unknowns than that (T·d·k, twice that asymmetric; one
+    step costs ~ unknowns³), no search runs, and the locally identified instances that nothing
+    else settles are reported as "identified" with method "jacobian" and ``search_starts`` 0
+    (local identification only). The wide example (d up to 30, k up to 10, T up to 6:
+    ``benchmarks/landscape_wide.py``) uses both.
+
     Columns ``T``, ``d``, ``k``, ``adapters``, ``rep`` name the instance. ``executor`` ("serial",
     "processes" or an object with ``submit``, as in :func:`sims.run`) spreads the cells over
     processes, the most expensive first. Every cell is seeded by (seed, T, d, k, adapters) alone,
@@ -228,6 +237,10 @@ def recovery_phase_table(*, Ts=(2, 3, 4, 5), ds=range(2, 13), ks=range(1, 5), re
     n_starts = check_int(n_starts, "n_starts", func, low=1)
     max_iter = check_int(max_iter, "max_iter", func, low=1)
     search_iter = check_int(search_iter, "search_iter", func, low=1)
+    if search_max_unknowns is not None:
+        search_max_unknowns = check_int(search_max_unknowns, "search_max_unknowns", func, low=0)
+    if not isinstance(landing, (bool, np.bool_)):
+        raise ValueError(f"The 'landing' parameter of {func} must be a bool. Got {landing!r} instead.")
     if not isinstance(identify, (bool, np.bool_)):
         raise ValueError(f"The 'identify' parameter of {func} must be a bool. Got {identify!r} instead.")
     adapters = (adapters,) if isinstance(adapters, str) else tuple(adapters)
@@ -242,14 +255,16 @@ def recovery_phase_table(*, Ts=(2, 3, 4, 5), ds=range(2, 13), ks=range(1, 5), re
     pool, owned = _executor(executor, func)
     jobs = [(T, d, k, a) for T in Ts for d, k in _cells(ds, ks) for a in adapters]
     rest = dict(reps=reps, seed=seed, n_starts=n_starts, max_iter=max_iter, identify=bool(identify),
-                search_starts=search_starts, search_iter=search_iter)
+                search_starts=search_starts, search_iter=search_iter, landing=bool(landing),
+                search_max_unknowns=search_max_unknowns)
     try:
         if pool is None:
             with _single_threaded_blas():
                 frames = [_recovery_cell(*job, **rest) for job in jobs]
         else:
             # Largest first (one LM step costs ~ (unknowns)³), so that no big cell starts last.
-            order = sorted(range(len(jobs)), key=lambda i: -_cell_cost(*jobs[i]))
+            order = sorted(range(len(jobs)), key=lambda i: -_cell_cost(*jobs[i], landing=landing,
+                                                                       search_max_unknowns=search_max_unknowns))
             futures = {i: pool.submit(_recovery_cell_single_threaded, *jobs[i], **rest) for i in order}
             frames = [futures[i].result() for i in range(len(jobs))]
     finally:
@@ -258,9 +273,16 @@ def recovery_phase_table(*, Ts=(2, 3, 4, 5), ds=range(2, 13), ks=range(1, 5), re
     return pd.concat(frames, ignore_index=True)
 
 
-def _cell_cost(T, d, k, adapters):
-    unknowns = T * d * k * (1 if adapters == "symmetric" else 2)
-    return unknowns ** 3
+def _unknowns(T, d, k, adapters):
+    """Unknowns of the reduced objective (the size of one Levenberg–Marquardt system)."""
+    return T * d * k * (1 if adapters == "symmetric" else 2)
+
+
+def _cell_cost(T, d, k, adapters, *, landing=True, search_max_unknowns=None):
+    unknowns = _unknowns(T, d, k, adapters)
+    if landing or search_max_unknowns is None or unknowns <= search_max_unknowns:
+        return unknowns ** 3
+    return d ** 3 * T * (T + 1)          # the local check and the rank argument only
 
 
 def _recovery_cell_single_threaded(*args, **kwargs):
@@ -269,23 +291,24 @@ def _recovery_cell_single_threaded(*args, **kwargs):
 
 
 def _recovery_cell(T, d, k, adapters, *, reps, seed, n_starts, max_iter, identify=False, search_starts=None,
-                   search_iter=60):
-    """The ``reps`` instances of one cell: classified, and fitted in one batch."""
+                   search_iter=60, landing=True, search_max_unknowns=None):
+    """The ``reps`` instances of one cell: classified, and (with ``landing``) fitted in one batch."""
     W, A_star, U_star = _instances(d, k, T, reps, seed, adapters=True)
-    scale = np.sum((W - W.mean(axis=1, keepdims=True)) ** 2, axis=(1, 2, 3)) / T + 1e-300
     symmetric = adapters == "symmetric"
-    fit = fit_population_batch(W, k, rng=np.random.default_rng([seed, T, d, k, symmetric]),
-                               symmetric=symmetric, n_starts=n_starts, max_iter=max_iter)
-    err = np.linalg.norm(fit.A - A_star, axis=(1, 2)) / np.linalg.norm(A_star, axis=(1, 2))
-    table = pd.DataFrame({
-        "T": T, "d": d, "k": k, "adapters": adapters, "rep": np.arange(reps),
-        "zero_loss": fit.loss <= 1e-20 * scale, "recovered": err <= RECOVERY_TOL,
-        "A_error": err, "loss": fit.loss, "n_iter": fit.n_iter,
-    })
+    table = pd.DataFrame({"T": T, "d": d, "k": k, "adapters": adapters, "rep": np.arange(reps)})
+    if landing:
+        scale = np.sum((W - W.mean(axis=1, keepdims=True)) ** 2, axis=(1, 2, 3)) / T + 1e-300
+        fit = fit_population_batch(W, k, rng=np.random.default_rng([seed, T, d, k, symmetric]),
+                                   symmetric=symmetric, n_starts=n_starts, max_iter=max_iter)
+        err = np.linalg.norm(fit.A - A_star, axis=(1, 2)) / np.linalg.norm(A_star, axis=(1, 2))
+        table = table.assign(zero_loss=fit.loss <= 1e-20 * scale, recovered=err <= RECOVERY_TOL,
+                             A_error=err, loss=fit.loss, n_iter=fit.n_iter)
     if identify:
         starts = (search_starts or {"symmetric": 16, "asymmetric": 8})[adapters]
+        affordable = search_max_unknowns is None or _unknowns(T, d, k, adapters) <= search_max_unknowns
         ident = identifiability_batch(A_star, U_star, adapters=adapters, n_starts=starts,
-                                      max_iter=search_iter, rng=np.random.default_rng([seed, T, d, k, symmetric, 1]))
+                                      max_iter=search_iter, search="auto" if affordable else "never",
+                                      rng=np.random.default_rng([seed, T, d, k, symmetric, 1]))
         table = table.assign(status=ident.status, method=ident.method, n_alternatives=ident.n_alternatives,
                              excess_nullity=ident.nullity - ident.gauge_dim, spectrum_gap=ident.spectrum_gap,
                              search_starts=ident.n_starts)

@@ -7,6 +7,10 @@ was made once in `theory/landscape/_identify.py` and the test watched failing):
 |---|---|---|
 | T = 2 is never identified (P7) | status; nullity − gauge ≥ 1; gap > 1e6 | a gauge of k(k+1)/2 instead of k(k−1)/2 per task |
 | nullity = flat directions of the dense Hessian, (3, 4, 2) a continuum, (3, 6, 2) not | `loraml_hessian` (exact HVPs, not `_gram`) at the truth, eigenvalues ≤ 64·n·ε·λ_max: 4 flat = 3 gauge + 1 at (3, 4, 2) | a rank threshold of 1e-3·λ_max; "continuum" when nullity ≥ gauge |
+| the tangent check (nullity = gauge + dim ∩𝒯_t) = the Gauss–Newton rank, instance by instance | `_local_gram` (eigenvalues of the side-T·d·k matrix) on 17 cells × 8 instances × 2 kinds (all 16400 of the standard grid: 0 disagree, measured once); gaps > 1e6 | unknowns not restricted to 𝒯_1 (all of Sym(d)); a threshold of 1e-2·s_max; the symmetrisation dropped (fails at (3, 7, 3), (3, 9, 4) only) |
+| the same on structured instances (U*_2, U*_3 share a column with U*_1, U*_2) | dense Hessian flat directions | Q_t = part of span(U*_t) instead of its complement (invisible on random instances: both are uniform random subspaces) |
+| rank-deficient U*_t falls back to the Gram | dense Hessian: 7 flat, the tangent map alone says 3 | the fallback removed |
+| (6, 30, 10) settled in < 5 s | theorem, full rank, gap > 1e6 | — (a measurement) |
 | d = 3k, T = 3 is identified | the rank argument; a search run as well finds nothing | — (a measurement of the theorem's genericity) |
 | (3, 2, 1): second zero-loss base, instance by instance and in fraction | closed form det(uuᵀ + Δ) = det Δ + uᵀadj(Δ)u in the test; 0.6475 ± 4 SE | the theorem applied from d ≥ 3k − 1; the zero-loss check reduced to a rank check (non-PSD candidates accepted) |
 | the search agrees with the construction at d = 3k − 1 | no alternative the construction lacks; misses ≤ 25 % | a search that keeps end points near A* |
@@ -16,6 +20,7 @@ was made once in `theory/landscape/_identify.py` and the test watched failing):
 | T = 5, d = 5, k = 3: isolated alternatives | expected dimension 0; ≥ 6 of 12 found (88 % of 50 measured) | the same |
 | the rank argument checks the subspaces, not only the sizes | u_3 ∈ span(u_1, u_2) in R³: the (3, 2, 1) problem embedded | dropping the check ∩_s span(U_t, U_s) = span(U_t) |
 | `sims.recovery_phase_table` classifies on any executor, with the right method per cell | serial = process pool; T = 2 continuum; methods at (3, 6, 2), (3, 2, 1), (4, 4, 2) | `excess_nullity` without − gauge; `search_starts` ignored |
+| `recovery_phase_table(landing=False, search_max_unknowns=…)` | same classes as with the solver; above the budget method "jacobian", search_starts 0; a thread pool = serial | — (options of the wide example) |
 | the convex relaxation returns A* iff a dual certificate exists | Clarabel at a tolerance it reaches (all "optimal"); margin of Y_t = P_tZ_tP_tᵀ, Z_t ⪰ s·I, Σ Y_t = I; |margin| > 1e-4 | a certificate without Y_tU*_t = 0 (P_t spanning everything) |
 | bad arguments raise ValueError naming them | messages | — |
 
@@ -125,6 +130,76 @@ def test_nullity_counts_the_flat_directions_of_the_dense_hessian(T, d, k, adapte
     assert r.status == ("continuum" if extra else r.status)
     if not extra:
         assert r.status in ("identified", "isolated")
+
+
+# Cells of the standard diagram and beyond: continuum and locally identified, both sides of d = 2k,
+# k = d, T = 2..6. The standard grid (16400 instances) was checked the same way once: 0 disagree.
+_AGREE_CELLS = [(2, 5, 2), (3, 4, 2), (3, 5, 2), (3, 6, 2), (3, 3, 3), (4, 4, 2), (4, 5, 2), (4, 6, 3),
+                (5, 5, 3), (5, 6, 3), (5, 12, 4), (6, 8, 4), (6, 9, 3), (3, 2, 1), (5, 3, 1), (3, 7, 3),
+                (3, 9, 4)]
+
+
+@pytest.mark.parametrize("adapters", ["symmetric", "asymmetric"])
+def test_tangent_check_agrees_with_the_gauss_newton_rank_instance_by_instance(adapters):
+    """The fast local check (nullity = gauge + dim ∩_t 𝒯_t, one SVD of the map Δ ↦ (Q_tᵀΔQ_t)_t)
+    gives the same Jacobian nullity as the eigenvalues of the Gauss–Newton matrix of side T·d·k
+    (`_gram`), on every instance of a sample of cells; both decide with a wide gap."""
+    from theory.landscape._identify import _local, _local_gram
+
+    sym = adapters == "symmetric"
+    for T, d, k in _AGREE_CELLS:
+        _, U = _batch(d, k, T, 8, seed=T * 100 + d * 10 + k)
+        fast, gram = _local(U, sym), _local_gram(U, sym)
+        assert np.array_equal(fast[0], gram[0]), (T, d, k, fast[0], gram[0])
+        assert np.array_equal(fast[1], gram[1])
+        assert fast[2].min() > 1e6 and gram[2].min() > 1e4, (T, d, k)
+
+
+@pytest.mark.parametrize(("T", "d", "k", "adapters"), [(3, 6, 2, "symmetric"), (3, 6, 2, "asymmetric"),
+                                                    (4, 5, 2, "symmetric"), (3, 5, 2, "symmetric")])
+def test_tangent_check_counts_the_flat_directions_of_structured_instances(T, d, k, adapters):
+    """Random instances cannot tell span(U*_t)^⊥ from any other random (d − k)-space (both are
+    uniform): here U*_2 shares a column with U*_1 and U*_3 one with U*_2, and the flat directions
+    of the dense Hessian at the truth decide."""
+    from theory.landscape._identify import _local
+
+    base = th.sample_ground_truth(d, k, T, rng=21)
+    U = np.array(base.U_star)
+    U[1, :, 0] = U[0, :, 0]
+    U[2, :, 0] = U[1, :, 1]
+    truth = th.GroundTruth(base.A_star, U)
+    sym = adapters == "symmetric"
+    lam = np.linalg.eigvalsh(th.loraml_hessian(truth, truth.A_star, U[:T], V=None if sym else U[:T]))
+    flat = int(np.sum(lam <= 64 * lam.size * EPS * lam.max()))
+    assert _local(U[None, :T], sym)[0][0] == flat
+
+
+def test_tangent_check_falls_back_on_rank_deficient_adapters():
+    """An adapter U*_t of rank < k has a larger gauge than the tangent check assumes: such
+    instances are decided by the Gauss–Newton matrix, and the dense Hessian agrees."""
+    from theory.landscape._identify import _local
+
+    base = th.sample_ground_truth(5, 2, 3, rng=3)
+    U = np.array(base.U_star)
+    U[1, :, 1] = 2.0 * U[1, :, 0]                       # rank 1
+    truth = th.GroundTruth(base.A_star, U)
+    lam = np.linalg.eigvalsh(th.loraml_hessian(truth, truth.A_star, U[:3]))
+    flat = int(np.sum(lam <= 64 * lam.size * EPS * lam.max()))
+    assert _local(U[None, :3], True)[0][0] == flat == 7      # the tangent map alone would say 3 (gauge)
+
+
+@pytest.mark.parametrize("adapters", ["symmetric", "asymmetric"])
+def test_tangent_check_settles_the_wide_corner(adapters):
+    """(T, d, k) = (6, 30, 10): the local check and the rank argument settle it in well under a
+    second per instance (the Gauss–Newton matrix there has side 1800, or 3600)."""
+    import time
+
+    A, U = _batch(30, 10, 6, 2, seed=5)
+    t0 = time.perf_counter()
+    r = th.identifiability_batch(A, U, adapters=adapters, rng=0)
+    assert time.perf_counter() - t0 < 5.0
+    assert set(r.status) == {"identified"} and set(r.method) == {"theorem"}
+    assert np.all(r.jacobian_rank == r.expected_rank) and r.spectrum_gap.min() > 1e6
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,6 +367,37 @@ def test_phase_table_classifies_every_instance_the_same_way_on_any_executor():
         sims.recovery_phase_table(**kw | dict(search_starts=0))
     with pytest.raises(ValueError, match="'U_star' parameter of convex_certificate_margin"):
         sims.convex_certificate_margin(np.zeros((3, 4, 4)))
+
+
+def test_phase_table_without_the_solver_and_with_a_search_budget():
+    """The wide example's options: ``landing=False`` drops the solver's columns and changes no
+    classification; above ``search_max_unknowns`` no search runs and the open instances stay
+    "identified" by the Jacobian only (search_starts 0); any executor gives the same table."""
+    import concurrent.futures as cf
+
+    import sims
+
+    kw = dict(Ts=(3, 4), ds=(6, 7), ks=(3,), reps=3, search_starts=3, search_iter=30)
+    full = sims.recovery_phase_table(**kw)
+    lean = sims.recovery_phase_table(**kw, landing=False)
+    assert "recovered" not in lean and "A_error" not in lean
+    assert lean.equals(full[lean.columns])
+    capped = sims.recovery_phase_table(**kw, landing=False, search_max_unknowns=80)   # (4, 6, 3): 72 / 144
+    with cf.ThreadPoolExecutor(2) as pool:
+        assert capped.equals(sims.recovery_phase_table(**kw, landing=False, search_max_unknowns=80, executor=pool))
+    cell = capped.set_index(["T", "d", "k", "adapters"]).sort_index()
+    assert set(cell.loc[(4, 6, 3, "symmetric"), "method"]) == {"search"}
+    assert (cell.loc[(4, 6, 3, "symmetric"), "search_starts"] == 3).all()
+    assert set(cell.loc[(4, 7, 3, "symmetric"), "method"]) == {"jacobian"}      # 84 unknowns > 80
+    assert (cell.loc[(4, 7, 3, "symmetric"), "search_starts"] == 0).all()
+    assert set(cell.loc[(4, 7, 3, "symmetric"), "status"]) == {"identified"}
+    assert (lean.loc[(lean["T"] == 4) & (lean["d"] == 7) & (lean["adapters"] == "symmetric"), "method"] == "search").all()
+    searched = capped["method"] != "jacobian"
+    assert capped.loc[searched, "status"].equals(lean.loc[searched, "status"])
+    assert (capped.loc[~searched, "status"] != "isolated").all()
+    for bad in (dict(landing="no"), dict(search_max_unknowns=-1)):
+        with pytest.raises(ValueError, match=f"'{next(iter(bad))}' parameter of recovery_phase_table"):
+            sims.recovery_phase_table(**kw | bad)
 
 
 # --------------------------------------------------------------------------------------------

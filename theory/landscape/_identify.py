@@ -8,9 +8,14 @@ one of three classes, with the evidence kept:
 - **continuum**: the Jacobian of the residual map (A, U) ↦ (A + U_tV_tᵀ − A*_t)_t at the truth
   has a null space larger than the gauge (U_t → U_tQ_t with Q_t orthogonal, dimension
   T·k(k−1)/2; or (U_t, V_t) → (U_tC, V_tC⁻ᵀ), dimension T·k²): the zero-loss set is a manifold
-  through A* of positive dimension beyond the gauge. The A-block of the Jacobian has full rank d²,
-  so rank J = d² + rank(JᵀJ of the centred U-residuals), the Gauss–Newton matrix of the reduced
-  objective (``_solver._gram``) at U*; its numerical rank is read off a gap in its spectrum.
+  through A* of positive dimension beyond the gauge. The null space of J is {(dA, dU): dA + dR_t
+  = 0 ∀t}, and dU_t ↦ dR_t maps onto the tangent space 𝒯_t of the rank-k (PSD) matrices at R*_t
+  with the gauge as kernel, so nullity J = gauge + dim ∩_t 𝒯_t, with 𝒯_t = {Δ: Q_tᵀΔQ_t = 0}
+  (Q_t a basis of span(U*_t)^⊥; Δ symmetric, or any Δ asymmetric). The excess dim ∩_t 𝒯_t is
+  the nullity of the stacked linear map Δ ↦ (Q_tᵀΔQ_t)_t, read off a gap in its singular values
+  (one SVD with ≤ d² columns; ``_local``). It agrees with the rank of the Gauss–Newton matrix of
+  the reduced objective (``_solver._gram``, side T·d·k) on all 16400 instances of the standard
+  phase diagram, at a fraction of the cost (the Gram matrix is what blocked d = 30, k = 10, T = 6).
 - otherwise A* is locally identified, and the question is global:
 
   - **the rank argument** (``"theorem"``; both adapter kinds): with X_t = R*_t + Δ of rank ≤ k and
@@ -85,13 +90,16 @@ class Identifiability(ArrayFields):
         argument: T = 3 and d ≥ 3k, T = 4 and d ≥ 2.5k, …, checked on the instance), "plane"
         (T = 3, d = 3k − 1, symmetric: the exact construction) or "search" (multi-start;
         ``n_starts`` per instance).
-    jacobian_rank : rank of the residual map's Jacobian at the truth (d² + rank of the U-block).
+    jacobian_rank : rank of the residual map's Jacobian at the truth (unknowns − nullity).
     expected_rank : the rank when A* is locally identified: number of unknowns − gauge_dim.
     gauge_dim : T·k(k−1)/2 (symmetric) or T·k² (asymmetric).
     nullity : dimension of the Jacobian's null space (= gauge_dim when locally identified).
-    spectrum_gap : evidence for the rank: the smallest eigenvalue of JᵀJ (U-block) counted
-        nonzero over the largest counted zero (inf when none is zero).
-    threshold : eigenvalues of JᵀJ at or below it count as zero (64 · m · ε · λ_max, m = side).
+    spectrum_gap : evidence for the rank: the smallest singular value of the tangent map
+        Δ ↦ (Q_tᵀΔQ_t)_t counted nonzero over the largest counted zero, or over the threshold
+        when none is zero (inf when every direction is null).
+    threshold : singular values at or below it count as zero (64 · max(N, n) · ε · s_max for an
+        N × n map). (Where some U*_t is numerically rank-deficient, the eigenvalues of the
+        Gauss–Newton matrix JᵀJ decide instead, with 64 · m · ε · λ_max, m its side.)
     alternative_bases : (n, d, d) the alternatives Â ≠ A* found; ``alternatives`` lists them.
     alternative_residuals : (n,) their independent zero-loss residual (:func:`zero_loss_residual`).
     n_starts : search starts run for this instance (0 when no search was needed).
@@ -203,8 +211,11 @@ def zero_loss_residual(A_hat, truth, *, adapters="symmetric") -> float:
 # Local: the Jacobian at the truth
 
 
-def _local(U, symmetric):
-    """Nullity, rank, gap and threshold of JᵀJ (U-block) at U*, batched."""
+def _local_gram(U, symmetric):
+    """Nullity, rank, gap and threshold of JᵀJ (U-block) at U*, batched: the eigenvalues of the
+    Gauss–Newton matrix of side m = T·d·k (symmetric) or 2·T·d·k. Used where an adapter U*_t is
+    numerically rank-deficient (the tangent check below assumes rank k), and as the tests' second
+    opinion on the tangent check."""
     B, T, d, k = U.shape
     lam = np.linalg.eigvalsh(_gram(U, None if symmetric else U, T))      # ascending, (B, m)
     m = lam.shape[-1]
@@ -219,6 +230,92 @@ def _local(U, symmetric):
     big = np.where(nullity < m, lam[idx, np.minimum(nullity, m - 1)], np.inf)
     with np.errstate(over="ignore", divide="ignore"):
         gap = np.where(nullity > 0, big / np.maximum(small, np.finfo(float).tiny), np.inf)
+    return nullity, m - nullity, gap, threshold
+
+
+def _sym_pairs(n, below):
+    """Pairs i ≤ j < n with i < below: coordinates of Sym(n) in the orthonormal basis
+    (e_ie_jᵀ + e_je_iᵀ)/√2 (i < j), e_ie_iᵀ (i = j)."""
+    i, j = np.triu_indices(n)
+    keep = i < below
+    return i[keep], j[keep]
+
+
+def _tangent_map(U, symmetric):
+    """The map Δ ↦ (Q_tᵀΔQ_t)_{t ≥ 2} on 𝒯_1, in orthonormal coordinates, batched (B, N, n).
+
+    Q_t is an orthonormal basis of span(U*_t)^⊥. Everything is written in the frame O_1 = [B_1 Q_1]
+    (B_1 a basis of span(U*_1)), where 𝒯_1 is the Δ with a zero (Q_1, Q_1) block: its coordinates
+    are the entries (i, j) with min(i, j) < k (symmetric: i ≤ j, weighted to be orthonormal; the
+    output Q_tᵀΔQ_t likewise on a ≤ b). Each block is a partial isometry, so the singular values
+    lie in [0, √(T − 1)] whatever the scale of U*.
+    """
+    B, T, d, k = U.shape
+    c = d - k
+    O = np.linalg.svd(U, full_matrices=True)[0]                        # (B, T, d, d)
+    Q = _tr(O[:, :1]) @ O[:, 1:, :, k:]                                 # (B, T − 1, d, c), frame O_1
+    if symmetric:
+        i, j = _sym_pairs(d, k)
+        a, b = _sym_pairs(c, c)
+        alpha = np.where(i == j, 0.5, np.sqrt(0.5))                     # input weights
+        beta = np.where(a == b, 1.0, np.sqrt(2.0))                      # output weights
+        X, Y = Q[:, :, i], Q[:, :, j]                                   # (B, T − 1, n, c)
+        L = X[..., a] * Y[..., b] + Y[..., a] * X[..., b]               # (B, T − 1, n, N_t)
+        L *= alpha[:, None] * beta
+    else:
+        i, j = np.nonzero(np.minimum.outer(np.arange(d), np.arange(d)) < k)
+        L = (Q[:, :, i, :, None] * Q[:, :, j, None, :]).reshape(B, T - 1, i.size, c * c)
+    return np.swapaxes(L, -1, -2).reshape(B, -1, L.shape[2])
+
+
+def _local(U, symmetric):
+    """Nullity, rank, gap and threshold of the Jacobian at U*, batched, from the tangent spaces.
+
+    The Jacobian of (A, U) ↦ (A + U_tV_tᵀ − A*_t)_t has null space {(dA, dU): dA + dR_t = 0 ∀t}:
+    dR_t ranges over the tangent space 𝒯_t of rank-k (PSD) matrices at R*_t with the gauge as
+    kernel, so nullity = gauge + dim ∩_t 𝒯_t. 𝒯_t = {Δ: Q_tᵀΔQ_t = 0} (Δ symmetric, or any Δ for
+    asymmetric adapters), and the excess dim ∩_t 𝒯_t is the nullity of the stacked map of
+    :func:`_tangent_map` (n = dim 𝒯_1 unknowns: k(k+1)/2 + k(d − k), or d² − (d − k)²): one
+    SVD of a matrix with a few hundred columns at d = 30, instead of the eigenvalues of a Gram
+    matrix of side T·d·k (1800 at d = 30, k = 10, T = 6; twice that asymmetric).
+
+    The threshold on the singular values s is 64·max(N, n)·ε·s_max (the SVD is backward stable,
+    and the map's entries carry rounding of order ε·s_max); ``gap`` is the smallest singular
+    value counted nonzero over the largest counted zero, or over the threshold when none is zero
+    (inf when every direction is zero). Instances with a numerically rank-deficient U*_t
+    (σ_k ≤ 1e-8 σ_1: the gauge is larger than assumed) go to :func:`_local_gram`.
+    """
+    B, T, d, k = U.shape
+    gauge = T * k * (k - 1) // 2 if symmetric else T * k * k
+    m = T * d * k * (1 if symmetric else 2)
+    n = k * (k + 1) // 2 + k * (d - k) if symmetric else d * d - (d - k) ** 2
+    sv = np.linalg.svd(U, compute_uv=False)
+    generic = np.all(sv[..., -1] > _GENERIC * sv[..., 0], axis=1)
+    nullity = np.empty(B, int)
+    gap = np.empty(B)
+    threshold = np.empty(B)
+    fast = np.flatnonzero(generic)
+    if fast.size:
+        if T == 1 or d == k:                                             # no equation: ∩ 𝒯_t = 𝒯_1
+            excess, g, thr = np.full(fast.size, n), np.full(fast.size, np.inf), np.zeros(fast.size)
+        else:
+            L = _tangent_map(U[fast], symmetric)
+            s = np.linalg.svd(L, compute_uv=False)                       # descending, (b, min(N, n))
+            thr = 64.0 * max(L.shape[1:]) * _EPS * np.maximum(s[:, 0], np.finfo(float).tiny)
+            rank = (s > thr[:, None]).sum(axis=1)
+            excess = n - rank
+            idx = np.arange(fast.size)
+            r = s.shape[1]
+            big = np.where(rank > 0, s[idx, np.maximum(rank - 1, 0)], 0.0)
+            small = np.where(rank < r, s[idx, np.minimum(rank, r - 1)], 0.0)   # 0 if only by dimension
+            small = np.where(excess > 0, small, thr)
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                g = np.where(rank > 0, big / np.maximum(small, np.finfo(float).tiny), np.inf)
+        nullity[fast], gap[fast], threshold[fast] = gauge + excess, g, thr
+    slow = np.flatnonzero(~generic)
+    if slow.size:
+        nu, _, g, thr = _local_gram(U[slow], symmetric)
+        nullity[slow], gap[slow], threshold[slow] = nu, g, thr
     return nullity, m - nullity, gap, threshold
 
 
