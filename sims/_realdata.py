@@ -68,6 +68,7 @@ TEST_PAIR = (8, 9)
 CIFAR10_HELP = ("download the CIFAR-10 python version (cifar-10-python.tar.gz) from "
                 "https://www.cs.toronto.edu/~kriz/cifar.html and unpack it; --data-root is the folder "
                 "holding data_batch_1 ... data_batch_5 and test_batch")
+_DIGITS_POOL = 120          # digits: 8/9 images that fine-tuning draws its n from (then 60 validation, the rest test)
 _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 _CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
@@ -286,6 +287,9 @@ class RealDataConfig(SweepConfig):
         if self.image_size % self.patch_size:
             raise ValueError(f"The 'patch_size' parameter of {func} must divide image_size ({self.image_size}). "
                              f"Got {self.patch_size} instead.")
+        if self.dataset == "digits" and max(self.n_finetune) > _DIGITS_POOL:
+            raise ValueError(f"The 'n_finetune' parameter of {func} must hold ints in [0, {_DIGITS_POOL}] for digits "
+                             f"(the fine-tuning pool of 8/9 images; 0: all). Got {self.n_finetune!r} instead.")
         # The head (2 outputs) is the narrowest LoRA-adapted layer.
         if self.r > 2 and ("lora" in self.finetuning or "LoRA-ML" in self.values):
             raise ValueError(f"The 'r' parameter of {func} must be an int in [1, 2] (the smallest side of a "
@@ -365,7 +369,7 @@ def _digits_data(config, rng):
     mask, labels = _pair_labels(y, TEST_PAIR)
     xs = x[mask]
     order = rng.permutation(len(labels))
-    pool, val, test = order[:120], order[120:180], order[180:]
+    pool, val, test = order[:_DIGITS_POOL], order[_DIGITS_POOL:_DIGITS_POOL + 60], order[_DIGITS_POOL + 60:]
     new = {"pool": (xs[pool], labels[pool]), "val": (xs[val], labels[val]), "test": (xs[test], labels[test])}
     return tasks, new
 
@@ -497,6 +501,10 @@ def _one_seed(config, method, seed, device, amp, budget, timings):
     def tensors(x, y):
         return torch.as_tensor(x).to(device), torch.as_tensor(y).to(device)
 
+    too_many = [n for n in config.n_finetune if n > len(new["pool"][1])]
+    if too_many:                                         # before any training
+        raise ValueError(f"The 'n_finetune' parameter of RealDataConfig must be at most {len(new['pool'][1])} "
+                         f"(the fine-tuning pool). Got {too_many[0]}.")
     lora, retrain_opt, reptile_opt, reptile, ft_opt = _specs(config)
     train_tf, eval_tf = _transforms(config, device, train=True), _transforms(config, device, train=False)
     eval_bs = max(config.batch_size, 512)
@@ -527,9 +535,6 @@ def _one_seed(config, method, seed, device, amp, budget, timings):
     for s, scheme in enumerate(config.finetuning):
         for j, n in enumerate(config.n_finetune):
             n_used = len(pool_y) if n == 0 else n
-            if n_used > len(pool_y):
-                raise ValueError(f"The 'n_finetune' parameter of RealDataConfig must be at most {len(pool_y)} "
-                                 f"(the fine-tuning pool). Got {n}.")
             tr = BatchLoader(*tensors(pool_x[:n_used], pool_y[:n_used]), min(config.ft_batch_size, n_used),
                              shuffle=True, generator=gen(streams[3], 100 * s + j), transform=train_tf)
             options = {}

@@ -215,6 +215,8 @@ def test_bad_input_names_the_argument():
         sims.realdata_sweep("digits", values=("SR", "MAML"))
     with pytest.raises(ValueError, match="'r'"):
         sims.realdata_sweep("digits", r=4)
+    with pytest.raises(ValueError, match="'n_finetune'.*120"):
+        sims.realdata_sweep("digits", n_finetune=(10, 500))
     with pytest.raises(ValueError, match="'augment'"):
         sims.realdata_sweep("vision", augment="maybe")
     assert sims.realdata_sweep("vision", augment="false").augment is False
@@ -316,6 +318,8 @@ def test_vision_path_end_to_end_on_generated_cifar_files(tmp_path):
     assert len(list((tmp_path / "store").glob("realdata-*/chunk-*.parquet"))) == 2
     with pytest.raises(ValueError, match="--data-root"):
         sims.run(cfg.__class__(**{**cfg.to_dict(), "data_root": str(tmp_path / "none")}), progress=False)
+    with pytest.raises(ValueError, match="'n_finetune'.*at most 100"):
+        sims.run(cfg.__class__(**{**cfg.to_dict(), "n_finetune": (101,)}), progress=False)
 
 
 def test_cli_realdata_vision_runs_and_a_missing_data_root_gets_one_line(tmp_path):
