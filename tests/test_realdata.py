@@ -347,6 +347,7 @@ def test_reproduce_realdata_group_fast(tmp_path):
     assert {"digits.png", "table.csv", "table.md"} <= names and all(p.exists() for p in paths)
     text = (tmp_path / "fig" / "realdata" / "table.md").read_text()
     assert "LoRA-ML" in text and "last-layer" in text
+    assert (tmp_path / "fig" / "realdata" / "paper" / "digits.png").exists()      # both presets by default
 
 
 def test_device_script_stops_cleanly_within_its_budget(tmp_path, capsys):

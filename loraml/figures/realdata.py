@@ -69,11 +69,16 @@ def write_realdata_outputs(table, folder: Path, *, title: str, name: str = "accu
 
 
 def make_realdata_figures(out: Path, *, fast: bool = False, store="results", executor="processes",
-                          progress: bool = True, device: str | None = None) -> list[Path]:
-    """The offline digits table of the README (clean preset, 5 seeds) under ``out/realdata``."""
+                          progress: bool = True, device: str | None = None, preset: str = "both") -> list[Path]:
+    """The offline digits table of the README (5 seeds): the clean preset under ``out/realdata``, the
+    paper preset (quirks V1-V3) under ``out/realdata/paper``."""
     overrides = dict(retrain_epochs=2, reptile_epochs=1, ft_epochs=2, n_finetune=(10, 40)) if fast else {}
-    cfg = sims.realdata_sweep("digits", preset="clean", seeds=(0, 1) if fast else (0, 1, 2, 3, 4), **overrides)
-    table = sims.run(cfg, executor=executor, store=store, progress=progress, device=device or "cpu")
-    title = (f"Digits 8/9 after retraining on 0/1, 2/3, 4/5, 6/7 (tiny Mixer, {cfg.preset} preset; "
-             f"mean ± SE over {len(cfg.seeds)} seeds)")
-    return write_realdata_outputs(table, Path(out) / "realdata", title=title, name="digits", pdf=not fast)
+    paths = []
+    for name in ("clean", "paper") if preset == "both" else (preset,):
+        cfg = sims.realdata_sweep("digits", preset=name, seeds=(0, 1) if fast else (0, 1, 2, 3, 4), **overrides)
+        table = sims.run(cfg, executor=executor, store=store, progress=progress, device=device or "cpu")
+        title = (f"Digits 8/9 after retraining on 0/1, 2/3, 4/5, 6/7 (tiny Mixer, {cfg.preset} preset; "
+                 f"mean ± SE over {len(cfg.seeds)} seeds)")
+        folder = Path(out) / "realdata" / ("paper" if name == "paper" else "")
+        paths += write_realdata_outputs(table, folder, title=title, name="digits", pdf=not fast)
+    return paths
