@@ -39,8 +39,8 @@ def main(argv=None):
     p.add_argument("--ft-epochs", type=int, default=100, help="fine-tuning epochs (paper: 100)")
     p.add_argument("--width", type=int, default=512, help="Mixer width (paper: 512)")
     p.add_argument("--budget", type=float, default=360.0,
-                   help="seconds of training for everything (default 360: with data generation, reading and start-up
-                        the script ends within about 7 minutes)")
+                   help="seconds of training for everything (default 360: with data generation, reading and "
+                        "start-up the script ends within about 7 minutes)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--preset", choices=("paper", "clean"), default="paper")
     p.add_argument("--seed", type=int, default=0)
