@@ -89,3 +89,22 @@ at_boundary.groupby("k").agg(second_base=("status", lambda s: float(np.mean(s ==
 # zero-loss bases. Where the search settles a cell (dots in the figure), "identified" means that no
 # start found another base; measured against the exact construction at T = 3, 16 starts miss 2–8 %
 # of the bases that exist.
+
+# %% [markdown]
+# **Wider: d up to 30, k up to 10, T up to 6.** The local check is one SVD of the map
+# Δ ↦ (Q_tᵀΔQ_t)_t on the tangent space of task 1 (a few hundred columns at d = 30, instead of a
+# Gauss–Newton matrix of side T·d·k = 1800), so the Jacobian, the rank argument and the plane
+# construction classify a wide grid in seconds. The landing solver is skipped (`landing=False`) and
+# the search, whose every step solves a system of side T·d·k, runs only in cells with at most
+# `search_max_unknowns` unknowns; above that, instances that nothing else settles are reported as
+# identified by the Jacobian alone (method "jacobian", `search_starts` 0). The full grid
+# (T ∈ {3, 4, 5, 6}, d ∈ {2, 4, …, 30}, k ∈ 1..10, 4 instances per cell, both adapter kinds) is
+# `benchmarks/landscape_wide.py`: about 2 minutes on 2 free cores (3 on a shared machine).
+
+# %%
+wide_grid = dict(Ts=(4, 6), ds=(20, 24, 30), ks=(8, 10)) if FAST else dict(Ts=(3, 4, 5, 6), ds=range(2, 31, 2), ks=range(1, 11))
+wide = sims.recovery_phase_table(**wide_grid, reps=1 if FAST else 4, landing=False, search_starts=4,
+                                 search_max_unknowns=0 if FAST else 1200, executor="serial" if FAST else "processes")
+wide.assign(settled_by=np.where((wide["method"] == "jacobian") & (wide["status"] == "identified"),
+                                "local only", wide["method"])).pivot_table(
+    index=["adapters", "T"], columns="settled_by", values="rep", aggfunc="size", fill_value=0)

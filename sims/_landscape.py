@@ -210,7 +210,9 @@ def recovery_phase_table(*, Ts=(2, 3, 4, 5), ds=range(2, 13), ks=range(1, 5), re
       an int, or a mapping from adapter kind to an int; by default 16 symmetric and 8 asymmetric
       starts, the asymmetric ones being several times dearer);
       ``n_alternatives``, ``excess_nullity`` (Jacobian nullity − gauge dimension),
-      ``spectrum_gap`` (the eigenvalue gap that decided the rank) and ``search_starts``;
+      ``spectrum_gap`` (the singular-value gap of the tangent map that decided the rank),
+      ``search_starts`` and ``search_zero_loss_starts`` (how many starts reached zero loss, at A*
+      or elsewhere: a search whose starts rarely do is weak evidence);
     - fitted with adapters of rank k by :func:`theory.landscape.fit_population_batch` (all
       instances of a cell in one batch; ``n_starts``, ``max_iter``): ``zero_loss`` (F at rounding
       level), ``recovered`` (‖Â − A*‖ ≤ 1e-6 ‖A*‖: the solver landed on A*), ``A_error``
@@ -311,7 +313,7 @@ def _recovery_cell(T, d, k, adapters, *, reps, seed, n_starts, max_iter, identif
                                       rng=np.random.default_rng([seed, T, d, k, symmetric, 1]))
         table = table.assign(status=ident.status, method=ident.method, n_alternatives=ident.n_alternatives,
                              excess_nullity=ident.nullity - ident.gauge_dim, spectrum_gap=ident.spectrum_gap,
-                             search_starts=ident.n_starts)
+                             search_starts=ident.n_starts, search_zero_loss_starts=ident.n_zero_loss_starts)
     return table
 
 

@@ -96,7 +96,7 @@ class Identifiability(ArrayFields):
     nullity : dimension of the Jacobian's null space (= gauge_dim when locally identified).
     spectrum_gap : evidence for the rank: the smallest singular value of the tangent map
         Δ ↦ (Q_tᵀΔQ_t)_t counted nonzero over the largest counted zero, or over the threshold
-        when none is zero (inf when every direction is null).
+        when none is zero (inf when the zeros are structural: fewer equations than unknowns).
     threshold : singular values at or below it count as zero (64 · max(N, n) · ε · s_max for an
         N × n map). (Where some U*_t is numerically rank-deficient, the eigenvalues of the
         Gauss–Newton matrix JᵀJ decide instead, with 64 · m · ε · λ_max, m its side.)
@@ -216,7 +216,7 @@ def _local_gram(U, symmetric):
     Gauss–Newton matrix of side m = T·d·k (symmetric) or 2·T·d·k. Used where an adapter U*_t is
     numerically rank-deficient (the tangent check below assumes rank k), and as the tests' second
     opinion on the tangent check."""
-    B, T, d, k = U.shape
+    B, T = U.shape[:2]
     lam = np.linalg.eigvalsh(_gram(U, None if symmetric else U, T))      # ascending, (B, m)
     m = lam.shape[-1]
     top = np.maximum(lam[:, -1], np.finfo(float).tiny)
@@ -281,8 +281,9 @@ def _local(U, symmetric):
 
     The threshold on the singular values s is 64·max(N, n)·ε·s_max (the SVD is backward stable,
     and the map's entries carry rounding of order ε·s_max); ``gap`` is the smallest singular
-    value counted nonzero over the largest counted zero, or over the threshold when none is zero
-    (inf when every direction is zero). Instances with a numerically rank-deficient U*_t
+    value counted nonzero over the largest counted zero, or over the threshold when none is zero;
+    inf when the zeros are exact (more unknowns than equations: the map has fewer rows than
+    columns, and the missing singular values are structurally zero) or every direction is null. Instances with a numerically rank-deficient U*_t
     (σ_k ≤ 1e-8 σ_1: the gauge is larger than assumed) go to :func:`_local_gram`.
     """
     B, T, d, k = U.shape
@@ -310,7 +311,7 @@ def _local(U, symmetric):
             small = np.where(rank < r, s[idx, np.minimum(rank, r - 1)], 0.0)   # 0 if only by dimension
             small = np.where(excess > 0, small, thr)
             with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-                g = np.where(rank > 0, big / np.maximum(small, np.finfo(float).tiny), np.inf)
+                g = np.where((rank > 0) & (small > 0), big / np.where(small > 0, small, 1.0), np.inf)
         nullity[fast], gap[fast], threshold[fast] = gauge + excess, g, thr
     slow = np.flatnonzero(~generic)
     if slow.size:
