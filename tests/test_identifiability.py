@@ -190,14 +190,11 @@ def test_tangent_check_falls_back_on_rank_deficient_adapters():
 
 @pytest.mark.parametrize("adapters", ["symmetric", "asymmetric"])
 def test_tangent_check_settles_the_wide_corner(adapters):
-    """(T, d, k) = (6, 30, 10): the local check and the rank argument settle it in well under a
-    second per instance (the Gauss–Newton matrix there has side 1800, or 3600)."""
-    import time
-
+    """(T, d, k) = (6, 30, 10): the local check (tangent spaces, not the side-1800/3600 Gauss–Newton
+    matrix) and the rank argument settle it, with full Jacobian rank and a clear spectrum gap. Its
+    time is measured in benchmarks/landscape_wide.py, not asserted here."""
     A, U = _batch(30, 10, 6, 2, seed=5)
-    t0 = time.perf_counter()
     r = th.identifiability_batch(A, U, adapters=adapters, rng=0)
-    assert time.perf_counter() - t0 < 5.0
     assert set(r.status) == {"identified"} and set(r.method) == {"theorem"}
     assert np.all(r.jacobian_rank == r.expected_rank) and r.spectrum_gap.min() > 1e6
 
