@@ -304,31 +304,23 @@ def loraml_objective(A, U, *, X=None, Y=None, truth=None) -> Objective:
     Objective with ``value``, ``grad_A`` (d, d) and ``grad_U`` (T, d, k).
     """
     func = "loraml_objective"
-    if truth is not None and X is None and Y is None:
-        # The population objective has one owner: theory.landscape (F and its gradient).
-        if not isinstance(truth, GroundTruth):
-            raise ValueError(f"The 'truth' parameter of {func} must be a GroundTruth. Got {type(truth).__name__}.")
-        A, U = _check_point(A, U, truth.d, truth.T, func)
-        out = landscape_objective(truth, A, U)
-        return Objective(value=out.value, grad_A=out.grad_A, grad_U=out.grad_U)
-    quad = _objective_quadratic(X, Y, truth, func)
-    A, U = _check_point(A, U, quad.d, quad.T, func)
-    gA, gU = quad.gradient(A, U)
-    w = quad.weight
-    return Objective(value=quad.value(A, U), grad_A=w * gA, grad_U=w * gU)
-
-
-def _objective_quadratic(X, Y, truth, func) -> _Quadratic:
     if truth is not None:
         if X is not None or Y is not None:
             raise ValueError(f"{func} takes either data (X and Y) or truth, not both.")
         if not isinstance(truth, GroundTruth):
             raise ValueError(f"The 'truth' parameter of {func} must be a GroundTruth. Got {type(truth).__name__}.")
-        return _Quadratic.from_truth(truth)
+        # The population objective has one owner: theory.landscape (F and its gradient).
+        A, U = _check_point(A, U, truth.d, truth.T, func)
+        out = landscape_objective(truth, A, U)
+        return Objective(value=out.value, grad_A=out.grad_A, grad_U=out.grad_U)
     if X is None or Y is None:
         raise ValueError(f"{func} needs either both 'X' and 'Y' (T, N, d) or 'truth'.")
     X, Y = _check_task_arrays(X, Y, func)
-    return _Quadratic.from_data(X, Y)
+    quad = _Quadratic.from_data(X, Y)
+    A, U = _check_point(A, U, quad.d, quad.T, func)
+    gA, gU = quad.gradient(A, U)
+    w = quad.weight
+    return Objective(value=quad.value(A, U), grad_A=w * gA, grad_U=w * gU)
 
 
 def _check_point(A, U, d: int, T: int, func: str):
