@@ -47,6 +47,10 @@ __all__ = [
 #: Â recovers A* when ‖Â − A*‖ ≤ RECOVERY_TOL · ‖A*‖ (Frobenius).
 RECOVERY_TOL = 1e-6
 
+#: Default multi-start budget of the identifiability search per adapter kind (asymmetric starts
+#: cost several times more).
+SEARCH_STARTS = {"symmetric": 16, "asymmetric": 8}
+
 
 def _single_threaded_blas():
     """Run BLAS on one thread inside the block (threadpoolctl).
@@ -250,7 +254,7 @@ def recovery_phase_table(*, Ts=(2, 3, 4, 5), ds=range(2, 13), ks=range(1, 5), re
         if a not in ("symmetric", "asymmetric"):
             raise ValueError(f"The 'adapters' parameter of {func} must hold 'symmetric' and/or 'asymmetric'. Got {a!r}.")
     if search_starts is None:
-        search_starts = {"symmetric": 16, "asymmetric": 8}
+        search_starts = SEARCH_STARTS
     if not isinstance(search_starts, dict):
         search_starts = {"symmetric": search_starts, "asymmetric": search_starts}
     search_starts = {a: check_int(search_starts.get(a), "search_starts", func, low=1) for a in adapters}
@@ -306,7 +310,7 @@ def _recovery_cell(T, d, k, adapters, *, reps, seed, n_starts, max_iter, identif
         table = table.assign(zero_loss=fit.loss <= 1e-20 * scale, recovered=err <= RECOVERY_TOL,
                              A_error=err, loss=fit.loss, n_iter=fit.n_iter)
     if identify:
-        starts = (search_starts or {"symmetric": 16, "asymmetric": 8})[adapters]
+        starts = (search_starts or SEARCH_STARTS)[adapters]
         affordable = search_max_unknowns is None or _unknowns(T, d, k, adapters) <= search_max_unknowns
         ident = identifiability_batch(A_star, U_star, adapters=adapters, n_starts=starts,
                                       max_iter=search_iter, search="auto" if affordable else "never",
