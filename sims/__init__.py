@@ -52,12 +52,17 @@ from ._realdata import realdata_sweep as realdata_sweep
 from ._realdata import simulate_realdata_chunk as simulate_realdata_chunk
 from ._realdata import write_cifar10 as write_cifar10
 from ._reference import reference_trial as reference_trial
+from ._run import EXECUTORS as EXECUTORS
+from ._run import Pool as Pool
 from ._run import run as run
+from ._run import run_many as run_many
 from ._shallow import SHALLOW_SWEEPS as SHALLOW_SWEEPS
 from ._shallow import ShallowConfig as ShallowConfig
 from ._shallow import default_device as default_device
 from ._shallow import shallow_sweep as shallow_sweep
 from ._shallow import simulate_shallow_chunk as simulate_shallow_chunk
+from ._store import ChunkStore as ChunkStore
+from ._store import read_records as read_records
 from ._store import read_store as read_store
 from ._theory_checks import finetune_rate_table as finetune_rate_table
 from ._theory_checks import retraining_samples_table as retraining_samples_table
@@ -114,6 +119,11 @@ __all__ = [
     "reference_trial",
     "retraining_samples_table",
     "run",
+    "run_many",
+    "EXECUTORS",
+    "Pool",
+    "read_records",
+    "ChunkStore",
     "saddle_slice_table",
     "shallow_sweep",
     "simulate_chunk",

@@ -5,11 +5,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from typing import ClassVar
+
+import numpy as np
 
 
 class SweepConfig:
     """Mixin for frozen sweep dataclasses with fields ``values``, ``chunk_trials`` and a trial count
-    ``runs``. Each field carries its documentation in ``metadata["doc"]``."""
+    ``runs``. Each field carries its documentation in ``metadata["doc"]``.
+
+    The scheduler (:func:`sims.run_many`) asks a config four things about its chunks: the
+    engine's version (``engine_version``, bumped whenever the engine's numbers change, so stored
+    chunks of another version are recomputed), a key naming the chunk's numbers
+    (:meth:`chunk_key`: equal keys are computed once), an expected cost (:meth:`chunk_cost`, for
+    largest-first scheduling) and how to relabel a shared chunk (:meth:`relabel_chunk`)."""
+
+    #: Version of the engine that computes this kind of config; bump it when its numbers change.
+    engine_version: ClassVar[int] = 1
 
     @property
     def block(self) -> int:
@@ -20,6 +32,28 @@ class SweepConfig:
         """(value index, trial indices) of every chunk, in a fixed order."""
         blocks = [tuple(range(s, min(s + self.block, self.runs))) for s in range(0, self.runs, self.block)]
         return [(i, b) for i in range(len(self.values)) for b in blocks]
+
+    def chunk_key(self, value_index: int, trials) -> str:
+        """Content hash of what determines one chunk's numbers. By default the config and the
+        chunk, so no two configs share a chunk; an engine whose chunks depend only on the swept
+        value's parameters and the trials' streams overrides this to let sweeps share them."""
+        blob = json.dumps([self.key, int(value_index), [int(t) for t in trials]]).encode()
+        return hashlib.sha256(blob).hexdigest()[:24]
+
+    def chunk_cost(self, value_index: int, trials) -> float:
+        """Expected cost of one chunk in rough CPU seconds (only the order matters within a kind;
+        across kinds, the estimates should be comparable). By default, one per trial."""
+        return float(len(trials))
+
+    def relabel_chunk(self, frame, value_index: int):
+        """A chunk computed for another config with the same :meth:`chunk_key`, labelled as this
+        config's chunk ``value_index`` (the ``vary`` and ``value`` columns)."""
+        frame = frame.copy()
+        if "vary" in frame.columns:
+            frame["vary"] = self.vary
+        if "value" in frame.columns:
+            frame["value"] = np.asarray(self.values[value_index]).astype(frame["value"].dtype)
+        return frame
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

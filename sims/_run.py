@@ -1,10 +1,26 @@
-"""Run a config: expand into chunks, compute what the store lacks, return one tidy table."""
+"""Run configs: expand into chunks, compute what the store lacks in one pool, return tidy tables.
+
+One scheduler serves every sweep. :func:`run_many` expands all its configs into chunks, serves
+the sound stored ones, and sends the rest to one executor, the most expensive first (a chunk's
+cost is its config's estimate, :meth:`SweepConfig.chunk_cost`), so that no long chunk starts last
+while the other workers idle. Chunks that two configs share (the same numbers: equal
+:meth:`SweepConfig.chunk_key`, e.g. shallow d = 10 and T = 3) are computed once and relabelled for
+each. The driver writes each chunk to the store as it arrives, so no worker needs the store's
+file system.
+
+Executors: ``"serial"`` (this process), ``"processes"`` (a process pool on this machine, one
+BLAS/torch thread per worker), ``"dask"`` (a ``dask.distributed.LocalCluster`` started for the
+call), a ``dask.distributed.Client`` (an existing cluster, e.g. ``Client("tcp://host:8786")``),
+or any ``concurrent.futures.Executor``. A chunk's numbers depend only on its config and trials,
+never on the executor.
+"""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
 import os
+from dataclasses import dataclass, field
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -12,9 +28,9 @@ from tqdm.auto import tqdm
 from ._linear import LinearConfig, simulate_chunk
 from ._realdata import RealDataConfig, simulate_realdata_chunk
 from ._shallow import ShallowConfig, simulate_shallow_chunk
-from ._store import ChunkStore, _sort
+from ._store import ChunkStore, _sort, check_store_root
 
-__all__ = ["run"]
+__all__ = ["run", "run_many", "EXECUTORS"]
 
 #: Config class -> (store prefix, chunk function, engine options the chunk function accepts).
 _KINDS = {
@@ -23,18 +39,277 @@ _KINDS = {
     RealDataConfig: ("realdata", simulate_realdata_chunk, ("device", "amp")),
 }
 
+#: The executors named by a string.
+EXECUTORS = ("serial", "processes", "dask")
 
-def _executor(executor, func="run"):
-    """(pool or None for serial, whether the caller owns the pool and must shut it down)."""
-    if executor == "serial":
-        return None, False
-    if executor == "processes":
-        workers = min(os.cpu_count() or 1, 8)
-        return cf.ProcessPoolExecutor(max_workers=workers), True
-    if hasattr(executor, "submit"):
-        return executor, False       # a concurrent.futures.Executor or a dask.distributed Client
-    raise ValueError(f"The 'executor' parameter of {func} must be 'serial', 'processes' or an object with a "
-                     f"submit method (a concurrent.futures.Executor or a dask Client). Got {executor!r} instead.")
+
+def _single_threaded_worker():
+    """Pool initializer: one BLAS and one torch thread per worker (the pool supplies the parallelism),
+    and Ctrl-C left to the driver, which stops the workers itself (see :meth:`Pool.close`)."""
+    import signal
+
+    from threadpoolctl import threadpool_limits
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    threadpool_limits(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import sys
+
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+    except Exception:  # pragma: no cover - torch's thread setting is best effort
+        pass
+
+
+def _is_dask_client(obj) -> bool:
+    return type(obj).__module__.startswith("distributed") and hasattr(obj, "scheduler_info")
+
+
+def check_executor(executor, func: str):
+    """Refuse an executor that is neither a known name nor an object with ``submit``."""
+    if isinstance(executor, str):
+        if executor not in EXECUTORS:
+            raise ValueError(f"The 'executor' parameter of {func} must be one of {', '.join(map(repr, EXECUTORS))} "
+                             f"or an object with a submit method (a concurrent.futures.Executor or a dask Client). "
+                             f"Got {executor!r} instead.")
+        if executor == "dask":
+            try:
+                import distributed  # noqa: F401
+            except ImportError:
+                raise ValueError(f"The 'executor' parameter of {func} is 'dask', which needs dask.distributed: "
+                                 f"pip install 'loraml[dask]'.") from None
+        return executor
+    if not callable(getattr(executor, "submit", None)):
+        raise ValueError(f"The 'executor' parameter of {func} must be one of {', '.join(map(repr, EXECUTORS))} "
+                         f"or an object with a submit method (a concurrent.futures.Executor or a dask Client). "
+                         f"Got {executor!r} instead.")
+    return executor
+
+
+class Pool:
+    """One interface over serial, a process pool, dask and any ``submit``-able executor.
+
+    ``Pool(executor).map_unordered(fn, jobs)`` yields ``(index, result)`` as jobs finish, the jobs
+    submitted in the order given (dask: that order as priority). Pools the call started are shut
+    down on exit; on an exception or Ctrl-C their workers are stopped at once, not awaited.
+    """
+
+    def __init__(self, executor, func: str = "run", *, workers: int | None = None):
+        executor = check_executor(executor, func)
+        self.workers = workers or min(os.cpu_count() or 1, 8)
+        self.owned = isinstance(executor, str) and executor != "serial"
+        self.kind = executor if isinstance(executor, str) else ("dask" if _is_dask_client(executor) else "futures")
+        self._cluster = None
+        if executor == "processes":
+            self.executor = cf.ProcessPoolExecutor(max_workers=self.workers, initializer=_single_threaded_worker)
+        elif executor == "dask":
+            from distributed import Client, LocalCluster
+
+            self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                         dashboard_address=None, host="127.0.0.1")
+            self.executor = Client(self._cluster)
+        else:
+            self.executor = executor
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close(abort=exc_type is not None)
+        return False
+
+    def close(self, abort: bool = False) -> None:
+        if not self.owned:
+            return
+        if self.kind == "processes":
+            if not abort:
+                self.executor.shutdown(wait=True)
+                return
+            # On an exception or Ctrl-C, stop the chunks in flight now rather than wait for them
+            # (their results would be dropped; the stored chunks are whole and a rerun resumes).
+            # concurrent.futures (3.11) has no public way to, so: kill the workers, then close this
+            # process's end of the result pipe, so that the pool's manager thread, which may be
+            # reading a result a killed worker had half written, sees EOF, finds the pool broken,
+            # fails the pending futures and exits; then shut down as usual.
+            ex = self.executor
+            workers = list((getattr(ex, "_processes", None) or {}).values())
+            for proc in workers:
+                proc.kill()
+            for proc in workers:
+                proc.join()
+            writer = getattr(getattr(ex, "_result_queue", None), "_writer", None)
+            if writer is not None:
+                writer.close()
+            ex.shutdown(wait=True)
+        else:
+            self.executor.close()
+            self._cluster.close()
+
+    def map_unordered(self, fn, jobs):
+        jobs = list(jobs)
+        if self.kind == "serial":
+            for i, args in enumerate(jobs):
+                yield i, fn(*args)
+        elif self.kind == "dask":
+            from distributed import as_completed
+
+            futures = {self.executor.submit(fn, *args, pure=False, priority=len(jobs) - i): i
+                       for i, args in enumerate(jobs)}
+            try:
+                for fut in as_completed(list(futures)):
+                    i = futures.pop(fut)      # release it: a lost worker must not recompute a delivered chunk
+                    result = fut.result()
+                    fut.release()
+                    yield i, result
+            finally:
+                if futures:
+                    self.executor.cancel(list(futures))
+        else:
+            futures = {self.executor.submit(fn, *args): i for i, args in enumerate(jobs)}
+            pending = set(futures)
+            try:
+                while pending:
+                    finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                    for fut in finished:
+                        yield futures[fut], fut.result()
+            finally:
+                if not self.owned:      # a pool this call started is stopped as a whole by close()
+                    for fut in pending:
+                        fut.cancel()
+
+
+def _kind_of(config, func):
+    kind = next((v for k, v in _KINDS.items() if isinstance(config, k)), None)
+    if kind is None:
+        raise ValueError(f"The 'config' parameter of {func} must be a LinearConfig, a ShallowConfig or a "
+                         f"RealDataConfig. Got {type(config).__name__}.")
+    return kind
+
+
+@dataclass
+class _Job:
+    """One chunk computation and the (config, chunk) slots its table fills."""
+
+    config: object
+    value_index: int
+    trials: tuple
+    cost: float
+    targets: list = field(default_factory=list)
+
+
+def run_many(configs, *, executor="serial", store=None, force: bool = False, progress: bool = True,
+             on_chunk=None, **engine_options) -> list[pd.DataFrame]:
+    """Compute every chunk of every config that is not stored yet, in one pool; one table per config.
+
+    Parameters
+    ----------
+    configs : sequence of LinearConfig, ShallowConfig or RealDataConfig
+        Any mix. A chunk two configs share (equal :meth:`chunk_key`) is computed once.
+    executor : "serial", "processes", "dask", a dask ``Client`` or a ``concurrent.futures.Executor``
+        Where chunks run (see the module docstring). The tables never depend on it.
+    store : path or None
+        Root of the Parquet store (see :mod:`sims._store`); ``None`` keeps results in memory only.
+        A stored chunk is served only when its file is sound and its engine version current;
+        otherwise it is recomputed (one logged line names the file).
+    force : bool
+        Recompute and overwrite stored chunks.
+    progress : bool
+        Show a tqdm bar over chunks.
+    on_chunk : callable, optional
+        Called as ``on_chunk(config, value_index, trials)`` after each computed chunk of a config
+        is stored (once per config for a shared chunk).
+    **engine_options
+        Execution options that do not change the numbers beyond rounding (shallow: ``device``;
+        real data: ``device`` and ``amp``); each goes to the configs whose engine takes it.
+
+    Returns
+    -------
+    list of pandas.DataFrame, one per config in order, each sorted by method, value, trial, step —
+    bit-identical to ``run(config)`` alone.
+
+    Examples
+    --------
+    >>> import sims
+    >>> a = sims.linear_sweep("T", (2, 3), runs=1, outer_steps=5, ft_steps=5, N=50)
+    >>> b = sims.linear_sweep("k", (1,), runs=1, outer_steps=5, ft_steps=5, N=50)
+    >>> [len(t) for t in sims.run_many([a, b], progress=False)]
+    [24, 12]
+    """
+    func = "run_many"
+    if isinstance(configs, (str, bytes)) or not hasattr(configs, "__iter__"):
+        raise ValueError(f"The 'configs' parameter of {func} must be a sequence of sweep configs. Got {configs!r}.")
+    configs = list(configs)
+    if not configs:
+        raise ValueError(f"The 'configs' parameter of {func} must hold at least one config. Got an empty sequence.")
+    kinds = [_kind_of(c, func) for c in configs]
+    accepted = set().union(*(set(k[2]) for k in kinds))
+    unknown = sorted(set(engine_options) - accepted)
+    if unknown:
+        kinds_named = sorted({type(c).__name__ for c in configs})
+        raise ValueError(f"{func} got engine option(s) {', '.join(map(repr, unknown))} that no config here takes "
+                         f"({', '.join(kinds_named)}); allowed: {', '.join(sorted(accepted)) or 'none'}.")
+    if not isinstance(force, bool):
+        raise ValueError(f"The 'force' parameter of {func} must be a bool. Got {force!r} instead.")
+    if on_chunk is not None and not callable(on_chunk):
+        raise ValueError(f"The 'on_chunk' parameter of {func} must be callable or None. Got {on_chunk!r} instead.")
+    check_executor(executor, func)
+    root = check_store_root(store, func) if store is not None else None
+
+    chunks = [c.chunks() for c in configs]
+    results: list[dict[int, pd.DataFrame]] = [{} for _ in configs]
+    dbs = []
+    jobs: dict[str, _Job] = {}
+    for ci, (config, (name, _, _)) in enumerate(zip(configs, kinds)):
+        db = ChunkStore(root, name, config, config.engine_version) if root is not None else None
+        if db is not None:
+            db.write_config()
+        dbs.append(db)
+        for j, (v, trials) in enumerate(chunks[ci]):
+            frame = None if (db is None or force) else db.load(v, trials)
+            if frame is not None:
+                results[ci][j] = frame
+                continue
+            key = f"{name}:{config.engine_version}:{config.chunk_key(v, trials)}"
+            if key not in jobs:
+                jobs[key] = _Job(config, v, tuple(trials), float(config.chunk_cost(v, trials)))
+            jobs[key].targets.append((ci, j))
+    todo = sorted(jobs.values(), key=lambda job: -job.cost)       # largest expected cost first
+    total = sum(len(c) for c in chunks)
+    label = configs[0].vary if len(configs) == 1 else f"{len(configs)} configs"
+    bar = tqdm(total=total, initial=total - sum(len(job.targets) for job in todo), unit="chunk",
+               desc=f"{kinds[0][0] if len(configs) == 1 else 'sweeps'} {label}", disable=not progress, leave=False)
+
+    def simulate_for(config):
+        name, simulate, takes = _kind_of(config, func)
+        options = {k: v for k, v in engine_options.items() if k in takes}
+        return functools.partial(simulate, **options) if options else simulate
+
+    try:
+        with Pool(executor, func) as pool:
+            calls = [(simulate_for(job.config), job.config, job.value_index, job.trials) for job in todo]
+            for i, frame in pool.map_unordered(_call, calls):
+                job = todo[i]
+                for ci, j in job.targets:
+                    config = configs[ci]
+                    out = frame if config is job.config else config.relabel_chunk(frame, job.value_index)
+                    v, trials = chunks[ci][j]
+                    if dbs[ci] is not None:
+                        shared = {} if config is job.config else {"computed_for": job.config.key}
+                        dbs[ci].write(v, trials, out, **shared)
+                    results[ci][j] = out
+                    bar.update(1)
+                    if on_chunk is not None:
+                        on_chunk(config, v, trials)
+    finally:
+        bar.close()
+    return [_sort(pd.concat([results[ci][j] for j in range(len(chunks[ci]))], ignore_index=True))
+            for ci in range(len(configs))]
+
+
+def _call(fn, *args):
+    return fn(*args)
 
 
 def run(config, *, executor="serial", store=None, force: bool = False, progress: bool = True,
@@ -45,9 +320,9 @@ def run(config, *, executor="serial", store=None, force: bool = False, progress:
     ----------
     config : LinearConfig, ShallowConfig or RealDataConfig
         From :func:`linear_sweep`, :func:`shallow_sweep` or :func:`realdata_sweep`.
-    executor : "serial", "processes", or an object with ``submit``
-        Where chunks run. A chunk's numbers depend only on the config and its trials' seeds,
-        never on the executor.
+    executor : "serial", "processes", "dask", a dask ``Client`` or a ``concurrent.futures.Executor``
+        Where chunks run (see :func:`run_many`). A chunk's numbers depend only on the config and
+        its trials' seeds, never on the executor.
     store : path or None
         Root of the Parquet store. ``None`` keeps results in memory only.
     force : bool
@@ -66,54 +341,13 @@ def run(config, *, executor="serial", store=None, force: bool = False, progress:
     -------
     pandas.DataFrame sorted by method, value, trial, step.
     """
-    kind = next((v for k, v in _KINDS.items() if isinstance(config, k)), None)
-    if kind is None:
-        raise ValueError("The 'config' parameter of run must be a LinearConfig, a ShallowConfig or a RealDataConfig. "
-                         f"Got {type(config).__name__}.")
-    name, simulate, accepted = kind
+    name, _, accepted = _kind_of(config, "run")
     unknown = sorted(set(engine_options) - set(accepted))
     if unknown:
         raise ValueError(f"run got engine option(s) {', '.join(map(repr, unknown))} that a {type(config).__name__} "
                          f"does not take; allowed: {', '.join(accepted) or 'none'}.")
-    if engine_options:
-        simulate = functools.partial(simulate, **engine_options)
-    pool, owned = _executor(executor)
-    chunks = config.chunks()
-    db = ChunkStore(store, name, config) if store is not None else None
-    if db is not None:
-        db.write_config()
-    results: dict[int, pd.DataFrame] = {}
-    todo = []
-    for i, (v, trials) in enumerate(chunks):
-        if db is not None and not force and db.has(v, trials):
-            results[i] = db.read(v, trials)
-        else:
-            todo.append(i)
-    bar = tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc=f"{name} {config.vary}",
-               unit="chunk", disable=not progress, leave=False)
-
-    def done(i, frame):
-        v, trials = chunks[i]
-        if db is not None:
-            db.write(v, trials, frame)
-        results[i] = frame
-        bar.update(1)
-        if on_chunk is not None:
-            on_chunk(v, trials)
-
-    try:
-        if pool is None:
-            for i in todo:
-                done(i, simulate(config, *chunks[i]))
-        else:
-            futures = {pool.submit(simulate, config, *chunks[i]): i for i in todo}
-            pending = set(futures)
-            while pending:
-                finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for fut in finished:
-                    done(futures[fut], fut.result())
-    finally:
-        bar.close()
-        if owned:
-            pool.shutdown(cancel_futures=True)
-    return _sort(pd.concat([results[i] for i in range(len(chunks))], ignore_index=True))
+    if on_chunk is not None and not callable(on_chunk):
+        raise ValueError(f"The 'on_chunk' parameter of run must be callable or None. Got {on_chunk!r} instead.")
+    hook = None if on_chunk is None else (lambda _config, v, trials: on_chunk(v, trials))
+    return run_many([config], executor=executor, store=store, force=force, progress=progress, on_chunk=hook,
+                    **engine_options)[0]

@@ -1,11 +1,22 @@
 """Figures: how the plots look and where they land. They read tables from ``sims``."""
 
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+
+import sims
+
 from ._style import COLORS as COLORS
 from .landscape import make_landscape_figures as make_landscape_figures
+from .linear import linear_configs as linear_configs
 from .linear import make_linear_figures as make_linear_figures
 from .loraone import make_loraone_figures as make_loraone_figures
 from .realdata import make_realdata_figures as make_realdata_figures
+from .realdata import realdata_configs as realdata_configs
 from .shallow import make_shallow_figures as make_shallow_figures
+from .shallow import shallow_configs as shallow_configs
 from .theory_checks import make_theory_figures as make_theory_figures
 
 #: Every figure group `loraml reproduce` knows, in order. Each is called as
@@ -19,6 +30,58 @@ GROUPS = {
     "realdata": make_realdata_figures,
 }
 
-__all__ = ["COLORS", "GROUPS", "make_landscape_figures", "make_linear_figures", "make_loraone_figures",
-           "make_realdata_figures", "make_shallow_figures",
-           "make_theory_figures"]
+#: The groups whose figures are stored sweeps, and their configs (``fast``, ``preset`` -> list).
+SWEEP_CONFIGS = {
+    "linear": lambda fast, preset: linear_configs(preset=preset, fast=fast),
+    "shallow": lambda fast, preset: shallow_configs(fast=fast),
+    "realdata": lambda fast, preset: realdata_configs(fast=fast, preset=preset),
+}
+
+
+def reproduce(out, *, only=None, fast: bool = False, preset: str = "both", store="results", executor="processes",
+              progress: bool = True, device: str | None = None, report=print) -> list[Path]:
+    """Regenerate the figure groups ``only`` (default: all) under ``out``; returns the paths written.
+
+    One executor serves everything: the sweeps of every selected group (linear, shallow, real
+    data) go to :func:`sims.run_many` together, their chunks largest first and a chunk two sweeps
+    share computed once; then each group plots, reading its sweeps from the store, and the
+    groups that are not stored sweeps (the landscape phase diagram, ...) run on the same pool.
+    ``report`` receives one line per group with its time (``None``: silent).
+    """
+    names = list(GROUPS) if only is None else list(only)
+    unknown = [n for n in names if n not in GROUPS]
+    if unknown:
+        raise ValueError(f"The 'only' parameter of reproduce must name figure groups among {', '.join(GROUPS)}. "
+                         f"Got {unknown[0]!r}.")
+    if preset not in ("paper", "clean", "both"):
+        raise ValueError(f"The 'preset' parameter of reproduce must be 'paper', 'clean' or 'both'. Got {preset!r}.")
+    paths = []
+    with sims.Pool(executor, "reproduce") as pool:
+        shared = "serial" if pool.kind == "serial" else pool.executor
+        # The sweeps that run on the CPU go to one pool together (a CUDA sweep stays in its group).
+        devices = {"linear": "cpu", "shallow": device or sims.default_device(), "realdata": device or "cpu"}
+        configs = [c for n in names if n in SWEEP_CONFIGS and devices[n] == "cpu"
+                   for c in SWEEP_CONFIGS[n](fast, preset)]
+        if configs:
+            t0 = time.perf_counter()
+            sims.run_many(configs, executor=shared, store=store, progress=progress,
+                          **({"device": "cpu"} if any(not isinstance(c, sims.LinearConfig) for c in configs) else {}))
+            if report:
+                report(f"sweeps: {len(configs)} configs in {time.perf_counter() - t0:.1f} s")
+        for name in names:
+            make = GROUPS[name]
+            options = {"preset": preset, "store": store, "executor": shared, "progress": progress, "device": device}
+            accepted = inspect.signature(make).parameters
+            t0 = time.perf_counter()
+            written = make(out, fast=fast, **{k: v for k, v in options.items() if k in accepted})
+            if report:
+                report(f"{name}: {len(written)} files in {time.perf_counter() - t0:.1f} s")
+                for path in written:
+                    report(f"  {path}")
+            paths += written
+    return paths
+
+
+__all__ = ["COLORS", "GROUPS", "SWEEP_CONFIGS", "linear_configs", "make_landscape_figures", "make_linear_figures",
+           "make_loraone_figures", "make_realdata_figures", "make_shallow_figures", "make_theory_figures",
+           "realdata_configs", "reproduce", "shallow_configs"]

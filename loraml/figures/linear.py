@@ -10,7 +10,7 @@ import sims
 
 from ._style import COLORS, RC, finish_row, panel_row, plt, save
 
-__all__ = ["make_linear_figures", "plot_linear_sweep", "run_linear_sweeps"]
+__all__ = ["linear_configs", "make_linear_figures", "plot_linear_sweep", "run_linear_sweeps"]
 
 _YLABEL = {
     "in_sample_sum": "test loss (in-sample, summed)\n" + r"$\|(A^*_{T+1}-\hat A-\Delta)X^\top\|_F^2$",
@@ -47,17 +47,20 @@ def plot_linear_sweep(table, path: Path, *, metric: str, title: str, pdf: bool =
         return save(fig, path, pdf=pdf)
 
 
+def linear_configs(*, preset="paper", fast=False, sweeps=("T", "n", "N", "d", "k")) -> list:
+    """The configs of the five sweeps of one preset ("paper", "clean" or "both": ten)."""
+    if preset == "both":
+        return [c for each in ("paper", "clean") for c in linear_configs(preset=each, fast=fast, sweeps=sweeps)]
+    overrides = dict(outer_steps=100, ft_steps=100) if fast else {}
+    return [sims.linear_sweep(vary, preset=preset, runs=2 if fast else 5, **overrides) for vary in sweeps]
+
+
 def run_linear_sweeps(*, preset="paper", store="results", executor="processes", fast=False, progress=True,
                       sweeps=("T", "n", "N", "d", "k")):
-    """Run (or read from the store) the five sweeps; returns {vary: (config, table)}."""
-    out = {}
-    for vary in sweeps:
-        overrides = {}
-        if fast:
-            overrides = dict(outer_steps=100, ft_steps=100)
-        cfg = sims.linear_sweep(vary, preset=preset, runs=2 if fast else 5, **overrides)
-        out[vary] = (cfg, sims.run(cfg, executor=executor, store=store, progress=progress))
-    return out
+    """Run (or read from the store) the five sweeps in one pool; returns {vary: (config, table)}."""
+    configs = linear_configs(preset=preset, fast=fast, sweeps=sweeps)
+    tables = sims.run_many(configs, executor=executor, store=store, progress=progress)
+    return {cfg.vary: (cfg, table) for cfg, table in zip(configs, tables)}
 
 
 def make_linear_figures(out: Path, *, fast: bool = False, preset: str = "paper", store="results",

@@ -11,7 +11,7 @@ import sims
 
 from ._style import COLORS, RC, finish_row, panel_row, plt, save
 
-__all__ = ["make_realdata_figures", "write_realdata_outputs", "plot_realdata", "realdata_markdown"]
+__all__ = ["make_realdata_figures", "realdata_configs", "write_realdata_outputs", "plot_realdata", "realdata_markdown"]
 
 _COLORS = {"SR": COLORS["SR"], "LoRA-ML": COLORS["LoRA-ML"], "last-layer-ML": "#2ca02c", "Reptile": "#9467bd"}
 _SCHEME_TITLE = {"lora": "LoRA fine-tuning (base frozen)", "last-layer": "last-layer fine-tuning (new head)"}
@@ -68,17 +68,23 @@ def write_realdata_outputs(table, folder: Path, *, title: str, name: str = "accu
     return plot_realdata(summary, folder / f"{name}.png", title=title, pdf=pdf) + [csv, md]
 
 
+def realdata_configs(*, fast: bool = False, preset: str = "both") -> list:
+    """The digits configs of the README table: the clean preset, then the paper preset."""
+    overrides = dict(retrain_epochs=2, reptile_epochs=1, ft_epochs=2, n_finetune=(10, 40)) if fast else {}
+    return [sims.realdata_sweep("digits", preset=name, seeds=(0, 1) if fast else (0, 1, 2, 3, 4), **overrides)
+            for name in (("clean", "paper") if preset == "both" else (preset,))]
+
+
 def make_realdata_figures(out: Path, *, fast: bool = False, store="results", executor="processes",
                           progress: bool = True, device: str | None = None, preset: str = "both") -> list[Path]:
     """The offline digits table of the README (5 seeds): the clean preset under ``out/realdata``, the
     paper preset (quirks V1-V3) under ``out/realdata/paper``."""
-    overrides = dict(retrain_epochs=2, reptile_epochs=1, ft_epochs=2, n_finetune=(10, 40)) if fast else {}
+    configs = realdata_configs(fast=fast, preset=preset)
+    tables = sims.run_many(configs, executor=executor, store=store, progress=progress, device=device or "cpu")
     paths = []
-    for name in ("clean", "paper") if preset == "both" else (preset,):
-        cfg = sims.realdata_sweep("digits", preset=name, seeds=(0, 1) if fast else (0, 1, 2, 3, 4), **overrides)
-        table = sims.run(cfg, executor=executor, store=store, progress=progress, device=device or "cpu")
+    for cfg, table in zip(configs, tables):
         title = (f"Digits 8/9 after retraining on 0/1, 2/3, 4/5, 6/7 (tiny Mixer, {cfg.preset} preset; "
                  f"mean ± SE over {len(cfg.seeds)} seeds)")
-        folder = Path(out) / "realdata" / ("paper" if name == "paper" else "")
+        folder = Path(out) / "realdata" / ("paper" if cfg.preset == "paper" else "")
         paths += write_realdata_outputs(table, folder, title=title, name="digits", pdf=not fast)
     return paths

@@ -11,7 +11,7 @@ import sims
 
 from ._style import COLORS, RC, finish_row, panel_row, plt, save
 
-__all__ = ["make_shallow_figures", "central_range", "shallow_table", "plot_shallow_sweep"]
+__all__ = ["make_shallow_figures", "shallow_configs", "central_range", "shallow_table", "plot_shallow_sweep"]
 
 
 def central_range(values) -> tuple[float, float]:
@@ -69,21 +69,26 @@ def _markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def shallow_configs(*, fast: bool = False) -> list:
+    """The configs of the two sweeps (d, then T)."""
+    overrides = dict(retrain_steps=100, ft_steps=60, N=100, n=30, record_every=10) if fast else {}
+    # Chunks of 5 trials balance the workers (the T = 10 value alone is ~30 % of the work).
+    return [sims.shallow_sweep(vary, trials=3 if fast else 10, chunk_trials=0 if fast else 5, **overrides)
+            for vary in ("d", "T")]
+
+
 def make_shallow_figures(out: Path, *, fast: bool = False, store="results", executor="processes",
                          progress: bool = True, device: str | None = None) -> list[Path]:
     """Run (or read from the store) both sweeps; write vary-d/vary-T figures and the table."""
     folder = Path(out) / "shallow"
-    tables, paths = [], []
-    for vary in ("d", "T"):
-        overrides = dict(retrain_steps=100, ft_steps=60, N=100, n=30, record_every=10) if fast else {}
-        # Chunks of 5 trials balance the two worker processes (the T = 10 value alone is ~30% of the work).
-        cfg = sims.shallow_sweep(vary, trials=3 if fast else 10, chunk_trials=0 if fast else 5, **overrides)
-        table = sims.run(cfg, executor=executor, store=store, progress=progress,
-                         device=device or sims.default_device())
-        tables.append(table)
-        title = (f"Shallow network, vary {vary} (d=10, T=3, N={cfg.N}, n={cfg.n}, k=1 unless swept; "
+    configs = shallow_configs(fast=fast)
+    tables = sims.run_many(configs, executor=executor, store=store, progress=progress,
+                           device=device or sims.default_device())
+    paths = []
+    for cfg, table in zip(configs, tables):
+        title = (f"Shallow network, vary {cfg.vary} (d=10, T=3, N={cfg.N}, n={cfg.n}, k=1 unless swept; "
                  f"{cfg.trials} trials: median and 4th–7th of 10)")
-        paths += plot_shallow_sweep(table, folder / f"vary-{vary}.png", title=title, pdf=not fast)
+        paths += plot_shallow_sweep(table, folder / f"vary-{cfg.vary}.png", title=title, pdf=not fast)
     summary = shallow_table(tables)
     folder.mkdir(parents=True, exist_ok=True)
     csv, md = folder / "table.csv", folder / "table.md"
