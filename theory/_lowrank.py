@@ -109,6 +109,14 @@ def subspace_sin(U1, U2) -> np.ndarray:
     """
     U1 = check_array(U1, "U1", "subspace_sin", ndim=(2, 3))
     U2 = check_array(U2, "U2", "subspace_sin", ndim=(2, 3))
+    if U1.shape[-2] != U2.shape[-2] or min(U1.shape[-2:]) < 1 or min(U2.shape[-2:]) < 1:
+        raise ValueError("The 'U1' and 'U2' parameters of subspace_sin must be non-empty bases of the same space "
+                         f"(as many rows). Got shapes {U1.shape} and {U2.shape}.")
+    try:
+        np.broadcast_shapes(U1.shape[:-2], U2.shape[:-2])
+    except ValueError:
+        raise ValueError(f"The 'U1' and 'U2' parameters of subspace_sin must have broadcastable batch shapes. "
+                         f"Got {U1.shape} and {U2.shape}.") from None
     Q1, _ = np.linalg.qr(U1)
     Q2, _ = np.linalg.qr(U2)
     return _sin_orthonormal(Q1, Q2)
@@ -180,7 +188,7 @@ def rate_prediction(d, k, n, sigma) -> np.ndarray:
     func = "rate_prediction"
     d = check_int(d, "d", func, low=1)
     k = check_int(k, "k", func, low=1, high=d)
-    sigma = check_real(sigma, "sigma", func, low=0.0)
+    sigma = check_real(sigma, "sigma", func, low=0.0, high=1e100)      # sigma**2 stays finite
     n = check_array(n, "n", func, ndim=(0, 1, 2))
     if np.any(n <= d + 1):
         raise ValueError(f"The 'n' parameter of {func} must exceed d + 1 = {d + 1} (the mean of M⁻¹ is "

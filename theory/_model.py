@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._results import ArrayFields
-from .validation import check_array, check_int, check_real, check_rng
+from .validation import check_entries, check_array, check_int, check_real, check_rng
 
 __all__ = [
     "GroundTruth",
@@ -147,6 +147,7 @@ def sample_ground_truth(d, k, T, *, rng, symmetric_base: bool = True, scale: flo
         raise ValueError(f"The 'symmetric_base' parameter of {func} must be a bool. Got {symmetric_base!r} instead.")
     batch = () if size is None else (check_int(size, "size", func, low=1),)
     rng = check_rng(rng, func)
+    check_entries(int(np.prod(batch, dtype=np.int64)) * max(d * d, (T + 1) * d * k), "'size', 'T', 'd' and 'k'", func)
     G = rng.standard_normal(batch + (d, d))
     A = (G + np.swapaxes(G, -1, -2)) / 2 if symmetric_base else G
     U = scale * rng.standard_normal(batch + (T + 1, d, k))
@@ -176,6 +177,7 @@ def sample_tasks(truth: GroundTruth, N, n, sigma, *, rng) -> TaskData:
     sigma = check_real(sigma, "sigma", func, low=0.0)
     rng = check_rng(rng, func)
     d, T = truth.d, truth.T
+    check_entries(max(T * N, n) * d, "'N' and 'n'", func)
     W = truth.task_weights
     X = rng.standard_normal((T, N, d))
     Y = X @ np.swapaxes(W[:T], -1, -2) + sigma * rng.standard_normal((T, N, d))
@@ -191,12 +193,17 @@ def excess_risk(W, target) -> np.ndarray:
     """
     W = check_array(W, "W", "excess_risk", ndim=(2, 3, 4))
     target = check_array(target, "target", "excess_risk", ndim=(2, 3, 4))
+    try:
+        np.broadcast_shapes(W.shape, target.shape)
+    except ValueError:
+        raise ValueError(f"The 'W' and 'target' parameters of excess_risk must have broadcastable shapes. "
+                         f"Got {W.shape} and {target.shape}.") from None
     diff = W - target
     return np.sum(diff * diff, axis=(-2, -1))
 
 
 def population_risk(W, target, sigma) -> np.ndarray:
     """E‖y − W x‖² = ‖W − target‖² + d σ² for x ~ N(0, I), y = target·x + N(0, σ² I) (P1)."""
-    sigma = check_real(sigma, "sigma", "population_risk", low=0.0)
+    sigma = check_real(sigma, "sigma", "population_risk", low=0.0, high=1e100)   # sigma**2 stays finite
     W = check_array(W, "W", "population_risk", ndim=(2, 3, 4))
     return excess_risk(W, target) + W.shape[-2] * sigma**2

@@ -511,11 +511,31 @@ def paper_gd(S, C, A, U, *, outer_steps, inner_steps, lr_A, lr_U, n_tasks=None):
     The inner step is computed in O(T d² k) rather than O(T d³): with P_t = A S_t − C_t fixed
     while A is, (G_t + G_tᵀ) U_t = (P_t + P_tᵀ) U_t + U_t (U_tᵀ S_t U_t) + S_t U_t (U_tᵀ U_t).
     """
-    A = np.array(A, dtype=float)
-    U = np.array(U, dtype=float)
-    S = np.asarray(S, dtype=float)
-    C = np.asarray(C, dtype=float)
-    T = S.shape[-3]
+    func = "paper_gd"
+    S = check_array(S, "S", func, ndim=tuple(range(3, 8)))
+    T, d = S.shape[-3], S.shape[-1]
+    if S.shape[-2] != d or T < 1 or d < 1:
+        raise ValueError(f"The 'S' parameter of {func} must have shape (..., T, d, d) with T, d >= 1. "
+                         f"Got shape {S.shape} instead.")
+    C = check_array(C, "C", func, ndim=tuple(range(3, 8)), shape=(T, d, d))
+    A = np.array(check_array(A, "A", func, ndim=tuple(range(2, 7)), shape=(d, d)))
+    U = np.array(check_array(U, "U", func, ndim=tuple(range(3, 8)), shape=(T, d, None)))
+    if U.shape[-1] < 1:
+        raise ValueError(f"The 'U' parameter of {func} must have shape (..., T, d, k) with k >= 1. "
+                         f"Got shape {U.shape} instead.")
+    try:
+        np.broadcast_shapes(S.shape[:-3], C.shape[:-3], A.shape[:-2], U.shape[:-3])
+    except ValueError:
+        raise ValueError(f"The 'S', 'C', 'A' and 'U' parameters of {func} must have broadcastable batch shapes. "
+                         f"Got {S.shape}, {C.shape}, {A.shape} and {U.shape}.") from None
+    outer_steps = check_int(outer_steps, "outer_steps", func, low=0)
+    inner_steps = check_int(inner_steps, "inner_steps", func, low=0)
+    lr_A = check_real(lr_A, "lr_A", func, low=0.0)
+    lr_U = check_real(lr_U, "lr_U", func, low=0.0)
+    if n_tasks is not None:
+        n_tasks = check_array(n_tasks, "n_tasks", func, ndim=tuple(range(0, 5)))
+        if np.any(n_tasks < 1):
+            raise ValueError(f"The 'n_tasks' parameter of {func} must be >= 1. Got {n_tasks!r:.60} instead.")
     denom = T if n_tasks is None else np.asarray(n_tasks, dtype=float)[..., None, None]
     swap = lambda M: np.swapaxes(M, -1, -2)  # noqa: E731
     d = S.shape[-1]

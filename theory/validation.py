@@ -21,7 +21,22 @@ __all__ = [
     "check_array",
     "check_rng",
     "check_choice",
+    "check_values",
+    "check_seed",
+    "check_entries",
+    "MAX_DIM",
+    "MAX_COUNT",
+    "MAX_ENTRIES",
 ]
+
+#: Upper limits that refuse absurd sizes before anything is allocated (a call with d = 10**9 would
+#: otherwise die in MemoryError or swap for minutes). They are far above every experiment here
+#: (d <= 100, N <= 10**5): a dimension (d, m, a rank, a width, an image side) ...
+MAX_DIM = 10_000
+#: ... a count (samples, tasks, starts, repetitions, grid points, batch entries) ...
+MAX_COUNT = 10**7
+#: ... and the entries of the largest array a call builds (2**28 float64 = 2 GiB).
+MAX_ENTRIES = 2**28
 
 
 def _fail(func: str, name: str, allowed: str, value) -> ValueError:
@@ -126,3 +141,30 @@ def check_choice(value, name: str, func: str, choices) -> str:
         allowed = "one of " + ", ".join(repr(c) for c in choices)
         raise _fail(func, name, allowed, value)
     return value
+
+
+def check_values(values, name: str, func: str, check, *, least: int = 1) -> tuple:
+    """Return ``values`` as a tuple after ``check(v)`` on each; it must be a sequence (not a string)
+    of at least ``least`` values. ``check`` raises naming ``name`` for a bad entry."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or isinstance(values, dict):
+        raise _fail(func, name, f"a sequence of at least {least} value(s)", values)
+    values = tuple(values)
+    if len(values) < least:
+        raise _fail(func, name, f"a sequence of at least {least} value(s)", values)
+    return tuple(check(v) for v in values)
+
+
+def check_seed(value, name: str, func: str) -> int:
+    """Return ``value`` if it is a seed: an int in [0, 2**63)."""
+    return check_int(value, name, func, low=0, high=2**63 - 1)
+
+
+def check_entries(count, names: str, func: str, *, limit: int | None = None) -> int:
+    """Refuse a call whose largest array would hold more than ``limit`` (MAX_ENTRIES) entries,
+    before it is allocated; ``names`` says which arguments set the size (e.g. "'T', 'N' and 'd'")."""
+    limit = MAX_ENTRIES if limit is None else limit
+    count = check_int(count, "count", func, low=0)
+    if count > limit:
+        raise ValueError(f"The {names} parameters of {func} ask for an array of {count:.3g} entries; "
+                         f"at most {limit:.3g} are allowed (memory). Use smaller sizes.")
+    return count

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._results import ArrayFields
-from ..validation import check_array, check_int, check_real, check_rng
+from ..validation import MAX_COUNT, check_values, check_array, check_int, check_real, check_rng
 from ._objective import (
     _check_adapters,
     _check_base,
@@ -194,7 +194,8 @@ def critical_points_two_tasks(truth, *, scales=(0.5, 2.0)) -> list[CriticalPoint
     if truth.T != 2 or truth.k != 1:
         raise ValueError(f"The 'truth' parameter of {func} must have T = 2 retraining tasks and rank k = 1. "
                          f"Got T = {truth.T}, k = {truth.k}.")
-    scales = [check_real(s, "scales", func, low=0.0, low_open=True) for s in np.atleast_1d(scales)]
+    scales = list(check_values(np.atleast_1d(scales) if np.ndim(scales) == 0 else scales, "scales", func,
+                               lambda s: check_real(s, "scales", func, low=0.0, low_open=True, high=700.0)))
     d = truth.d
     M, lam, vecs = _two_task_spectrum(truth)
     mu_p, v_p = lam[-1], vecs[:, -1]
@@ -236,6 +237,8 @@ def hessian_min_eigenpair(truth, A, U, *, V=None, reduced=False) -> EscapeDirect
     objective to second order by ½ λ_min t². ``A`` is ignored when ``reduced``.
     """
     func = "hessian_min_eigenpair"
+    if not isinstance(reduced, (bool, np.bool_)):
+        raise ValueError(f"The 'reduced' parameter of {func} must be a bool. Got {reduced!r} instead.")
     truth = _check_truth(truth, func)
     U, V = _check_adapters(truth, U, V, func)
     if reduced:
@@ -339,8 +342,8 @@ def find_critical_points(truth, k=None, *, rng, n_starts=20, init_scale=1.0, tol
     truth = _check_truth(truth, func)
     k = truth.k if k is None else check_int(k, "k", func, low=1, high=truth.d)
     rng = check_rng(rng, func)
-    n_starts = check_int(n_starts, "n_starts", func, low=1)
-    init_scale = check_real(init_scale, "init_scale", func, low=0.0, low_open=True)
+    n_starts = check_int(n_starts, "n_starts", func, low=1, high=MAX_COUNT)
+    init_scale = check_real(init_scale, "init_scale", func, low=0.0, low_open=True, high=1e100)
     tol = check_real(tol, "tol", func, low=0.0, low_open=True)
     max_iter = check_int(max_iter, "max_iter", func, low=1)
     W = _targets(truth)

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._results import ArrayFields
-from ..validation import check_array, check_choice, check_int, check_rng
+from ..validation import MAX_COUNT, check_array, check_choice, check_int, check_rng
 from ._objective import _base, _center, _check_truth, _prod, _tr
 from ._solver import _gram, _lm_batch
 
@@ -462,7 +462,7 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
     A = check_array(A_star, "A_star", func, ndim=3, shape=(B, d, d))
     adapters = check_choice(adapters, "adapters", func, ("symmetric", "asymmetric"))
     rng = check_rng(rng, func)
-    n_starts = check_int(n_starts, "n_starts", func, low=1)
+    n_starts = check_int(n_starts, "n_starts", func, low=1, high=MAX_COUNT)
     max_iter = check_int(max_iter, "max_iter", func, low=1)
     search = check_choice(search, "search", func, ("auto", "always", "only", "never"))
     symmetric = adapters == "symmetric"

@@ -11,7 +11,7 @@ from scipy.linalg import lapack
 
 from .._lowrank import _top_factors
 from .._results import ArrayFields
-from ..validation import check_array, check_int, check_real, check_rng
+from ..validation import MAX_COUNT, check_entries, check_array, check_int, check_real, check_rng
 from ._objective import _base, _center, _check_truth, _g_value_grad, _prod, _targets, _tr
 
 __all__ = [
@@ -254,9 +254,11 @@ def fit_population_batch(task_weights, k, *, rng, symmetric=True, n_starts=3, ma
     rng = check_rng(rng, func)
     if not isinstance(symmetric, (bool, np.bool_)):
         raise ValueError(f"The 'symmetric' parameter of {func} must be a bool. Got {symmetric!r} instead.")
-    n_starts = check_int(n_starts, "n_starts", func, low=1)
+    n_starts = check_int(n_starts, "n_starts", func, low=1, high=MAX_COUNT)
     max_iter = check_int(max_iter, "max_iter", func, low=1)
     tol = check_real(tol, "tol", func, low=0.0, low_open=True)
+    # every start of every instance is one row of the batched solver: refuse before allocating it
+    check_entries(n_starts * B * T * d * max(d, 2 * k), "'n_starts' and 'task_weights'", func)
     scale2 = np.sum(_center(W) ** 2, axis=(-3, -2, -1)) / T + np.finfo(float).tiny
     ftol = 1e-26 * scale2
     gtol = tol * np.sqrt(np.sum(W * W, axis=(-3, -2, -1)))

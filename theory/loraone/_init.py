@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
-from ..validation import check_array, check_int, check_real, check_rng
+from ..validation import MAX_COUNT, MAX_DIM, check_entries, check_values, check_array, check_int, check_real, check_rng
 from ._common import _check_W0
 
 
@@ -22,17 +24,22 @@ def vanilla_init(d, m, r, *, alpha, rng, batch=()) -> tuple[np.ndarray, np.ndarr
     ((4, 2), (2, 3), 0.0)
     """
     func = "vanilla_init"
-    d = check_int(d, "d", func, low=1)
-    m = check_int(m, "m", func, low=1)
+    d = check_int(d, "d", func, low=1, high=MAX_DIM)
+    m = check_int(m, "m", func, low=1, high=MAX_DIM)
     r = check_int(r, "r", func, low=1, high=min(d, m))
-    alpha_arr = np.asarray(alpha, dtype=float) if not np.isscalar(alpha) else None
+    alpha_arr = None if np.isscalar(alpha) or alpha is None else check_array(alpha, "alpha", func, ndim=(0, 1, 2, 3))
     if alpha_arr is None:
         alpha = check_real(alpha, "alpha", func, low=0.0)
     else:
         alpha_arr = check_array(alpha, "alpha", func, ndim=(0, 1, 2, 3))
         if np.any(alpha_arr < 0):
             raise ValueError(f"The 'alpha' parameter of {func} must be >= 0. Got {alpha!r} instead.")
-    batch = tuple(int(b) for b in np.atleast_1d(batch)) if np.size(batch) else ()
+    batch = () if isinstance(batch, tuple) and not batch else batch
+    if isinstance(batch, (numbers.Integral, np.integer)):
+        batch = (batch,)
+    batch = check_values(batch, "batch", func, lambda b: check_int(b, "batch", func, low=1, high=MAX_COUNT),
+                         least=0)
+    check_entries(int(np.prod(batch, dtype=np.int64)) * r * max(d, m), "'batch', 'd', 'm' and 'r'", func)
     rng = check_rng(rng, func)
     if alpha_arr is not None:
         batch = np.broadcast_shapes(batch, alpha_arr.shape)

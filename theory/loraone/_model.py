@@ -9,7 +9,7 @@ import numpy as np
 
 from .._lowrank import _sin_orthonormal
 from .._results import ArrayFields
-from ..validation import check_array, check_int, check_real, check_rng
+from ..validation import MAX_DIM, check_array, check_int, check_real, check_rng
 from ._common import _T, _check_data, _check_factors, _check_model, _check_W0, _relu
 
 
@@ -40,8 +40,8 @@ def sample_low_rank(d, m, r, *, kappa=1.0, top=1.0, rng) -> np.ndarray:
     [1.0, 0.1, 0.01, 0.0, 0.0]
     """
     func = "sample_low_rank"
-    d = check_int(d, "d", func, low=1)
-    m = check_int(m, "m", func, low=1)
+    d = check_int(d, "d", func, low=1, high=MAX_DIM)
+    m = check_int(m, "m", func, low=1, high=MAX_DIM)
     r = check_int(r, "r", func, low=1, high=min(d, m))
     kappa = check_real(kappa, "kappa", func, low=1.0)
     top = check_real(top, "top", func, low=0.0, low_open=True)
