@@ -22,7 +22,7 @@ import pandas as pd
 
 from theory import finetune_lora, fit_loraml, sample_ground_truth, sample_tasks, standard_retraining
 from theory import loraone as lo
-from theory.validation import check_int, check_real
+from theory.validation import MAX_COUNT, MAX_DIM, check_entries, check_int, check_real, check_seed
 
 __all__ = ["finetune_comparison", "finetune_summary", "JOINED_METHODS"]
 
@@ -49,13 +49,15 @@ def finetune_comparison(*, d=10, k=1, T=3, N=5000, n=100, sigma=0.1, runs=5, see
     protocol). ``attrs`` records the settings.
     """
     func = "finetune_comparison"
-    d = check_int(d, "d", func, low=2)
+    d = check_int(d, "d", func, low=2, high=MAX_DIM)
     k = check_int(k, "k", func, low=1, high=d)
-    T = check_int(T, "T", func, low=2)
-    N = check_int(N, "N", func, low=1)
-    n = check_int(n, "n", func, low=d + 1)
+    T = check_int(T, "T", func, low=2, high=MAX_COUNT)
+    N = check_int(N, "N", func, low=1, high=MAX_COUNT)
+    n = check_int(n, "n", func, low=d + 1, high=MAX_COUNT)
     sigma = check_real(sigma, "sigma", func, low=0.0)
-    runs = check_int(runs, "runs", func, low=1)
+    runs = check_int(runs, "runs", func, low=1, high=MAX_COUNT)
+    seed = check_seed(seed, "seed", func)
+    check_entries(T * N * d, "'T', 'N' and 'd'", func)
     max_steps = check_int(max_steps, "max_steps", func, low=1)
     lr_gd = check_real(lr_gd, "lr_gd", func, low=0.0, low_open=True)
     lr_prec = check_real(lr_prec, "lr_prec", func, low=0.0, low_open=True)
@@ -119,6 +121,14 @@ def finetune_summary(table: pd.DataFrame, *, factor: float = 1.01) -> pd.DataFra
     runs), ``steps_median``, ``steps_max`` and ``reached`` (runs that reached it, of ``runs``).
     """
     factor = check_real(factor, "factor", "finetune_summary", low=1.0)
+    columns = ("base", "method", "run", "step", "test_error")
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"The 'table' parameter of finetune_summary must be a pandas DataFrame (from "
+                         f"finetune_comparison). Got {type(table).__name__} instead.")
+    missing = [c for c in columns if c not in table.columns]
+    if missing or table.empty:
+        raise ValueError(f"The 'table' parameter of finetune_summary must be a non-empty table with the columns "
+                         f"{', '.join(columns)} (from finetune_comparison). Missing: {', '.join(missing) or 'rows'}.")
     lemma = table[table["method"] == "Lemma 1"].groupby(["base", "run"])["test_error"].first()
     out = []
     for (base, method), g in table[table["method"] != "Lemma 1"].groupby(["base", "method"], sort=False):

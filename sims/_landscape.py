@@ -19,7 +19,8 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from theory import GroundTruth, sample_ground_truth
-from theory.validation import check_int, check_real
+from theory.validation import (MAX_COUNT, MAX_DIM, check_array, check_int, check_real, check_seed,
+                               check_values)
 from theory.landscape import (
     critical_points_two_tasks,
     fit_population_batch,
@@ -92,8 +93,9 @@ def saddle_slice_table(*, d=4, seed=0, n_grid=121, extent=1.6) -> pd.DataFrame:
     coordinates of U* (``star``), the escape eigenvalue (``lambda_min``) and ‖M‖_op.
     """
     func = "saddle_slice_table"
-    d = check_int(d, "d", func, low=2)
-    n_grid = check_int(n_grid, "n_grid", func, low=3)
+    d = check_int(d, "d", func, low=2, high=MAX_DIM)
+    n_grid = check_int(n_grid, "n_grid", func, low=3, high=10_000)
+    seed = check_seed(seed, "seed", func)
     extent = check_real(extent, "extent", func, low=0.0, low_open=True)
     truth = _two_task_truth(d, seed)
     e, g, Ustar = _slice_basis(truth)
@@ -122,12 +124,14 @@ def descent_paths_table(*, d=4, seed=0, n_paths=6, n_steps=4000, init_scale=0.05
     projections on e and g), ``off_plane`` (norm of the rest) and ``G``.
     """
     func = "descent_paths_table"
-    d = check_int(d, "d", func, low=2)
-    n_paths = check_int(n_paths, "n_paths", func, low=1)
+    d = check_int(d, "d", func, low=2, high=MAX_DIM)
+    n_paths = check_int(n_paths, "n_paths", func, low=1, high=MAX_COUNT // (2 * d))
     n_steps = check_int(n_steps, "n_steps", func, low=1)
     init_scale = check_real(init_scale, "init_scale", func, low=0.0, low_open=True)
     truth = _two_task_truth(d, seed)
     e, g, Ustar = _slice_basis(truth)
+    record_every = check_int(record_every, "record_every", func, low=1)
+    seed = check_seed(seed, "seed", func)
     M = truth.R_star[0] - truth.R_star[1]
     m_op = float(np.linalg.norm(M, 2))
     rng = np.random.default_rng([seed, 1])
@@ -159,7 +163,9 @@ def critical_spectra_table(*, d=4, seed=0, scales=(0.5, 2.0)) -> pd.DataFrame:
     and ``value`` (F at the point).
     """
     func = "critical_spectra_table"
-    d = check_int(d, "d", func, low=2)
+    d = check_int(d, "d", func, low=2, high=MAX_DIM)
+    seed = check_seed(seed, "seed", func)
+    scales = check_values(scales, "scales", func, lambda a: check_real(a, "scales", func, low=0.0, low_open=True))
     truth = _two_task_truth(d, seed)
     rows = []
     from theory.landscape import landscape_objective
@@ -236,11 +242,15 @@ def recovery_phase_table(*, Ts=(2, 3, 4, 5), ds=range(2, 13), ks=range(1, 5), re
     so the table does not depend on the executor.
     """
     func = "recovery_phase_table"
-    reps = check_int(reps, "reps", func, low=1)
-    Ts = [check_int(T, "Ts", func, low=1) for T in Ts]
-    ds = [check_int(d, "ds", func, low=1) for d in ds]
-    ks = [check_int(k, "ks", func, low=1) for k in ks]
-    n_starts = check_int(n_starts, "n_starts", func, low=1)
+    reps = check_int(reps, "reps", func, low=1, high=MAX_COUNT)
+    Ts = list(check_values(Ts, "Ts", func, lambda T: check_int(T, "Ts", func, low=1, high=MAX_COUNT)))
+    ds = list(check_values(ds, "ds", func, lambda d: check_int(d, "ds", func, low=1, high=MAX_DIM)))
+    ks = list(check_values(ks, "ks", func, lambda k: check_int(k, "ks", func, low=1, high=MAX_DIM)))
+    if not any(k <= d for d in ds for k in ks):
+        raise ValueError(f"The 'ks' parameter of {func} must hold a rank k <= some d in 'ds' (no cell). "
+                         f"Got ks={ks}, ds={ds}.")
+    seed = check_seed(seed, "seed", func)
+    n_starts = check_int(n_starts, "n_starts", func, low=1, high=MAX_COUNT)
     max_iter = check_int(max_iter, "max_iter", func, low=1)
     search_iter = check_int(search_iter, "search_iter", func, low=1)
     if search_max_unknowns is not None:
@@ -249,7 +259,7 @@ def recovery_phase_table(*, Ts=(2, 3, 4, 5), ds=range(2, 13), ks=range(1, 5), re
         raise ValueError(f"The 'landing' parameter of {func} must be a bool. Got {landing!r} instead.")
     if not isinstance(identify, (bool, np.bool_)):
         raise ValueError(f"The 'identify' parameter of {func} must be a bool. Got {identify!r} instead.")
-    adapters = (adapters,) if isinstance(adapters, str) else tuple(adapters)
+    adapters = (adapters,) if isinstance(adapters, str) else check_values(adapters, "adapters", func, lambda a: a)
     for a in adapters:
         if a not in ("symmetric", "asymmetric"):
             raise ValueError(f"The 'adapters' parameter of {func} must hold 'symmetric' and/or 'asymmetric'. Got {a!r}.")
@@ -418,8 +428,11 @@ def solve_psd_relaxation(task_weights, *, lam=0.0):
     lam : float >= 0
         Trace penalty; 0 solves the λ → 0⁺ limit (see :class:`_PSDRelaxation`).
     """
-    W = np.asarray(task_weights, dtype=float)
-    lam = check_real(lam, "lam", "solve_psd_relaxation", low=0.0)
+    W = check_array(task_weights, "task_weights", "solve_psd_relaxation", ndim=3)
+    if W.shape[0] < 1 or W.shape[1] < 1 or W.shape[1] != W.shape[2] or W.shape[2] > MAX_DIM:
+        raise ValueError("The 'task_weights' parameter of solve_psd_relaxation must have shape (T, d, d) with "
+                         f"T >= 1 and 1 <= d <= {MAX_DIM}. Got shape {W.shape} instead.")
+    lam = check_real(lam, "lam", "solve_psd_relaxation", low=0.0, high=1e8)
     prob = _PSDRelaxation(W.shape[-1], W.shape[0], lam)
     A, M, status = prob.solve(W)
     return A, np.array(M), status
@@ -436,8 +449,15 @@ def convex_recovery_table(*, Ts=(2, 3, 5), ds=range(2, 9), ks=range(1, 4), reps=
     returns A* exactly when ``certified``. Columns as in :func:`recovery_phase_table`, with
     ``adapters`` = "convex PSD", the solver's ``status`` and the certificate's ``certificate_status``.
     """
+    Ts = list(check_values(Ts, "Ts", func, lambda T: check_int(T, "Ts", func, low=1, high=MAX_COUNT)))
+    ds = list(check_values(ds, "ds", func, lambda d: check_int(d, "ds", func, low=1, high=MAX_DIM)))
+    ks = list(check_values(ks, "ks", func, lambda k: check_int(k, "ks", func, low=1, high=MAX_DIM)))
+    seed = check_seed(seed, "seed", func)
+    lam = check_real(lam, "lam", func, low=0.0, high=1e8)
+    if not isinstance(certificate, (bool, np.bool_)):
+        raise ValueError(f"The 'certificate' parameter of {func} must be a bool. Got {certificate!r} instead.")
     func = "convex_recovery_table"
-    reps = check_int(reps, "reps", func, low=1)
+    reps = check_int(reps, "reps", func, low=1, high=MAX_COUNT)
     tol = check_real(tol, "tol", func, low=0.0, low_open=True)
     rows = []
     for T in Ts:

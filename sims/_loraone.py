@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from theory import loraone as lo
-from theory.validation import check_int, check_real
+from theory.validation import MAX_COUNT, MAX_DIM, check_int, check_real, check_seed, check_values
 
 __all__ = [
     "vanilla_alpha_table",
@@ -36,13 +36,17 @@ def vanilla_alpha_table(*, alpha2=(1.0, 0.1, 1e-2, 1e-3, 1e-4), d=100, m=100, rs
     the plateau, and ``attrs["sqrt_d_over_N"]`` its scale √(d/N).
     """
     func = "vanilla_alpha_table"
-    d = check_int(d, "d", func, low=2)
-    m = check_int(m, "m", func, low=2)
+    d = check_int(d, "d", func, low=2, high=MAX_DIM)
+    m = check_int(m, "m", func, low=2, high=MAX_DIM)
     rstar = check_int(rstar, "rstar", func, low=1, high=min(d, m))
     r = check_int(r, "r", func, low=rstar, high=min(d, m))
     steps = check_int(steps, "steps", func, low=1)
     lr = check_real(lr, "lr", func, low=0.0, low_open=True)
-    alpha2 = np.array([check_real(a, "alpha2", func, low=0.0, low_open=True) for a in alpha2])
+    alpha2 = np.array(check_values(alpha2, "alpha2", func,
+                                   lambda a: check_real(a, "alpha2", func, low=0.0, low_open=True)))
+    kappa = check_real(kappa, "kappa", func, low=1.0)
+    N_ratio = check_int(N_ratio, "N_ratio", func, low=1, high=MAX_COUNT // d)
+    seed = check_seed(seed, "seed", func)
     rng = np.random.default_rng(seed)
     N = N_ratio * d
     dW, X, Y = _instance(d, m, rstar, [kappa], N, rng)
@@ -76,10 +80,18 @@ def init_comparison_table(*, d=100, m=100, rstar=4, r=8, kappa=10.0, N_ratio=16,
     shifted base).
     """
     func = "init_comparison_table"
-    d = check_int(d, "d", func, low=2)
-    m = check_int(m, "m", func, low=2)
+    d = check_int(d, "d", func, low=2, high=MAX_DIM)
+    m = check_int(m, "m", func, low=2, high=MAX_DIM)
     r = check_int(r, "r", func, low=1, high=min(d, m) // 2)
     steps = check_int(steps, "steps", func, low=1)
+    rstar = check_int(rstar, "rstar", func, low=1, high=min(d, m))
+    kappa = check_real(kappa, "kappa", func, low=1.0)
+    N_ratio = check_int(N_ratio, "N_ratio", func, low=1, high=MAX_COUNT // d)
+    lr = check_real(lr, "lr", func, low=0.0, low_open=True)
+    lam = check_real(lam, "lam", func, low=0.0)
+    vanilla_alpha = check_real(vanilla_alpha, "vanilla_alpha", func, low=0.0, low_open=True)
+    loraga_gamma = check_real(loraga_gamma, "loraga_gamma", func, low=0.0, low_open=True)
+    seed = check_seed(seed, "seed", func)
     rng = np.random.default_rng(seed)
     dW, X, Y = _instance(d, m, rstar, [kappa], d * N_ratio, rng)
     dW, Y = dW[0], Y[0]
@@ -114,7 +126,13 @@ def kappa_iterations_table(*, kappas=(1.0, 3.0, 10.0, 30.0, 100.0), d=100, m=100
     func = "kappa_iterations_table"
     lr = check_real(lr, "lr", func, low=0.0, low_open=True)
     max_iter = check_int(max_iter, "max_iter", func, low=1)
-    kappas = [check_real(k, "kappas", func, low=1.0) for k in kappas]
+    kappas = check_values(kappas, "kappas", func, lambda k: check_real(k, "kappas", func, low=1.0))
+    seeds = check_values(seeds, "seeds", func, lambda s: check_seed(s, "seeds", func))
+    d = check_int(d, "d", func, low=1, high=MAX_DIM)
+    m = check_int(m, "m", func, low=1, high=MAX_DIM)
+    rstar = check_int(rstar, "rstar", func, low=1, high=min(d, m))
+    N_ratio = check_int(N_ratio, "N_ratio", func, low=1, high=MAX_COUNT // d)
+    tol = check_real(tol, "tol", func, low=0.0, low_open=True)
     rows = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
@@ -129,7 +147,9 @@ def kappa_iterations_table(*, kappas=(1.0, 3.0, 10.0, 30.0, 100.0), d=100, m=100
     slopes = {}
     for method, g in table.groupby("method"):
         mean = g.groupby("kappa")["n_iter"].mean()
-        slopes[method] = float(np.polyfit(np.log(mean.index), np.log(mean.to_numpy()), 1)[0])
+        # a slope needs two distinct κ (one κ: polyfit's least squares is singular and raised LinAlgError)
+        slopes[method] = (float(np.polyfit(np.log(mean.index), np.log(mean.to_numpy()), 1)[0])
+                          if len(mean) >= 2 else float("nan"))
     table.attrs.update(slopes=slopes, d=d, N=d * N_ratio, lr=lr, tol=tol)
     return table
 
@@ -143,9 +163,14 @@ def two_parameter_table(*, a_star=(2.0, 1.0), N=40, lr=0.05, steps=400, init_sca
     ``a1``, ``a2``, ``b``, ``risk`` (population ½‖ab − a_star‖²). ``attrs["g"]`` is g.
     """
     func = "two_parameter_table"
-    N = check_int(N, "N", func, low=1)
+    N = check_int(N, "N", func, low=1, high=MAX_COUNT)
     steps = check_int(steps, "steps", func, low=1)
     lr = check_real(lr, "lr", func, low=0.0, low_open=True)
+    a_star = check_values(a_star, "a_star", func, lambda a: check_real(a, "a_star", func), least=2)
+    if len(a_star) != 2:
+        raise ValueError(f"The 'a_star' parameter of {func} must be a pair of finite reals. Got {a_star!r} instead.")
+    init_scale = check_real(init_scale, "init_scale", func, low=0.0)
+    seed = check_seed(seed, "seed", func)
     rng = np.random.default_rng(seed)
     target = np.asarray(a_star, dtype=float).reshape(2, 1)
     X = rng.standard_normal((N, 2))

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from theory.validation import check_choice, check_int, check_real
+from theory.validation import check_choice, check_int, check_real, check_seed, check_values
 
 __all__ = [
     "RETRAINING_METHODS", "FINETUNING_SCHEMES", "LoraSpec", "OptimSpec", "ReptileSpec", "BatchLoader",
@@ -77,6 +77,48 @@ def _torch():
 # Options
 
 
+def _check_name(value, name, func):
+    if not isinstance(value, str):
+        raise ValueError(f"The {name!r} parameter of {func} must be (or hold) module names (str). "
+                         f"Got {value!r} instead.")
+    return value
+
+
+def _check_module(model, name, func):
+    torch = _torch()
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"The {name!r} parameter of {func} must be a torch.nn.Module. Got {type(model).__name__}.")
+    return model
+
+
+def _check_spec(value, cls, name, func):
+    if not isinstance(value, cls):
+        raise ValueError(f"The {name!r} parameter of {func} must be a {cls.__name__}. Got {type(value).__name__}.")
+    return value
+
+
+def _check_device(device, func):
+    torch = _torch()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"The 'device' parameter of {func} must be a torch device such as 'cpu' or 'cuda'. "
+                         f"Got {device!r} instead.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"The 'device' parameter of {func} is {device!r}, but CUDA is not available here.")
+    return dev
+
+
+def _check_common(func, *, seed, device, amp, deadline):
+    """The arguments retrain and finetune share; returns (seed, torch device)."""
+    seed = check_seed(seed, "seed", func)
+    if not isinstance(amp, (bool, np.bool_)):
+        raise ValueError(f"The 'amp' parameter of {func} must be a bool. Got {amp!r} instead.")
+    if deadline is not None:
+        check_real(deadline, "deadline", func)
+    return seed, _check_device(device, func)
+
+
 @dataclass(frozen=True)
 class LoraSpec:
     """peft's LoRA options. ``target_modules``: full dotted names of Linear layers (empty: every
@@ -93,7 +135,12 @@ class LoraSpec:
         check_int(self.r, "r", "LoraSpec", low=1)
         check_real(self.lora_alpha, "lora_alpha", "LoraSpec", low=0.0, low_open=True)
         check_real(self.lora_dropout, "lora_dropout", "LoraSpec", low=0.0, high=1.0)
-        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        object.__setattr__(self, "target_modules", check_values(
+            self.target_modules, "target_modules", "LoraSpec", lambda n: _check_name(n, "target_modules", "LoraSpec"),
+            least=0))
+        if not isinstance(self.ignore_bias, (bool, np.bool_)):
+            raise ValueError(f"The 'ignore_bias' parameter of LoraSpec must be a bool. "
+                             f"Got {self.ignore_bias!r} instead.")
 
 
 @dataclass(frozen=True)
@@ -147,6 +194,11 @@ class BatchLoader:
     def __init__(self, x, y, batch_size: int, *, shuffle: bool = False, generator=None, transform=None,
                  drop_last: bool = False):
         func = "BatchLoader"
+        torch = _torch()
+        for name, v in (("x", x), ("y", y)):
+            if not isinstance(v, torch.Tensor) or v.ndim < 1:
+                raise ValueError(f"The {name!r} parameter of {func} must be a torch.Tensor with a leading batch axis. "
+                                 f"Got {type(v).__name__} instead.")
         if len(x) != len(y):
             raise ValueError(f"The 'y' parameter of {func} must have as many rows as 'x' ({len(x)}). Got {len(y)}.")
         if len(x) == 0:
@@ -193,11 +245,21 @@ def _cycle(loader):
 def linear_names(model) -> tuple[str, ...]:
     """Full dotted names of every ``nn.Linear`` of ``model`` (peft targets; the output layer included)."""
     torch = _torch()
+    _check_module(model, "model", "linear_names")
     return tuple(name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
 
 
 def trainable_count(params) -> int:
     """Number of scalars in the parameters an optimiser updates."""
+    torch = _torch()
+    if isinstance(params, (str, bytes, torch.Tensor)) or not hasattr(params, "__iter__"):
+        raise ValueError(f"The 'params' parameter of trainable_count must be an iterable of torch tensors. "
+                         f"Got {type(params).__name__} instead.")
+    params = list(params)
+    for p in params:
+        if not isinstance(p, torch.Tensor):
+            raise ValueError(f"The 'params' parameter of trainable_count must hold torch tensors. "
+                             f"Got an item of type {type(p).__name__}.")
     return int(sum(p.numel() for p in params))
 
 
@@ -273,7 +335,9 @@ def attach_lora(model, lora: LoraSpec, n_adapters: int):
         ``n_adapters`` < 1, a rank ≤ 0 or above a targeted layer's smallest side, a target that is
         not a Linear layer.
     """
-    check_int(n_adapters, "n_adapters", "attach_lora", low=1)
+    check_int(n_adapters, "n_adapters", "attach_lora", low=1, high=10_000)
+    _check_module(model, "model", "attach_lora")
+    _check_spec(lora, LoraSpec, "lora", "attach_lora")
     return _attach(model, lora, _targets(model, lora, "attach_lora"), n_adapters)
 
 
@@ -373,6 +437,9 @@ def _check_tasks(loaders, name, func, *, least=1):
         raise ValueError(f"The {name!r} parameter of {func} must be a list of at least {least} per-task loader(s). "
                          f"Got {type(loaders).__name__} of length {len(loaders) if hasattr(loaders, '__len__') else '?'}.")
     for t, ld in enumerate(loaders):
+        if isinstance(ld, (str, bytes)) or not hasattr(ld, "__len__") or not hasattr(ld, "__iter__"):
+            raise ValueError(f"The {name!r} parameter of {func} must hold loaders (re-iterables of batches with a "
+                             f"len); task {t} is a {type(ld).__name__}.")
         if len(ld) == 0:
             raise ValueError(f"The {name!r} parameter of {func} must not hold an empty task; task {t} has no batches.")
 
@@ -430,6 +497,11 @@ def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=N
     func = "retrain"
     check_choice(method, "method", func, RETRAINING_METHODS)
     check_choice(select, "select", func, ("best", "last"))
+    _check_name(head, "head", func)
+    _check_spec(lora, LoraSpec, "lora", func)
+    _check_spec(optim, OptimSpec, "optim", func)
+    _check_spec(reptile, ReptileSpec, "reptile", func)
+    seed, device = _check_common(func, seed=seed, device=device, amp=amp, deadline=deadline)
     _check_tasks(train, "train", func)
     val = train if val is None else val
     _check_tasks(val, "val", func)
@@ -443,7 +515,6 @@ def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=N
         raise ValueError(f"The 'head' parameter of {func} must name a submodule of the model. Got {head!r}.") from None
     targets = _targets(model, lora, func) if method == "LoRA-ML" else ()
     T = len(train)
-    device = torch.device(device)
     with _seeded(seed, device):
         model = copy.deepcopy(model).to(device)
         return _retrain(model, train, val, pooled, method, head, lora, targets, optim, reptile, T, device, amp,
@@ -612,10 +683,20 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
     ValueError
         Unknown scheme, an empty loader, a rank ≤ 0 or above a targeted layer's smallest side.
     """
-    torch = _torch()
+    _torch()                                # a clear ImportError without torch
     func = "finetune"
     check_choice(scheme, "scheme", func, FINETUNING_SCHEMES)
+    _check_name(head, "head", func)
+    _check_module(base, "base", func)
+    _check_spec(lora, LoraSpec, "lora", func)
+    _check_spec(optim, OptimSpec, "optim", func)
+    seed, device = _check_common(func, seed=seed, device=device, amp=amp, deadline=deadline)
+    if not isinstance(fresh_head, (bool, np.bool_)):
+        raise ValueError(f"The 'fresh_head' parameter of {func} must be a bool. Got {fresh_head!r} instead.")
     for name, ld in (("train", train), ("val", val), ("test", test)):
+        if isinstance(ld, (str, bytes)) or not hasattr(ld, "__len__") or not hasattr(ld, "__iter__"):
+            raise ValueError(f"The {name!r} parameter of {func} must be a loader (a re-iterable of batches with "
+                             f"a len). Got {type(ld).__name__} instead.")
         if len(ld) == 0:
             raise ValueError(f"The {name!r} parameter of {func} must not be an empty task (no batches).")
     try:
@@ -623,7 +704,6 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
     except AttributeError:
         raise ValueError(f"The 'head' parameter of {func} must name a submodule of the model. Got {head!r}.") from None
     targets = _targets(base, lora, func) if scheme == "lora" else ()
-    device = torch.device(device)
     with _seeded(seed, device):
         model = copy.deepcopy(base).to(device)
         for p in model.parameters():
@@ -668,9 +748,21 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
         return FineTuned(model=net, history=pd.DataFrame(rows), trainable=trainable)
 
 
+def _check_history(table, name, func, columns):
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"The {name!r} parameter of {func} must be a pandas DataFrame. Got {type(table).__name__}.")
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"The {name!r} parameter of {func} must have the columns {', '.join(columns)}; "
+                         f"{', '.join(missing)} missing.")
+    if name == "history" and not {"val", "test"} <= set(table["split"]):
+        raise ValueError(f"The {name!r} parameter of {func} must hold 'val' and 'test' rows. Got none of one of them.")
+
+
 def best_and_last(history: pd.DataFrame) -> dict:
     """Last-epoch test accuracy and the test accuracy at the epoch of best validation accuracy
     (the earliest on ties) of one fine-tuning history."""
+    _check_history(history, "history", "best_and_last", ("epoch", "split", "accuracy"))
     val = history[history["split"] == "val"].set_index("epoch")["accuracy"]
     test = history[history["split"] == "test"].set_index("epoch")["accuracy"]
     best = int(val.idxmax())

@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import pickle
 import time
 from dataclasses import dataclass, field
@@ -42,7 +43,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from theory.validation import check_choice, check_int, check_real
+from theory.validation import (MAX_COUNT, MAX_DIM, check_choice, check_entries, check_int, check_real, check_rng,
+                               check_values)
 
 from ._config import SweepConfig
 from ._peftml import (
@@ -52,6 +54,8 @@ from ._peftml import (
     LoraSpec,
     OptimSpec,
     ReptileSpec,
+    _check_device,
+    _check_history,
     _seeded,
     _torch,
     best_and_last,
@@ -147,6 +151,28 @@ def MLPMixer(**options):
     >>> MLPMixer(image_size=8, channels=1, patch_size=2, dim=8)(torch.zeros(3, 1, 8, 8)).shape
     torch.Size([3, 2])
     """
+    func = "MLPMixer"
+    ints = {"image_size": (1, MAX_DIM), "channels": (1, 4096), "patch_size": (1, MAX_DIM), "dim": (1, 65536),
+            "depth": (1, 1000), "num_classes": (1, 10**6)}
+    reals = {"token_expansion": (0.0, 1000.0), "channel_expansion": (0.0, 1000.0), "dropout": (0.0, 1.0)}
+    unknown = sorted(set(options) - set(ints) - set(reals))
+    if unknown:
+        raise ValueError(f"The {unknown[0]!r} parameter of {func} is not an option; allowed: "
+                         f"{', '.join(sorted(ints) + sorted(reals))}.")
+    for name, (lo, hi) in ints.items():
+        if name in options:
+            options[name] = check_int(options[name], name, func, low=lo, high=hi)
+    for name, (lo, hi) in reals.items():
+        if name in options:
+            options[name] = check_real(options[name], name, func, low=lo, high=hi, low_open=name != "dropout")
+    image, patch = options.get("image_size", 32), options.get("patch_size", 4)
+    if image % patch:
+        raise ValueError(f"The 'patch_size' parameter of {func} must divide image_size ({image}). Got {patch} instead.")
+    dim, depth = options.get("dim", 512), options.get("depth", 1)
+    tokens = (image // patch) ** 2
+    check_entries(int(depth * (tokens * tokens * options.get("token_expansion", 4.0) + dim * dim)
+                      + dim * options.get("channels", 3) * patch * patch),
+                  "'image_size', 'patch_size', 'dim' and 'depth'", func)
     return _mixer_module()(**options)
 
 
@@ -164,13 +190,17 @@ def read_cifar10(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         ``root`` is missing or lacks a batch file, or a file is not a CIFAR-10 batch; the message
         says how to get the data set.
     """
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"The 'root' parameter of read_cifar10 (--data-root) must be a path. Got {root!r} instead.")
     root = Path(root) if root is not None else None
     if root is None or not root.is_dir():
-        raise ValueError(f"--data-root {root} is not a folder with the CIFAR-10 batches: {CIFAR10_HELP}.")
+        raise ValueError(f"--data-root (the 'root' parameter of read_cifar10) {root} is not a folder with the "
+                         f"CIFAR-10 batches: {CIFAR10_HELP}.")
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     missing = [n for n in names if not (root / n).is_file()]
     if missing:
-        raise ValueError(f"--data-root {root} lacks {', '.join(missing)}: {CIFAR10_HELP}.")
+        raise ValueError(f"--data-root (the 'root' parameter of read_cifar10) {root} lacks {', '.join(missing)}: "
+                         f"{CIFAR10_HELP}.")
     parts = []
     for n in names:
         try:
@@ -181,7 +211,8 @@ def read_cifar10(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             if x.ndim != 2 or x.shape[1] != 3072 or len(y) != len(x):
                 raise ValueError
         except Exception:
-            raise ValueError(f"--data-root {root}: {n} is not a CIFAR-10 python batch: {CIFAR10_HELP}.") from None
+            raise ValueError(f"--data-root (the 'root' parameter of read_cifar10) {root}: {n} is not a CIFAR-10 "
+                             f"python batch: {CIFAR10_HELP}.") from None
         parts.append((x.reshape(-1, 3, 32, 32), y))
     x_train = np.concatenate([p[0] for p in parts[:5]])
     y_train = np.concatenate([p[1] for p in parts[:5]])
@@ -191,9 +222,19 @@ def read_cifar10(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def write_cifar10(root, n_train: int = 50000, n_test: int = 10000, *, rng=0) -> Path:
     """Write a random data set in the CIFAR-10 python-pickle format (5 training batches and a test
     batch; uniform random pixels, balanced labels) under ``root`` — for tests and benchmarks."""
-    rng = np.random.default_rng(rng)
+    func = "write_cifar10"
+    if not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"The 'root' parameter of {func} must be a path. Got {root!r} instead.")
+    n_train = check_int(n_train, "n_train", func, low=0, high=MAX_COUNT)
+    n_test = check_int(n_test, "n_test", func, low=0, high=MAX_COUNT)
+    check_entries(max(n_train // 5 + 1, n_test) * 3072, "'n_train' and 'n_test'", func)
+    rng = check_rng(rng, func)
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"The 'root' parameter of {func} must be a folder that can be created and written. "
+                         f"Got {str(root)!r}: {err.strerror}.") from None
     sizes = [n_train // 5 + (i < n_train % 5) for i in range(5)]
     for name, n in [(f"data_batch_{i + 1}", s) for i, s in enumerate(sizes)] + [("test_batch", n_test)]:
         labels = (np.arange(n) % 10)[rng.permutation(n)]
@@ -264,11 +305,11 @@ class RealDataConfig(SweepConfig):
             object.__setattr__(self, name, items)
         for name in ("seeds", "n_finetune"):
             items = getattr(self, name)
-            items = (items,) if isinstance(items, (int, np.integer)) else tuple(items)
+            items = (items,) if isinstance(items, (int, np.integer)) else check_values(items, name, func, lambda v: v)
             if not items or len(set(items)) != len(items):
                 raise ValueError(f"The {name!r} parameter of {func} must be a non-empty sequence of distinct ints. "
                                  f"Got {items!r}.")
-            object.__setattr__(self, name, tuple(check_int(v, name, func, low=0) for v in items))
+            object.__setattr__(self, name, tuple(check_int(v, name, func, low=0, high=2**63 - 1) for v in items))
         for name, lo in (("train_per_task", 0), ("val_per_task", 0), ("ft_val", 1), ("test_size", 0),
                          ("image_size", 1), ("patch_size", 1), ("width", 1), ("depth", 1), ("r", 1),
                          ("batch_size", 1), ("retrain_epochs", 0), ("reptile_epochs", 0),
@@ -423,6 +464,14 @@ def crop_flip(x, generator, *, padding: int = 4):
     """RandomCrop(size, padding) with zero padding and a random horizontal flip per image, as one
     gather: offsets and flips are drawn on the CPU from ``generator`` (device-independent)."""
     torch = _torch()
+    func = "crop_flip"
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise ValueError(f"The 'x' parameter of {func} must be a torch.Tensor of shape (B, C, H, W). "
+                         f"Got {type(x).__name__}{tuple(x.shape) if isinstance(x, torch.Tensor) else ''} instead.")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"The 'generator' parameter of {func} must be a torch.Generator or None. "
+                         f"Got {type(generator).__name__} instead.")
+    padding = check_int(padding, "padding", func, low=0, high=MAX_DIM)
     B, C, H, W = x.shape
     dy = torch.randint(0, 2 * padding + 1, (B,), generator=generator).to(x.device)
     dx = torch.randint(0, 2 * padding + 1, (B,), generator=generator).to(x.device)
@@ -469,7 +518,20 @@ def simulate_realdata_chunk(config: RealDataConfig, value_index: int, trials, de
     epochs say how far each got); ``timings`` (a dict) receives the wall time of each phase.
     """
     torch = _torch()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    func = "simulate_realdata_chunk"
+    if not isinstance(config, RealDataConfig):
+        raise ValueError(f"The 'config' parameter of {func} must be a RealDataConfig. "
+                         f"Got {type(config).__name__} instead.")
+    value_index = check_int(value_index, "value_index", func, low=0, high=len(config.values) - 1)
+    trials = check_values(trials, "trials", func,
+                          lambda t: check_int(t, "trials", func, low=0, high=len(config.seeds) - 1))
+    device = _check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"), func)
+    if amp is not None and not isinstance(amp, (bool, np.bool_)):
+        raise ValueError(f"The 'amp' parameter of {func} must be a bool or None. Got {amp!r} instead.")
+    if budget is not None:
+        budget = check_real(budget, "budget", func, low=0.0)
+    if timings is not None and not isinstance(timings, dict):
+        raise ValueError(f"The 'timings' parameter of {func} must be a dict or None. Got {type(timings).__name__}.")
     amp = device.type == "cuda" if amp is None else amp
     method = config.values[value_index]
     frames = []
@@ -569,6 +631,11 @@ def _one_seed(config, method, seed, device, amp, budget, timings):
 def realdata_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per retraining method × fine-tuning scheme × n_finetune: mean, standard error (ddof 1) and
     median over seeds of the last-epoch and the best-epoch (chosen on validation) test accuracy."""
+    columns = ("phase", "retraining", "finetuning", "n_finetune", "seed", "epoch", "split", "accuracy")
+    _check_history(table, "table", "realdata_summary", columns)
+    if not (table["phase"] == "finetune").any():
+        raise ValueError("The 'table' parameter of realdata_summary must hold fine-tuning rows (phase 'finetune'). "
+                         "Got none.")
     ft = table[table["phase"] == "finetune"]
     per_seed = []
     for (m, s, n, seed), g in ft.groupby(["retraining", "finetuning", "n_finetune", "seed"], observed=True):

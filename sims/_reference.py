@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+
 from theory import reduced_rank_regression, standard_retraining
+from theory.validation import check_int
 
 from ._linear import METHODS, LinearConfig, _draw_trial, _shared_truth, _trial_streams
 
@@ -23,6 +25,12 @@ def reference_trial(config: LinearConfig, value_index: int, trial: int) -> dict:
     Returns a dict with ``steps``, ``test_loss`` (method, step), ``A_error`` and ``optimum``
     (each per method, in the order of ``METHODS``).
     """
+    func = "reference_trial"
+    if not isinstance(config, LinearConfig):
+        raise ValueError(f"The 'config' parameter of {func} must be a LinearConfig. "
+                         f"Got {type(config).__name__} instead.")
+    value_index = check_int(value_index, "value_index", func, low=0, high=len(config.values) - 1)
+    trial = check_int(trial, "trial", func, low=0, high=config.runs - 1)
     value = config.values[value_index]
     shared = _shared_truth(config) if config.truth == "shared" else None
     rng = _trial_streams(config, value_index, [trial])[0]

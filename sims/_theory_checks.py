@@ -19,7 +19,7 @@ from theory import (
     standard_retraining,
     tail_energy,
 )
-from theory.validation import check_int, check_real
+from theory.validation import MAX_COUNT, MAX_DIM, check_entries, check_int, check_real, check_seed, check_values
 
 __all__ = ["finetune_rate_table", "retraining_samples_table"]
 
@@ -34,12 +34,14 @@ def finetune_rate_table(*, d=10, ks=(1, 2, 3), ns=(30, 60, 120, 250, 500, 1000, 
     ``error`` (‖Â + Δ̂ − A*_{T+1}‖²), ``prediction`` (P6 for LoRA-ML, the P4 floor for SR).
     """
     func = "finetune_rate_table"
-    d = check_int(d, "d", func, low=2)
-    T = check_int(T, "T", func, low=1)
-    reps = check_int(reps, "reps", func, low=1)
+    d = check_int(d, "d", func, low=2, high=MAX_DIM)
+    T = check_int(T, "T", func, low=1, high=MAX_COUNT)
+    reps = check_int(reps, "reps", func, low=1, high=MAX_COUNT)
     sigma = check_real(sigma, "sigma", func, low=0.0)
-    ks = [check_int(k, "ks", func, low=1, high=d) for k in ks]
-    ns = [check_int(n, "ns", func, low=d + 2) for n in ns]
+    ks = list(check_values(ks, "ks", func, lambda k: check_int(k, "ks", func, low=1, high=d)))
+    ns = list(check_values(ns, "ns", func, lambda n: check_int(n, "ns", func, low=d + 2, high=MAX_COUNT)))
+    seed = check_seed(seed, "seed", func)
+    check_entries(max(ns) * d, "'ns' and 'd'", func)
     rows = []
     rng = np.random.default_rng(seed)
     for k in ks:
@@ -71,12 +73,14 @@ def retraining_samples_table(*, d=8, k=1, T=3, sigma=0.5, Ns=(250, 1000, 4000, 1
     ``A_error`` and ``R_bar_sq`` (‖R̄*‖², SR's limit).
     """
     func = "retraining_samples_table"
-    d = check_int(d, "d", func, low=1)
+    d = check_int(d, "d", func, low=1, high=MAX_DIM)
     k = check_int(k, "k", func, low=1, high=d)
-    T = check_int(T, "T", func, low=1)
-    reps = check_int(reps, "reps", func, low=1)
+    T = check_int(T, "T", func, low=1, high=MAX_COUNT)
+    reps = check_int(reps, "reps", func, low=1, high=MAX_COUNT)
     sigma = check_real(sigma, "sigma", func, low=0.0)
-    Ns = [check_int(N, "Ns", func, low=1) for N in Ns]
+    Ns = list(check_values(Ns, "Ns", func, lambda N: check_int(N, "Ns", func, low=1, high=MAX_COUNT)))
+    seed = check_seed(seed, "seed", func)
+    check_entries(T * max(Ns) * d, "'T', 'Ns' and 'd'", func)
     seeds = np.random.SeedSequence(seed).spawn(reps)
     rows = []
     # The exact solver fits one problem at a time (a few ms each); data are drawn per repetition.
