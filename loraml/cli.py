@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,8 +21,15 @@ EPILOG = "Examples:\n  loraml reproduce --only linear\n  loraml sweep linear --v
 GROUP_NAMES = ("theory", "linear", "landscape", "loraone", "shallow", "realdata")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a parse error is ONE line on stderr that names the option (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="loraml", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Executable theory of low-rank meta-learning: reproduce figures, run sweeps, show results.",
     )
@@ -143,8 +151,41 @@ def _parse_set(items, cls):
             raise ValueError(f"--set takes NAME=VALUE with NAME a config field; got {item!r}. "
                              f"Fields:\n{cls.describe()}")
         default = fields[name].default
-        out[name] = type(default)(raw) if isinstance(default, (int, float)) and not isinstance(default, bool) else raw
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            try:
+                out[name] = type(default)(raw)
+            except ValueError:
+                raise ValueError(f"--set {item}: the field {name!r} takes {type(default).__name__} values; "
+                                 f"got {raw!r}.") from None
+        else:
+            out[name] = raw
     return out
+
+
+def _check_folder(path, option):
+    """An output folder must be creatable and writable: checked before any work, so that a bad
+    --store or --out fails at once (not after the sweep) and leaves nothing behind."""
+    if path is None:
+        return
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ValueError(f"{option} {path}: {probe} is a file, not a folder.")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: the folder {probe} is not writable.")
+
+
+def _check_outputs(args):
+    for attr, option in (("store", "--store"), ("out", "--out")):
+        _check_folder(getattr(args, attr, None), option)
+    if getattr(args, "csv", None) is not None:
+        if args.csv.is_dir():
+            raise ValueError(f"--csv {args.csv}: is a folder, not a file.")
+        _check_folder(args.csv.parent, "--csv")
 
 
 def summarize(table):
@@ -254,6 +295,7 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        _check_outputs(args)
         {"reproduce": _cmd_reproduce, "sweep": _cmd_sweep, "show": _cmd_show,
          "realdata": _cmd_realdata}[args.command](args)
     except ValueError as err:
