@@ -1,0 +1,769 @@
+"""Malformed input at every public function of ``theory`` and ``sims`` and at every CLI command.
+
+The contract (the project's convention, `theory.validation`): a call either succeeds or raises
+``ValueError`` whose message names the argument ("The 'x' parameter of func must be ... Got ...
+instead."); the command line exits non-zero with ONE line on stderr naming the option. Never
+another exception type (TypeError, IndexError, LinAlgError, ZeroDivisionError, MemoryError, numpy,
+pandas or torch errors), never a hang and never a partial file.
+
+How the cases are built
+-----------------------
+- The public names are enumerated from ``__all__`` of ``theory``, ``theory.landscape``,
+  ``theory.loraone``, ``theory.validation`` and ``sims``; every callable must have an entry in
+  ``BASES`` (valid, tiny arguments: d <= 4, a few steps) or in ``EXEMPT`` (with the reason), so a
+  new public function fails `test_every_public_callable_is_covered` until it gets one.
+- One argument at a time is replaced by malformed values chosen from the type of its valid value
+  (`_bad_values`): wrong types (str for int, float for int, None, lists of strings), NaN and inf,
+  negative numbers, wrong shapes and empty arrays, empty and non-numeric value lists, unknown
+  choices, mismatched ground truths; size arguments (``SIZE_ARGS``) also get 10**9, which must be
+  refused before anything is allocated. `test_one_bad_argument` runs every such case
+  (deterministic, one pytest case each); `test_fuzzed_argument` lets hypothesis draw further values
+  (derandomized by the project's profiles).
+- Cases that fail in modules this suite's author does not own are marked
+  ``xfail(strict=True)`` in ``OWNED_ELSEWHERE``: fixing them turns the xfail into an error, so the
+  mark must then be removed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sims
+import theory as th
+from helpers import examples
+from loraml import cli
+from theory import landscape as L
+from theory import loraone as lo
+from theory import validation as V
+
+HUGE = 10**9
+
+# ------------------------------------------------------------------------------------------------
+# Valid tiny arguments
+
+
+def _truth(d=3, k=1, T=2, seed=0):
+    return th.sample_ground_truth(d, k, T, rng=seed)
+
+
+TRUTH = _truth()                    # d = 3, k = 1, T = 2
+TRUTH3 = _truth(T=3)
+OTHER_TRUTH = _truth(d=4)           # a ground truth of another dimension (mismatch with A, U)
+DATA = th.sample_tasks(TRUTH, 6, 5, 0.1, rng=0)
+S, C, _E = th.task_statistics(DATA.X, DATA.Y)
+RNG = np.random.default_rng(0)
+XL, YL = RNG.standard_normal((8, 3)), RNG.standard_normal((8, 2))      # LoRA-One: X (N, d), Y (N, m)
+W0 = np.zeros((3, 2))
+A0, B0 = 0.1 * RNG.standard_normal((3, 1)), 0.1 * RNG.standard_normal((1, 2))
+
+
+def _linear_cfg():
+    return sims.linear_sweep("T", (2,), runs=1, d=3, N=20, n=10, outer_steps=2, inner_steps=1, ft_steps=2)
+
+
+def _history():
+    return pd.DataFrame({"epoch": [0, 0, 1, 1], "split": ["val", "test", "val", "test"],
+                         "accuracy": [0.5, 0.5, 0.6, 0.7]})
+
+
+def _tiny_realdata():
+    return sims.realdata_sweep("digits", seeds=(0,), values=("SR",), finetuning=("last-layer",), retrain_epochs=1,
+                               ft_epochs=1, reptile_epochs=1, n_finetune=(10,), width=4, train_per_task=20,
+                               val_per_task=10, ft_val=10, test_size=20)
+
+
+def _realdata_table():
+    rows = []
+    for seed in (0, 1):
+        for epoch in (0, 1):
+            for split in ("val", "test"):
+                rows.append({"phase": "finetune", "retraining": "SR", "finetuning": "lora", "n_finetune": 10,
+                             "seed": seed, "epoch": epoch, "split": split, "accuracy": 0.5 + 0.1 * epoch})
+    return pd.DataFrame(rows)
+
+
+class TmpPath:
+    """A path under the test's tmp_path, made valid by `_materialize` (a store folder, a CIFAR-10 set)."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __repr__(self):
+        return f"TmpPath({self.kind!r})"
+
+
+def _materialize(value, tmp_path: Path):
+    if not isinstance(value, TmpPath):
+        return value
+    path = tmp_path / value.kind
+    if value.kind == "store":
+        sims.run(_linear_cfg(), store=path, progress=False)
+        (folder,) = path.iterdir()
+        return folder
+    elif value.kind == "cifar":
+        sims.write_cifar10(path, n_train=5, n_test=2)
+    return path
+
+
+def _torch_bases():
+    import torch
+
+    torch.manual_seed(0)
+    model = sims.MLPMixer(image_size=4, channels=1, patch_size=2, dim=4, depth=1, dropout=0.0)
+    x, y = torch.zeros(4, 1, 4, 4), torch.tensor([0, 1, 0, 1])
+    loader = sims.BatchLoader(x, y, 2)
+    return torch, model, x, y, loader
+
+
+def _bases():
+    """name -> (callable, valid keyword arguments). Built once, lazily (torch is imported here)."""
+    torch, model, x, y, loader = _torch_bases()
+    U = TRUTH.U_star[:2].copy()
+    A = TRUTH.A_star.copy()
+    tw = np.stack([TRUTH.A_star + U[t] @ U[t].T for t in range(2)])                # (T, d, d)
+    b = {
+        # theory (the root package)
+        "best_rank_approx": (th.best_rank_approx, dict(M=np.eye(3), r=1)),
+        "classify_critical_point": (th.classify_critical_point, dict(truth=TRUTH, A=A, U=U, tol=1e-8)),
+        "critical_points_two_tasks": (th.critical_points_two_tasks, dict(truth=TRUTH, scales=(0.5, 2.0))),
+        "excess_risk": (th.excess_risk, dict(W=np.eye(3), target=np.eye(3))),
+        "find_critical_points": (th.find_critical_points,
+                                 dict(truth=TRUTH, k=1, rng=0, n_starts=2, init_scale=1.0, tol=1e-6, max_iter=3)),
+        "finetune_lora": (th.finetune_lora, dict(A_hat=np.eye(3), X=DATA.X_test, Y=DATA.Y_test, rank=1)),
+        "fit_asymmetric_population": (th.fit_asymmetric_population,
+                                      dict(truth=TRUTH, k=1, rng=0, n_starts=1, max_iter=3)),
+        "fit_loraml": (th.fit_loraml, dict(X=DATA.X, Y=DATA.Y, k=1, rng=0, method="exact")),
+        "fit_loraml_from_statistics": (th.fit_loraml_from_statistics, dict(S=S, C=C, k=1, rng=0, method="exact")),
+        "fit_loraml_population": (th.fit_loraml_population, dict(truth=TRUTH, k=1, rng=0, method="exact")),
+        "fit_population_batch": (th.fit_population_batch,
+                                 dict(task_weights=tw[None], k=1, rng=0, symmetric=True, n_starts=1, max_iter=3,
+                                      tol=1e-14)),
+        "hessian_min_eigenpair": (th.hessian_min_eigenpair, dict(truth=TRUTH, A=A, U=U, reduced=False)),
+        "identifiability": (th.identifiability,
+                            dict(truth=TRUTH, adapters="symmetric", rng=0, n_starts=1, max_iter=3, search="auto")),
+        "identifiability_batch": (th.identifiability_batch,
+                                  dict(A_star=A[None], U_star=U[None], adapters="symmetric", rng=0, n_starts=1,
+                                       max_iter=3, search="auto")),
+        "landscape_hvp": (th.landscape_hvp, dict(truth=TRUTH, A=A, U=U, dA=np.ones((3, 3)), dU=np.ones((2, 3, 1)))),
+        "landscape_objective": (th.landscape_objective, dict(truth=TRUTH, A=A, U=U)),
+        "loraml_hessian": (th.loraml_hessian, dict(truth=TRUTH, A=A, U=U)),
+        "loraml_objective": (th.loraml_objective, dict(A=A, U=U, truth=TRUTH)),
+        "optimal_base": (th.optimal_base, dict(truth=TRUTH, U=U)),
+        "paper_gd": (th.paper_gd, dict(S=S, C=C, A=np.eye(3), U=0.1 * np.ones((2, 3, 1)), outer_steps=2,
+                                       inner_steps=1, lr_A=0.01, lr_U=0.01)),
+        "population_risk": (th.population_risk, dict(W=np.eye(3), target=np.eye(3), sigma=0.1)),
+        "procrustes_distance": (th.procrustes_distance, dict(U1=U[0], U2=U[1])),
+        "rate_prediction": (th.rate_prediction, dict(d=4, k=1, n=50, sigma=0.1)),
+        "reduced_gradient_descent": (th.reduced_gradient_descent,
+                                     dict(truth=TRUTH, U0=U + 0.1, step=0.01, n_steps=3, record_every=1)),
+        "reduced_hessian": (th.reduced_hessian, dict(truth=TRUTH, U=U)),
+        "reduced_hvp": (th.reduced_hvp, dict(truth=TRUTH, U=U, dU=np.ones((2, 3, 1)))),
+        "reduced_objective": (th.reduced_objective, dict(truth=TRUTH, U=U)),
+        "reduced_rank_regression": (th.reduced_rank_regression, dict(X=DATA.X[0], Y=DATA.Y[0], rank=1)),
+        "sample_ground_truth": (th.sample_ground_truth,
+                                dict(d=3, k=1, T=2, rng=0, symmetric_base=True, scale=1.0, size=2)),
+        "sample_tasks": (th.sample_tasks, dict(truth=TRUTH, N=5, n=5, sigma=0.1, rng=0)),
+        "sr_saddle": (th.sr_saddle, dict(truth=TRUTH, k=1)),
+        "sr_saddle_min_eigenvalue": (th.sr_saddle_min_eigenvalue, dict(truth=TRUTH)),
+        "standard_retraining": (th.standard_retraining, dict(X=DATA.X, Y=DATA.Y)),
+        "standard_retraining_from_statistics": (th.standard_retraining_from_statistics, dict(S=S, C=C)),
+        "standard_retraining_population": (th.standard_retraining_population, dict(truth=TRUTH)),
+        "subspace_sin": (th.subspace_sin, dict(U1=U[0], U2=U[1])),
+        "tail_energy": (th.tail_energy, dict(M=np.eye(3), r=1)),
+        "task_statistics": (th.task_statistics, dict(X=DATA.X, Y=DATA.Y)),
+        "zero_loss_residual": (th.zero_loss_residual, dict(A_hat=A, truth=TRUTH, adapters="symmetric")),
+        "GroundTruth": (th.GroundTruth, dict(A_star=A, U_star=U)),
+        "TaskData": (th.TaskData, dict(X=DATA.X, Y=DATA.Y, X_test=DATA.X_test, Y_test=DATA.Y_test)),
+        # theory.loraone
+        "loraone.finetune": (lo.finetune, dict(X=XL, Y=YL, W0=W0, A0=A0, B0=B0, method="gd", lr=0.1, lam=0.0,
+                                               tol=1e-6, max_iter=3, order="simultaneous", model="linear")),
+        "loraone.finetune_moments": (lo.finetune_moments,
+                                     dict(S=XL.T @ XL / 8, C=XL.T @ YL / 8, W0=W0, A0=A0, B0=B0, method="gd", lr=0.1,
+                                          lam=0.0, tol=1e-6, max_iter=3, order="simultaneous")),
+        "loraone.finetune_population": (lo.finetune_population,
+                                        dict(W_natural=np.ones((3, 2)), W0=W0, A0=A0, B0=B0, method="gd", lr=0.1,
+                                             lam=0.0, tol=1e-6, max_iter=3, order="simultaneous")),
+        "loraone.lora_objective": (lo.lora_objective, dict(X=XL, Y=YL, W0=W0, A=A0, B=B0, model="linear")),
+        "loraone.loraga_init": (lo.loraga_init, dict(G=np.ones((3, 2)), W0=W0, r=1, gamma=16.0)),
+        "loraone.one_step_gradient": (lo.one_step_gradient, dict(X=XL, Y=YL, W0=W0, model="linear")),
+        "loraone.sample_low_rank": (lo.sample_low_rank, dict(d=3, m=2, r=1, kappa=1.0, top=1.0, rng=0)),
+        "loraone.spectral_init": (lo.spectral_init, dict(G=np.ones((3, 2)), r=1, gamma=1.0)),
+        "loraone.spectral_init_code": (lo.spectral_init_code, dict(G=np.ones((3, 2)), r=1, alpha=16.0, gamma=128.0)),
+        "loraone.subspace_alignment": (lo.subspace_alignment, dict(A=A0, U=np.eye(3)[:, :1])),
+        "loraone.vanilla_init": (lo.vanilla_init, dict(d=3, m=2, r=1, alpha=1.0, rng=0, batch=(2,))),
+        # theory.validation (their own malformed input: a bad bound or label)
+        "validation.check_int": (V.check_int, dict(value=2, name="x", func="f", low=0, high=3)),
+        "validation.check_real": (V.check_real, dict(value=0.5, name="x", func="f", low=0.0, high=1.0,
+                                                     low_open=False)),
+        "validation.check_array": (V.check_array, dict(value=np.eye(2), name="x", func="f", ndim=2, shape=(2, 2))),
+        "validation.check_rng": (V.check_rng, dict(rng=0, func="f")),
+        "validation.check_choice": (V.check_choice, dict(value="a", name="x", func="f", choices=("a", "b"))),
+        # sims: numpy experiments
+        "convex_certificate_margin": (sims.convex_certificate_margin, dict(U_star=U)),
+        "convex_recovery_table": (sims.convex_recovery_table,
+                                  dict(Ts=(2,), ds=(2,), ks=(1,), reps=1, seed=0, lam=0.0, tol=1e-5,
+                                       certificate=False)),
+        "critical_spectra_table": (sims.critical_spectra_table, dict(d=2, seed=0, scales=(0.5, 2.0))),
+        "default_device": (sims.default_device, dict()),
+        "descent_paths_table": (sims.descent_paths_table,
+                                dict(d=2, seed=0, n_paths=1, n_steps=3, init_scale=0.05, record_every=1)),
+        "finetune_comparison": (sims.finetune_comparison,
+                                dict(d=3, k=1, T=2, N=10, n=8, sigma=0.1, runs=1, seed=0, max_steps=2, lr_gd=0.25,
+                                     lr_prec=0.5, lam=0.0, vanilla_alpha=0.1)),
+        "finetune_rate_table": (sims.finetune_rate_table,
+                                dict(d=3, ks=(1,), ns=(10,), T=2, sigma=0.1, reps=1, seed=0)),
+        "finetune_summary": (sims.finetune_summary, dict(table=None, factor=1.01)),   # table filled below
+        "init_comparison_table": (sims.init_comparison_table,
+                                  dict(d=4, m=4, rstar=1, r=2, kappa=2.0, N_ratio=2, lr=0.5, lam=0.001, steps=2,
+                                       vanilla_alpha=0.01, loraga_gamma=8.0, seed=0)),
+        "kappa_iterations_table": (sims.kappa_iterations_table,
+                                   dict(kappas=(1.0,), d=4, m=4, rstar=1, N_ratio=2, lr=0.5, tol=1e-3, max_iter=3,
+                                        seeds=(0,))),
+        "linear_sweep": (sims.linear_sweep, dict(vary="T", values=(2, 3), preset="paper", runs=1, seed=0)),
+        "rate_prediction@sims": (sims.rate_prediction, dict(d=4, k=1, n=50, sigma=0.1)),
+        "read_store": (sims.read_store, dict(folder=TmpPath("store"))),
+        "recovery_phase_table": (sims.recovery_phase_table,
+                                 dict(Ts=(2,), ds=(2,), ks=(1,), reps=1, seed=0, adapters=("symmetric",), n_starts=1,
+                                      max_iter=3, identify=False, search_starts=None, search_iter=3, landing=True,
+                                      search_max_unknowns=None, executor="serial")),
+        "reference_trial": (sims.reference_trial, dict(config=_linear_cfg(), value_index=0, trial=0)),
+        "retraining_samples_table": (sims.retraining_samples_table,
+                                     dict(d=3, k=1, T=2, sigma=0.5, Ns=(10,), reps=1, seed=0)),
+        "run": (sims.run, dict(config=_linear_cfg(), executor="serial", store=None, force=False, progress=False)),
+        "saddle_slice_table": (sims.saddle_slice_table, dict(d=2, seed=0, n_grid=3, extent=1.6)),
+        "shallow_sweep": (sims.shallow_sweep, dict(vary="d", values=(3,), trials=1, seed=0)),
+        "simulate_chunk": (sims.simulate_chunk, dict(config=_linear_cfg(), value_index=0, trials=(0,))),
+        "simulate_shallow_chunk": (sims.simulate_shallow_chunk,
+                                   dict(config=sims.shallow_sweep("d", (3,), trials=1, N=10, n=5, retrain_steps=2,
+                                                                  ft_steps=2, record_every=1),
+                                        value_index=0, trials=(0,), device="cpu")),
+        "solve_psd_relaxation": (sims.solve_psd_relaxation, dict(task_weights=tw, lam=0.0)),
+        "two_parameter_table": (sims.two_parameter_table,
+                                dict(a_star=(2.0, 1.0), N=5, lr=0.05, steps=2, init_scale=1.0, seed=1)),
+        "vanilla_alpha_table": (sims.vanilla_alpha_table,
+                                dict(alpha2=(1.0,), d=4, m=4, rstar=1, r=2, kappa=1.0, N_ratio=2, lr=0.01, steps=2,
+                                     seed=0)),
+        # sims: runs and stores (owned elsewhere; present only once their owner adds them)
+        **({"run_many": (sims.run_many, dict(configs=[_linear_cfg()], executor="serial", store=None, force=False,
+                                             progress=False))} if hasattr(sims, "run_many") else {}),
+        **({"Pool": (sims.Pool, dict(executor="serial", func="run", workers=None))} if hasattr(sims, "Pool") else {}),
+        **({"read_records": (sims.read_records, dict(folder=TmpPath("store")))} if hasattr(sims, "read_records")
+           else {}),
+        **({"ChunkStore": (sims.ChunkStore, dict(root=TmpPath("new-store"), kind="linear", config=_linear_cfg()))}
+           if hasattr(sims, "ChunkStore") else {}),
+        # theory.validation's own helpers
+        "validation.check_values": (V.check_values, dict(values=(1, 2), name="x", func="f", check=lambda v: v)),
+        "validation.check_seed": (V.check_seed, dict(value=0, name="x", func="f")),
+        "validation.check_entries": (V.check_entries, dict(count=10, names="'x'", func="f")),
+        "LinearConfig": (sims.LinearConfig, dict(vary="T", values=(2,), runs=1, d=3)),
+        "ShallowConfig": (sims.ShallowConfig, dict(vary="d", values=(3,), trials=1)),
+        # sims: torch (cheap: every malformed call must fail in validation before training)
+        "BatchLoader": (sims.BatchLoader, dict(x=x, y=y, batch_size=2)),
+        "LoraSpec": (sims.LoraSpec, dict(r=1, lora_alpha=1.0, lora_dropout=0.0, target_modules=(),
+                                         ignore_bias=False)),
+        "OptimSpec": (sims.OptimSpec, dict(epochs=1, lr=1e-3, weight_decay=0.0, optimizer="adam",
+                                           schedule="cosine")),
+        "ReptileSpec": (sims.ReptileSpec, dict(inner_steps=1, inner_lr=0.01, sign=1)),
+        "MLPMixer": (sims.MLPMixer, dict(image_size=4, channels=1, patch_size=2, dim=4, depth=1, num_classes=2,
+                                         dropout=0.0)),
+        "RealDataConfig": (sims.RealDataConfig, dict(dataset="digits", preset="clean", seeds=(0,))),
+        "attach_lora": (sims.attach_lora, dict(model=model, lora=sims.LoraSpec(), n_adapters=2)),
+        "best_and_last": (sims.best_and_last, dict(history=_history())),
+        "crop_flip": (sims.crop_flip, dict(x=x, generator=torch.Generator().manual_seed(0), padding=1)),
+        "finetune": (sims.finetune, dict(base=model, train=loader, scheme="last-layer", val=loader, test=loader,
+                                         head="head", optim=sims.OptimSpec(epochs=1), seed=0, device="cpu")),
+        "linear_names": (sims.linear_names, dict(model=model)),
+        "read_cifar10": (sims.read_cifar10, dict(root=TmpPath("cifar"))),
+        "realdata_summary": (sims.realdata_summary, dict(table=_realdata_table())),
+        "realdata_sweep": (sims.realdata_sweep, dict(dataset="digits", preset="clean", seeds=(0,))),
+        "retrain": (sims.retrain, dict(model=model, train=[loader, loader], method="SR", head="head",
+                                       optim=sims.OptimSpec(epochs=1), seed=0, device="cpu", select="best")),
+        "simulate_realdata_chunk": (sims.simulate_realdata_chunk,
+                                    dict(config=_tiny_realdata(), value_index=0, trials=(0,), device="cpu")),
+        "trainable_count": (sims.trainable_count, dict(params=list(model.parameters()))),
+        "write_cifar10": (sims.write_cifar10, dict(root=TmpPath("new-cifar"), n_train=5, n_test=2, rng=0)),
+    }
+    table = sims.finetune_comparison(d=3, k=1, T=2, N=10, n=8, runs=1, max_steps=2)
+    b["finetune_summary"][1]["table"] = table
+    return b
+
+
+_BASES = None
+
+
+def bases():
+    global _BASES
+    if _BASES is None:
+        _BASES = _bases()
+    return _BASES
+
+
+#: Public names that take no malformed input of their own: constants, and the result records that
+#: functions return (they are outputs; their fields are filled by the functions that validate).
+EXEMPT = {
+    "theory.PAPER_DEFAULTS": "a constant",
+    **{f"theory.{n}": "a result record" for n in (
+        "BatchFit", "Classification", "CriticalPoint", "DescentPath", "EscapeDirection", "Identifiability",
+        "IdentifiabilityBatch", "LandscapeValue", "LoraMLFit", "Objective")},
+    "theory.loraone.FinetuneResult": "a result record",
+    "theory.loraone.LoraObjective": "a result record",
+    "sims.FineTuned": "a result record",
+    "sims.Retrained": "a result record",
+}
+
+#: Arguments that size an allocation or a loop over sizes: they also get 10**9, which must be refused
+#: before anything is allocated (a finding: MemoryError, or a hang, otherwise).
+SIZE_ARGS = {"d", "k", "T", "N", "n", "m", "r", "rstar", "size", "n_train", "n_test", "n_grid", "n_paths",
+             "image_size", "dim", "batch", "rank", "n_starts", "runs", "reps", "trials", "N_ratio",
+             "n_adapters", "batch_size", "channels", "num_classes", "width", "depth"}
+
+#: Arguments whose huge value only means a long loop (iterations, steps, epochs): not refused by
+#: design, so 10**9 is not thrown at them.
+LOOP_ARGS = {"max_iter", "n_steps", "steps", "outer_steps", "inner_steps", "max_steps", "epochs",
+             "search_iter", "record_every"}
+
+
+def public_callables():
+    """qualified name -> the object, for every callable (or class) in the public ``__all__`` lists."""
+    found = {}
+    for prefix, module in (("theory", th), ("theory.landscape", L), ("theory.loraone", lo),
+                           ("theory.validation", V), ("sims", sims)):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.ismodule(obj):
+                continue
+            found[f"{prefix}.{name}"] = obj
+    return found
+
+
+def _key_of(obj, qualified):
+    """The BASES key that covers ``obj`` (the same function re-exported elsewhere counts once)."""
+    b = bases()
+    for key, (func, _) in b.items():
+        if func is obj:
+            return key
+    return None
+
+
+def _is_callable_public(qualified, obj):
+    return callable(obj) and not isinstance(obj, (str, bytes, dict, tuple, float, int))
+
+
+# Values that stand in for a truth of the wrong kind
+class _Opaque:
+    pass
+
+
+def _bad_values(name, value):
+    """Malformed replacements for one argument, chosen from the type of its valid value."""
+    out = [None]
+    if isinstance(value, TmpPath):
+        return [None, 3, "__FILE_PARENT__", "__MISSING__", "__GARBAGE__"]
+    if name == "rng":
+        return [None and 0, "seed", -1, 1.5, [1, "a"]]
+    if isinstance(value, (bool, np.bool_)):
+        return out + ["yes", 2]
+    if isinstance(value, (int, np.integer)):
+        out += [-1, 0, 2.5, "2", float("nan"), [1, 2]]
+        if name in SIZE_ARGS or name in ("value_index", "trial", "low", "high"):
+            out += [HUGE]
+        return out
+    if isinstance(value, float):
+        return out + [float("nan"), float("inf"), -float("inf"), -1.0, "0.1", 1e300]
+    if isinstance(value, str):
+        return out + ["bogus", 3, ""]
+    if isinstance(value, np.ndarray):
+        nan = value.astype(float).copy()
+        if nan.size:
+            nan.flat[0] = np.nan
+        inf = value.astype(float).copy()
+        if inf.size:
+            inf.flat[-1] = np.inf
+        return out + ["x", nan, inf, value[..., None], value.reshape(-1), np.zeros((0,) * value.ndim),
+                      np.ones(value.shape[:-1] + (value.shape[-1] + 1,)), [["a", "b"]], 3.0]
+    if isinstance(value, (tuple, list, range)):
+        vals = [(), ["a", "b"], "ab", 3]
+        if len(value) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+            vals += [(-1,), (1.5,), (HUGE,) if name in SIZE_ARGS | {"Ts", "ds", "ks", "ns", "Ns", "seeds",
+                                                                      "batch", "trials"} else (-2,)]
+        elif len(value) and all(isinstance(v, float) for v in value):
+            vals += [(float("nan"),), (-1.0,), (float("inf"),)]
+        return out + vals
+    if isinstance(value, th.GroundTruth):
+        return out + ["truth", OTHER_TRUTH, np.eye(3)]
+    if isinstance(value, pd.DataFrame):
+        return out + [pd.DataFrame(), value.iloc[:0], "x", value.drop(columns=value.columns[-1])]
+    if isinstance(value, Path):
+        return out + [3]
+    return out + ["x", 3, _Opaque()]
+
+
+def _corruptions(key):
+    func, kwargs = bases()[key]
+    for name, value in kwargs.items():
+        for i, bad in enumerate(_bad_values(name, value)):
+            yield name, i, bad
+
+
+def _materialize_bad(bad, tmp_path):
+    if not isinstance(bad, str):
+        return bad
+    if bad == "__FILE_PARENT__":
+        f = tmp_path / "a-file"
+        f.write_text("not a folder")
+        return f / "sub"
+    if bad == "__MISSING__":
+        return tmp_path / "missing"
+    if bad == "__GARBAGE__":
+        g = tmp_path / "garbage"
+        g.mkdir()
+        (g / "chunk-v000-t0000-0000.parquet").write_text("garbage")
+        for n in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            (g / n).write_text("garbage")
+        return g
+    return bad
+
+
+# ------------------------------------------------------------------------------------------------
+# The contract
+
+
+def _cross_kind(bad, base):
+    """Corruptions that are valid on their own and wrong only against another argument (a shape that
+    disagrees with the others, a truth of another size, a size too large for the rest): the message
+    may name the other argument of the pair."""
+    if isinstance(bad, np.ndarray) or isinstance(bad, th.GroundTruth):
+        return True
+    if isinstance(bad, (int, np.integer)) and not isinstance(bad, bool) and bad in (0, HUGE):
+        return True
+    if isinstance(bad, tuple) and len(bad) == 1 and bad[0] == HUGE:
+        return True
+    return False
+
+
+def _call(key, name, bad, tmp_path):
+    func, kwargs = bases()[key]
+    kw = {k: _materialize(v, tmp_path) for k, v in kwargs.items()}
+    kw[name] = _materialize_bad(bad, tmp_path)
+    return func, kw
+
+
+def check_contract(key, name, bad, tmp_path):
+    """Call ``key`` with ``name`` replaced by ``bad``: success, or a ValueError naming the argument.
+
+    Rules out: a foreign exception type escaping (TypeError, IndexError, LinAlgError, MemoryError,
+    ZeroDivisionError, numpy/pandas/torch errors), a ValueError from deep inside numpy that names no
+    argument, and a call that writes into the temporary folder although it failed (a partial file)."""
+    func, kw = _call(key, name, bad, tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    try:
+        func(**kw)
+    except ValueError as err:
+        message = str(err)
+        names = [f"'{name}'"]
+        if _cross_kind(bad, bases()[key][1][name]):
+            names += [f"'{other}'" for other in bases()[key][1]]
+        if key.startswith("validation.") and key != "validation.check_rng":
+            names = ["'x'", f"'{name}'"]  # a check names the argument it was asked to check
+        assert any(n in message for n in names), f"{key}({name}={bad!r:.60}) raised a ValueError naming " \
+                                                 f"none of {names}: {message[:300]!r}"
+        after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        assert after == before, f"{key}({name}={bad!r:.60}) failed but left files behind: " \
+                                f"{sorted(set(after) - set(before))}"
+    except Exception as err:                                    # noqa: BLE001 - the point of the test
+        pytest.fail(f"{key}({name}={bad!r:.60}) raised {type(err).__name__}, not ValueError: {str(err)[:300]}")
+
+
+# Corruption cases that still fail in modules owned by other engineers (sims/_run.py, _store.py,
+# _config.py, _shallow.py, _linear.py): strict xfails, one per case id, with the failure in a word.
+_OWNED_ELSEWHERE = {
+    ("simulate_chunk", "config", (0, 1, 2, 3)):
+        "sims/_linear.py simulate_chunk(config=None) raises AttributeError ('values'), not ValueError",
+    ("simulate_chunk", "value_index", (0, 3, 4, 5, 6, 7)):
+        "sims/_linear.py simulate_chunk(cfg, value_index=2.5 or 10**9, (0,)) raises TypeError/IndexError",
+    ("simulate_chunk", "trials", (0, 1, 2, 3, 4, 6, 7)):
+        "sims/_linear.py simulate_chunk(cfg, 0, trials=() or 3 or ('a',) or (10**9,)) raises "
+        "IndexError/TypeError or an unnamed ValueError",
+    ("simulate_shallow_chunk", "config", (0, 1, 2, 3)):
+        "sims/_shallow.py simulate_shallow_chunk(config=None) raises AttributeError ('values')",
+    ("simulate_shallow_chunk", "value_index", (0, 3, 4, 5, 6, 7)):
+        "sims/_shallow.py simulate_shallow_chunk(cfg, value_index=2.5 or 10**9, (0,)) raises TypeError/IndexError",
+    ("simulate_shallow_chunk", "trials", (0, 1, 2, 3, 4, 6, 7)):
+        "sims/_shallow.py simulate_shallow_chunk(cfg, 0, trials=() or 3 or ('a',) or (10**9,)) raises "
+        "IndexError/TypeError or an unnamed ValueError",
+    ("simulate_shallow_chunk", "device", (1, 2)):
+        "sims/_shallow.py simulate_shallow_chunk(cfg, 0, (0,), device='bogus' or 3) raises torch's RuntimeError",
+    ("linear_sweep", "values", (4,)):
+        "sims/_linear.py linear_sweep('T', values=3) raises TypeError ('int' object is not iterable)",
+    ("shallow_sweep", "values", (4,)):
+        "sims/_shallow.py shallow_sweep('d', values=3) raises TypeError ('int' object is not iterable)",
+    ("ChunkStore", "root", (0, 1)):
+        "sims/_store.py ChunkStore(root=None or 3, 'linear', cfg) raises TypeError from pathlib",
+    ("ChunkStore", "config", (0, 1, 2, 3)):
+        "sims/_store.py ChunkStore(root, 'linear', config=None) raises AttributeError ('key')",
+    ("run_many", "configs", (2,)):
+        "sims/_run.py run_many(configs=['a', 'b']) raises a ValueError naming 'config', not 'configs'",
+}
+OWNED_ELSEWHERE: dict[str, str] = {
+    f"{key}-{name}-{i}": reason for (key, name, indices), reason in _OWNED_ELSEWHERE.items() for i in indices
+}
+
+# Corruption cases that fail in modules this suite's author owns and that are not fixed yet.
+NOT_FIXED: dict[str, str] = {}
+
+
+def _case_id(key, name, i):
+    return f"{key}-{name}-{i}"
+
+
+def _cases():
+    out = []
+    for key in sorted(bases()):
+        if key.startswith("validation."):
+            # the checks' bounds and labels are the library's own constants: only the checked value
+            names = {"value", "rng", "values", "count"}
+        else:
+            names = None
+        for name, i, bad in _corruptions(key):
+            if names is not None and name not in names:
+                continue
+            cid = _case_id(key, name, i)
+            marks = []
+            if cid in OWNED_ELSEWHERE:
+                marks.append(pytest.mark.xfail(strict=True, reason=f"owned elsewhere: {OWNED_ELSEWHERE[cid]}"))
+            elif cid in NOT_FIXED:
+                marks.append(pytest.mark.xfail(strict=True, reason=f"not fixed yet: {NOT_FIXED[cid]}"))
+            out.append(pytest.param(key, name, i, id=cid, marks=marks))
+    return out
+
+
+@pytest.mark.parametrize(("key", "name", "index"), _cases())
+def test_one_bad_argument(key, name, index, tmp_path):
+    """Every function x every argument x every malformed value of that argument's kind."""
+    bad = list(_bad_values(name, bases()[key][1][name]))[index]
+    check_contract(key, name, bad, tmp_path)
+
+
+def test_valid_bases_succeed(tmp_path):
+    """The base arguments are valid: otherwise every corruption case would pass vacuously (rules out
+    a test table that only ever exercises the first check of each function)."""
+    failures = []
+    for key, (func, kwargs) in bases().items():
+        sub = tmp_path / key.replace("@", "_")
+        sub.mkdir()
+        kw = {k: _materialize(v, sub) for k, v in kwargs.items()}
+        try:
+            func(**kw)
+        except Exception as err:                                # noqa: BLE001
+            failures.append(f"{key}: {type(err).__name__}: {str(err)[:200]}")
+    assert not failures, "\n".join(failures)
+
+
+def test_every_public_callable_is_covered():
+    """A new public function (or class) of theory or sims fails here until BASES or EXEMPT names it:
+    rules out a public entry point that no malformed input ever reaches."""
+    missing = []
+    covered = {func for func, _ in bases().values()}
+    exempt = [obj for qualified, obj in public_callables().items() if qualified in EXEMPT]
+    for qualified, obj in public_callables().items():
+        if any(obj is e for e in exempt) or not _is_callable_public(qualified, obj):
+            continue
+        if obj not in covered:
+            missing.append(qualified)
+    assert not missing, f"public callables without malformed-input cases: {missing}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Hypothesis: values beyond the fixed lists
+
+
+def _fuzz_values():
+    return st.one_of(
+        st.none(),
+        st.integers(min_value=-10**12, max_value=-1),
+        st.floats(allow_nan=True, allow_infinity=True).filter(lambda x: not math.isfinite(x) or x < 0),
+        st.text(max_size=4),
+        st.lists(st.text(max_size=2), min_size=1, max_size=3),
+        st.lists(st.floats(allow_nan=True), max_size=3).map(np.array),
+    )
+
+
+#: (function, argument) pairs the fuzzer skips, because their failure lives in a module owned
+#: elsewhere and hypothesis cannot strict-xfail one drawn case: the fixed cases above still cover them.
+FUZZ_OWNED_ELSEWHERE = {
+    ("run_many", "progress"): "sims/_run.py run_many(cfgs, progress=np.array([])) raises numpy's truth-value "
+                              "ValueError naming no argument",
+    ("run_many", "force"): "sims/_run.py run_many(cfgs, force=np.array([])): the same",
+    ("run", "progress"): "sims/_run.py run(cfg, progress=np.array([])): the same",
+    ("run", "force"): "sims/_run.py run(cfg, force=np.array([])): the same",
+    ("Pool", "workers"): "sims/_run.py Pool('serial', workers=np.array([])): the same",
+}
+
+
+def _fuzz_targets():
+    out = []
+    for key in sorted(bases()):
+        if key.startswith("validation."):
+            continue
+        for name in bases()[key][1]:
+            if (key, name) in FUZZ_OWNED_ELSEWHERE or any(
+                    cid.startswith(f"{key}-{name}-") for cid in list(OWNED_ELSEWHERE) + list(NOT_FIXED)):
+                continue                  # its known failures are the strict xfails above
+            out.append((key, name))
+    return out
+
+
+FUZZ_TARGETS = _fuzz_targets()
+
+
+@settings(max_examples=examples(300))
+@given(target=st.sampled_from(FUZZ_TARGETS), bad=_fuzz_values())
+def test_fuzzed_argument(target, bad, tmp_path_factory):
+    """Negative numbers, NaN/inf, strings, string lists, None and odd arrays drawn by hypothesis for
+    any argument (derandomized): rules out the same escapes as the fixed cases for values the fixed
+    lists do not contain."""
+    key, name = target
+    check_contract(key, name, bad, tmp_path_factory.mktemp("fuzz"))
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line
+
+# (argv after the command, the option the one error line must name). Every case runs with --store
+# and --out (where the command has them) in an empty temporary folder that must stay empty.
+CLI_CASES = [
+    # reproduce
+    (["reproduce", "--only", "bogus"], "--only"),
+    (["reproduce", "--preset", "nope"], "--preset"),
+    (["reproduce", "--device", "tpu"], "--device"),
+    (["reproduce", "--executor", "threads"], "--executor"),
+    (["reproduce", "--only", "theory", "--out", "@FILE/sub"], "--out"),
+    (["reproduce", "--only", "theory", "--store", "@FILE/sub"], "--store"),
+    # sweep linear
+    (["sweep", "linear", "--vary", "Q"], "--vary"),
+    (["sweep", "linear"], "--vary"),
+    (["sweep", "linear", "--vary", "T", "--values"], "--values"),
+    (["sweep", "linear", "--vary", "T", "--values", "2", "x"], "--values"),
+    (["sweep", "linear", "--vary", "T", "--values", "2.5"], "--values"),
+    (["sweep", "linear", "--vary", "T", "--values", "-2"], "values"),
+    (["sweep", "linear", "--vary", "d", "--values", "1000000000"], "values"),
+    (["sweep", "linear", "--vary", "T", "--runs", "-1"], "runs"),
+    (["sweep", "linear", "--vary", "T", "--runs", "x"], "--runs"),
+    (["sweep", "linear", "--vary", "T", "--steps", "-5"], "ft_steps"),
+    (["sweep", "linear", "--vary", "T", "--seed", "-1"], "seed"),
+    (["sweep", "linear", "--vary", "T", "--chunk-trials", "-1"], "chunk_trials"),
+    (["sweep", "linear", "--vary", "T", "--set", "bogus=1"], "--set"),
+    (["sweep", "linear", "--vary", "T", "--set", "sigma=abc"], "--set"),
+    (["sweep", "linear", "--vary", "T", "--set", "sigma=-1"], "sigma"),
+    (["sweep", "linear", "--vary", "T", "--set", "d"], "--set"),
+    (["sweep", "linear", "--vary", "T", "--values", "2", "--runs", "1", "--store", "@FILE/sub"], "--store"),
+    # sweep shallow
+    (["sweep", "shallow", "--vary", "k"], "--vary"),
+    (["sweep", "shallow", "--vary", "d", "--values", "0"], "values"),
+    (["sweep", "shallow", "--vary", "d", "--runs", "0"], "trials"),
+    (["sweep", "shallow", "--vary", "d", "--set", "dtype=float8"], "dtype"),
+    (["sweep", "shallow", "--vary", "d", "--device", "tpu"], "--device"),
+    # sweep finetune
+    (["sweep", "finetune", "--d", "-3"], "'d'"),
+    (["sweep", "finetune", "--runs", "0"], "'runs'"),
+    (["sweep", "finetune", "--sigma", "nan"], "'sigma'"),
+    (["sweep", "finetune", "--k", "20"], "'k'"),
+    (["sweep", "finetune", "--N", "x"], "--N"),
+    (["sweep", "finetune", "--runs", "1", "--steps", "1", "--csv", "@FILE/sub/t.csv"], "--csv"),
+    # show
+    (["show", "@MISSING"], "folder"),
+    (["show", "@GARBAGE"], "folder"),
+    (["show", "@FILE"], "folder"),
+    (["show"], "folder"),
+    # realdata
+    (["realdata", "mnist"], "dataset"),
+    (["realdata", "digits", "--seeds"], "--seeds"),
+    (["realdata", "digits", "--seeds", "-1"], "seeds"),
+    (["realdata", "digits", "--seeds", "0", "0"], "seeds"),
+    (["realdata", "digits", "--methods", "MAML"], "--methods"),
+    (["realdata", "digits", "--epochs", "-1"], "retrain_epochs"),
+    (["realdata", "digits", "--n-finetune", "x"], "--n-finetune"),
+    (["realdata", "digits", "--set", "width=wide"], "--set"),
+    (["realdata", "digits", "--set", "colour=red"], "--set"),
+    (["realdata", "digits", "--set", "dropout=2"], "dropout"),
+    (["realdata", "vision", "--data-root", "@MISSING"], "--data-root"),
+    (["realdata", "vision", "--data-root", "@GARBAGE"], "--data-root"),
+    (["realdata", "vision"], "--data-root"),
+    (["realdata", "digits", "--seeds", "0", "--store", "@FILE/sub"], "--store"),
+    (["realdata", "digits", "--seeds", "0", "--out", "@FILE/sub"], "--out"),
+    # no command / unknown command
+    ([], "COMMAND"),
+    (["frobnicate"], "frobnicate"),
+]
+
+_HAS_STORE = {"reproduce", "sweep", "realdata"}
+
+
+def _cli_argv(argv, tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("not a folder")
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "chunk-v000-t0000-0000.parquet").write_text("garbage")
+    (garbage / "data_batch_1").write_text("garbage")
+    subs = {"@FILE": str(f), "@MISSING": str(tmp_path / "missing"), "@GARBAGE": str(garbage)}
+    out = []
+    for a in argv:
+        for k, v in subs.items():
+            a = a.replace(k, v)
+        out.append(a)
+    store, figs = tmp_path / "store", tmp_path / "out"
+    store.mkdir()
+    figs.mkdir()
+    finetune = out[:2] == ["sweep", "finetune"]
+    if out and out[0] in _HAS_STORE and not finetune and "--store" not in out:
+        out += ["--store", str(store)]
+    if out and out[0] in ("reproduce", "realdata") and "--out" not in out:
+        out += ["--out", str(figs)]
+    if out and out[0] in _HAS_STORE and not finetune:
+        out += ["--executor", "serial", "--quiet"] if "--executor" not in out else ["--quiet"]
+    return out, (store, figs, f)
+
+
+_CLI_OWNED_ELSEWHERE = {
+    "sweep linear --vary d --values 1000000000":
+        "sims/_linear.py LinearConfig does not bound d: linear_sweep('d', (10**9,)) is refused only later, by "
+        "sample_ground_truth, whose message names its own arguments, not 'values'",
+}
+
+
+def _cli_params():
+    out = []
+    for argv, names in CLI_CASES:
+        cid = " ".join(argv) or "<none>"
+        marks = ([pytest.mark.xfail(strict=True, reason=f"owned elsewhere: {_CLI_OWNED_ELSEWHERE[cid]}")]
+                 if cid in _CLI_OWNED_ELSEWHERE else [])
+        out.append(pytest.param(argv, names, id=cid, marks=marks))
+    return out
+
+
+@pytest.mark.parametrize(("argv", "names"), _cli_params())
+def test_cli_bad_value(argv, names, tmp_path, capsys):
+    """Each bad command line exits non-zero with exactly one stderr line that names the option, before
+    any work: rules out tracebacks (a foreign exception escaping main), multi-line usage dumps,
+    messages that do not say which option was wrong, and half-written stores or figure folders."""
+    args, (store, figs, f) = _cli_argv(argv, tmp_path)
+    try:
+        code = cli.main(args)
+    except SystemExit as exc:              # argparse: parse-level errors
+        code = exc.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code not in (0, None), f"exit code {code} for {args}"
+    assert len(lines) == 1, f"expected one stderr line for {args}, got {len(lines)}:\n{err}"
+    assert names in lines[0], f"the error line does not name {names!r}: {lines[0]}"
+    assert not list(store.iterdir()) and not list(figs.iterdir()), "a failed command left files behind"
+    assert f.read_text() == "not a folder"
