@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -237,7 +238,8 @@ def _bases():
         "reference_trial": (sims.reference_trial, dict(config=_linear_cfg(), value_index=0, trial=0)),
         "retraining_samples_table": (sims.retraining_samples_table,
                                      dict(d=3, k=1, T=2, sigma=0.5, Ns=(10,), reps=1, seed=0)),
-        "run": (sims.run, dict(config=_linear_cfg(), executor="serial", store=None, force=False, progress=False)),
+        "run": (sims.run, dict(config=_linear_cfg(), executor="serial", store=TmpPath("new-store"), force=False,
+                               progress=False)),
         "saddle_slice_table": (sims.saddle_slice_table, dict(d=2, seed=0, n_grid=3, extent=1.6)),
         "shallow_sweep": (sims.shallow_sweep, dict(vary="d", values=(3,), trials=1, seed=0)),
         "simulate_chunk": (sims.simulate_chunk, dict(config=_linear_cfg(), value_index=0, trials=(0,))),
@@ -252,8 +254,8 @@ def _bases():
                                 dict(alpha2=(1.0,), d=4, m=4, rstar=1, r=2, kappa=1.0, N_ratio=2, lr=0.01, steps=2,
                                      seed=0)),
         # sims: runs and stores (owned elsewhere; present only once their owner adds them)
-        **({"run_many": (sims.run_many, dict(configs=[_linear_cfg()], executor="serial", store=None, force=False,
-                                             progress=False))} if hasattr(sims, "run_many") else {}),
+        **({"run_many": (sims.run_many, dict(configs=[_linear_cfg()], executor="serial", store=TmpPath("new-store"),
+                                             force=False, progress=False))} if hasattr(sims, "run_many") else {}),
         **({"Pool": (sims.Pool, dict(executor="serial", func="run", workers=None))} if hasattr(sims, "Pool") else {}),
         **({"read_records": (sims.read_records, dict(folder=TmpPath("store")))} if hasattr(sims, "read_records")
            else {}),
@@ -373,6 +375,8 @@ def _bad_values(name, value):
         return out + ["yes", 2]
     if isinstance(value, (int, np.integer)):
         out += [-1, 0, 2.5, "2", float("nan"), [1, 2]]
+        if name in ("k", "r", "rank", "rstar"):
+            out += [5]                      # a rank above every d of the bases (d <= 4)
         if name in SIZE_ARGS or name in ("value_index", "trial", "low", "high"):
             out += [HUGE]
         return out
@@ -464,6 +468,7 @@ def check_contract(key, name, bad, tmp_path):
     argument, and a call that writes into the temporary folder although it failed (a partial file)."""
     func, kw = _call(key, name, bad, tmp_path)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    cwd_before = set(os.listdir("."))
     try:
         func(**kw)
     except ValueError as err:
@@ -480,6 +485,9 @@ def check_contract(key, name, bad, tmp_path):
                                 f"{sorted(set(after) - set(before))}"
     except Exception as err:                                    # noqa: BLE001 - the point of the test
         pytest.fail(f"{key}({name}={bad!r:.60}) raised {type(err).__name__}, not ValueError: {str(err)[:300]}")
+    # a str given where a folder was expected must not become a folder in the working directory
+    assert set(os.listdir(".")) <= cwd_before, f"{key}({name}={bad!r:.60}) wrote into the working directory: " \
+                                               f"{sorted(set(os.listdir('.')) - cwd_before)}"
 
 
 # Corruption cases that still fail in modules owned by other engineers (sims/_run.py, _store.py,
