@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 import time
@@ -137,8 +136,11 @@ def _sweep_common(p):
 
 def _common(p):
     p.add_argument("--store", type=Path, default=Path("results"), help="root of the results store (default ./results)")
-    p.add_argument("--executor", choices=("serial", "processes"), default="processes",
-                   help="run chunks in this process or in a process pool (default: processes)")
+    p.add_argument("--executor", choices=("serial", "processes", "dask"), default="processes",
+                   help="run chunks in this process, in a process pool (default) or on dask: a local cluster "
+                        "started for the command, or the cluster at --address")
+    p.add_argument("--address", metavar="tcp://HOST:PORT",
+                   help="with --executor dask: the scheduler of an existing dask cluster (dask-scheduler)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -201,19 +203,28 @@ def summarize(table):
     return out
 
 
-def _cmd_reproduce(args):
-    from .figures import GROUPS
+def _executor(args):
+    """The executor named on the command line: a name, or a dask Client for --address."""
+    if args.address is None:
+        return args.executor
+    if args.executor != "dask":
+        raise ValueError(f"The '--address' option needs --executor dask. Got --executor {args.executor}.")
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ValueError("The '--address' option needs dask.distributed: pip install 'loraml[dask]'.") from None
+    try:
+        return Client(args.address, timeout=30)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise ValueError(f"The '--address' option must name a reachable dask scheduler. Got {args.address!r} "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no answer'}).") from None
 
-    for name in args.only or list(GROUPS):
-        make = GROUPS[name]
-        options = {"preset": args.preset, "store": args.store, "executor": args.executor,
-                   "progress": not args.quiet, "device": args.device}
-        accepted = inspect.signature(make).parameters
-        t0 = time.perf_counter()
-        paths = make(args.out, fast=args.fast, **{k: v for k, v in options.items() if k in accepted})
-        print(f"{name}: {len(paths)} files in {time.perf_counter() - t0:.1f} s")
-        for path in paths:
-            print(f"  {path}")
+
+def _cmd_reproduce(args):
+    from .figures import reproduce
+
+    reproduce(args.out, only=args.only, fast=args.fast, preset=args.preset, store=args.store,
+              executor=_executor(args), progress=not args.quiet, device=args.device)
 
 
 def _cmd_sweep(args):
@@ -245,7 +256,7 @@ def _cmd_sweep(args):
                                  chunk_trials=args.chunk_trials, **overrides)
         engine = {"device": args.device or sims.default_device()}
     t0 = time.perf_counter()
-    table = sims.run(cfg, executor=args.executor, store=args.store, force=args.force, progress=not args.quiet,
+    table = sims.run(cfg, executor=_executor(args), store=args.store, force=args.force, progress=not args.quiet,
                      **engine)
     print(f"{len(table)} rows in {time.perf_counter() - t0:.1f} s -> {args.store / (args.kind + '-' + cfg.key)}")
     print(summarize(table).to_string(float_format=lambda x: f"{x:.4g}"))
@@ -268,7 +279,7 @@ def _cmd_realdata(args):
     cfg = sims.realdata_sweep(args.dataset, preset=args.preset, seeds=tuple(args.seeds),
                               chunk_trials=args.chunk_trials or 1, **overrides)
     t0 = time.perf_counter()
-    table = sims.run(cfg, executor="serial" if device == "cuda" else args.executor, store=args.store,
+    table = sims.run(cfg, executor="serial" if device == "cuda" else _executor(args), store=args.store,
                      force=args.force, progress=not args.quiet, device=device)
     print(f"{len(table)} rows in {time.perf_counter() - t0:.1f} s -> {args.store / ('realdata-' + cfg.key)}")
     from .figures.realdata import realdata_markdown, write_realdata_outputs
@@ -289,6 +300,22 @@ def _cmd_show(args):
     print(f"{args.folder}: vary {table['vary'].iloc[0]}{preset}, {table['trial'].nunique()} trials, "
           f"{int(table['step'].max())} fine-tuning steps")
     print(summarize(table).to_string(float_format=lambda x: f"{x:.4g}"))
+    print(record_summary(sims.read_records(args.folder)))
+
+
+def record_summary(records) -> str:
+    """What computed a stored sweep: one line per distinct (engine, toolkit, libraries) among its chunks."""
+    groups: dict[str, list] = {}
+    for r in records:
+        if "problem" in r:
+            line = f"unreadable record: {r['problem']}"
+        else:
+            commit = (r.get("git_commit") or "unknown")[:12] + ("+dirty" if r.get("git_dirty") else "")
+            libs = ", ".join(f"{k} {v}" for k, v in r.get("versions", {}).items() if v)
+            line = (f"{r.get('kind')} engine version {r.get('engine_version')}, loraml {r.get('loraml_version')} "
+                    f"(commit {commit}), seed {r.get('seed')}; {libs}")
+        groups.setdefault(line, []).append(r["file"])
+    return "\n".join(f"record ({len(files)} chunk{'s' * (len(files) != 1)}): {line}" for line, files in groups.items())
 
 
 def main(argv=None) -> int:
@@ -302,6 +329,10 @@ def main(argv=None) -> int:
         first = str(err).splitlines()[0]
         print(f"loraml {args.command}: error: {first}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"loraml {args.command}: interrupted; the chunks already stored are kept, rerun to resume",
+              file=sys.stderr)
+        return 130
     return 0
 
 

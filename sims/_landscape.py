@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 
 import numpy as np
 import pandas as pd
@@ -30,7 +31,7 @@ from theory.landscape import (
     reduced_gradient_descent,
 )
 
-from ._run import _executor
+from ._run import Pool, check_executor
 
 __all__ = [
     "saddle_slice_table",
@@ -128,10 +129,10 @@ def descent_paths_table(*, d=4, seed=0, n_paths=6, n_steps=4000, init_scale=0.05
     n_paths = check_int(n_paths, "n_paths", func, low=1, high=MAX_COUNT // (2 * d))
     n_steps = check_int(n_steps, "n_steps", func, low=1)
     init_scale = check_real(init_scale, "init_scale", func, low=0.0, low_open=True)
-    truth = _two_task_truth(d, seed)
-    e, g, Ustar = _slice_basis(truth)
     record_every = check_int(record_every, "record_every", func, low=1)
     seed = check_seed(seed, "seed", func)
+    truth = _two_task_truth(d, seed)
+    e, g, Ustar = _slice_basis(truth)
     M = truth.R_star[0] - truth.R_star[1]
     m_op = float(np.linalg.norm(M, 2))
     rng = np.random.default_rng([seed, 1])
@@ -268,24 +269,19 @@ def recovery_phase_table(*, Ts=(2, 3, 4, 5), ds=range(2, 13), ks=range(1, 5), re
     if not isinstance(search_starts, dict):
         search_starts = {"symmetric": search_starts, "asymmetric": search_starts}
     search_starts = {a: check_int(search_starts.get(a), "search_starts", func, low=1) for a in adapters}
-    pool, owned = _executor(executor, func)
+    check_executor(executor, func)
     jobs = [(T, d, k, a) for T in Ts for d, k in _cells(ds, ks) for a in adapters]
     rest = dict(reps=reps, seed=seed, n_starts=n_starts, max_iter=max_iter, identify=bool(identify),
                 search_starts=search_starts, search_iter=search_iter, landing=bool(landing),
                 search_max_unknowns=search_max_unknowns)
-    try:
-        if pool is None:
-            with _single_threaded_blas():
-                frames = [_recovery_cell(*job, **rest) for job in jobs]
-        else:
-            # Largest first (one LM step costs ~ (unknowns)³), so that no big cell starts last.
-            order = sorted(range(len(jobs)), key=lambda i: -_cell_cost(*jobs[i], landing=landing,
-                                                                       search_max_unknowns=search_max_unknowns))
-            futures = {i: pool.submit(_recovery_cell_single_threaded, *jobs[i], **rest) for i in order}
-            frames = [futures[i].result() for i in range(len(jobs))]
-    finally:
-        if owned:
-            pool.shutdown(cancel_futures=True)
+    # Largest first (one LM step costs ~ (unknowns)³), so that no big cell starts last.
+    order = sorted(range(len(jobs)), key=lambda i: -_cell_cost(*jobs[i], landing=landing,
+                                                               search_max_unknowns=search_max_unknowns))
+    cell = functools.partial(_recovery_cell_single_threaded, **rest)
+    frames = [None] * len(jobs)
+    with Pool(executor, func) as pool:
+        for i, frame in pool.map_unordered(cell, [jobs[i] for i in order]):
+            frames[order[i]] = frame
     return pd.concat(frames, ignore_index=True)
 
 
@@ -449,6 +445,9 @@ def convex_recovery_table(*, Ts=(2, 3, 5), ds=range(2, 9), ks=range(1, 4), reps=
     returns A* exactly when ``certified``. Columns as in :func:`recovery_phase_table`, with
     ``adapters`` = "convex PSD", the solver's ``status`` and the certificate's ``certificate_status``.
     """
+    func = "convex_recovery_table"
+    reps = check_int(reps, "reps", func, low=1, high=MAX_COUNT)
+    tol = check_real(tol, "tol", func, low=0.0, low_open=True)
     Ts = list(check_values(Ts, "Ts", func, lambda T: check_int(T, "Ts", func, low=1, high=MAX_COUNT)))
     ds = list(check_values(ds, "ds", func, lambda d: check_int(d, "ds", func, low=1, high=MAX_DIM)))
     ks = list(check_values(ks, "ks", func, lambda k: check_int(k, "ks", func, low=1, high=MAX_DIM)))
@@ -456,9 +455,6 @@ def convex_recovery_table(*, Ts=(2, 3, 5), ds=range(2, 9), ks=range(1, 4), reps=
     lam = check_real(lam, "lam", func, low=0.0, high=1e8)
     if not isinstance(certificate, (bool, np.bool_)):
         raise ValueError(f"The 'certificate' parameter of {func} must be a bool. Got {certificate!r} instead.")
-    func = "convex_recovery_table"
-    reps = check_int(reps, "reps", func, low=1, high=MAX_COUNT)
-    tol = check_real(tol, "tol", func, low=0.0, low_open=True)
     rows = []
     for T in Ts:
         for d, k in _cells(ds, ks):

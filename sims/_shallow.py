@@ -46,6 +46,8 @@ need extra passes). torch.compile is not used (it needs a compiler at run time).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,6 +137,26 @@ class ShallowConfig(SweepConfig):
     def runs(self) -> int:
         """Trials per value (the name the store and runner use)."""
         return self.trials
+
+    def chunk_key(self, value_index: int, trials) -> str:
+        """A chunk's numbers depend only on the parameters at its value, the other fields and its
+        trials' seed streams (``SeedSequence(seed).spawn(...)[value_index * trials + t]``), not on
+        the sweep it belongs to: shallow d = 10 and T = 3 (both at index 1) share their chunks."""
+        fields = self.to_dict()
+        for name in ("vary", "values", "chunk_trials"):
+            fields.pop(name)
+        fields.update(self.params(self.values[value_index]))
+        fields["streams"] = [int(value_index) * self.trials + int(t) for t in trials]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
+
+    def chunk_cost(self, value_index: int, trials) -> float:
+        """Rough single-core seconds: retraining (two learners) and fine-tuning steps, each costing
+        a few passes over the (T·N, d) hidden layer plus a fixed per-step overhead."""
+        p = self.params(self.values[value_index])
+        per_retrain_step = 2 * (p["T"] * p["N"] * p["d"] * (p["d"] + 8) * 1.5e-9 + 6e-5)
+        per_ft_step = 2 * len(self.ft_ranks(self.values[value_index])) * (p["n"] * p["d"] * (p["d"] + 8) * 1.5e-9
+                                                                           + 6e-5)
+        return len(trials) * (self.retrain_steps * per_retrain_step + self.ft_steps * per_ft_step) / 2
 
 
 def shallow_sweep(vary, values=None, *, trials=10, seed=0, **overrides) -> ShallowConfig:

@@ -240,8 +240,9 @@ class ChunkStore:
         return frame
 
 
-def _read_chunk(path: Path):
-    """(frame, record, None) for a sound chunk file, else (None, record or None, what is wrong)."""
+def _read_chunk(path: Path, legacy: bool = False):
+    """(frame, record, None) for a sound chunk file, else (None, record or None, what is wrong).
+    With ``legacy``, a readable file without a record (an older loraml's) gives (frame, None, None)."""
     try:
         table = pq.read_table(path)
         raw = (table.schema.metadata or {}).get(_RECORD_KEY)
@@ -250,6 +251,8 @@ def _read_chunk(path: Path):
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         return None, None, f"not a readable Parquet file ({type(err).__name__}: {reason})"
     if raw is None:
+        if legacy:
+            return frame, None, None
         return None, None, "no record (written before records were kept, or not by loraml)"
     try:
         record = json.loads(raw)
@@ -297,11 +300,12 @@ def read_store(folder) -> pd.DataFrame:
 
     Each trial's rows appear once even where two chunkings of the config left overlapping files;
     a chunk file that does not parse or whose rows fail their checksum is skipped with a one-line
-    warning naming it (rerunning the sweep recomputes it)."""
+    warning naming it (rerunning the sweep recomputes it). Files an older loraml wrote, without a
+    record, are read as they are (nothing to check them against)."""
     folder = _check_folder(folder, "read_store")
     frames = []
     for f in _chunk_files(folder):
-        frame, _, problem = _read_chunk(f)
+        frame, _, problem = _read_chunk(f, legacy=True)
         if problem is not None:
             log.warning("%s: %s; skipped (rerun the sweep to recompute it)", f, problem)
         else:
