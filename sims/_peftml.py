@@ -432,16 +432,29 @@ def _accuracy(model, loader, device, amp) -> float:
     return int(right) / max(total, 1)
 
 
+def _check_loader(ld, name, func, where=""):
+    """A loader: a non-empty re-iterable with a len whose first batch is an (inputs, labels) pair of
+    tensors of the same length (peeked, so a list of arrays or strings is refused up front)."""
+    torch = _torch()
+    if isinstance(ld, (str, bytes)) or not hasattr(ld, "__len__") or not hasattr(ld, "__iter__"):
+        raise ValueError(f"The {name!r} parameter of {func} must {'hold' if where else 'be'} loaders (re-iterables "
+                         f"of (inputs, labels) batches with a len){where}; got a {type(ld).__name__}.")
+    if len(ld) == 0:
+        raise ValueError(f"The {name!r} parameter of {func} must not {'hold' if where else 'be'} an empty "
+                         f"task (no batches){where}.")
+    first = next(iter(ld), None)
+    if not (isinstance(first, (tuple, list)) and len(first) == 2 and all(isinstance(b, torch.Tensor) for b in first)
+            and first[0].ndim >= 1 and first[1].ndim >= 1 and len(first[0]) == len(first[1])):
+        raise ValueError(f"The {name!r} parameter of {func} must yield (inputs, labels) pairs of tensors of one "
+                         f"length{where}; its first batch is {type(first).__name__}.")
+
+
 def _check_tasks(loaders, name, func, *, least=1):
     if isinstance(loaders, (str, bytes)) or not hasattr(loaders, "__len__") or len(loaders) < least:
         raise ValueError(f"The {name!r} parameter of {func} must be a list of at least {least} per-task loader(s). "
                          f"Got {type(loaders).__name__} of length {len(loaders) if hasattr(loaders, '__len__') else '?'}.")
     for t, ld in enumerate(loaders):
-        if isinstance(ld, (str, bytes)) or not hasattr(ld, "__len__") or not hasattr(ld, "__iter__"):
-            raise ValueError(f"The {name!r} parameter of {func} must hold loaders (re-iterables of batches with a "
-                             f"len); task {t} is a {type(ld).__name__}.")
-        if len(ld) == 0:
-            raise ValueError(f"The {name!r} parameter of {func} must not hold an empty task; task {t} has no batches.")
+        _check_loader(ld, name, func, f" (task {t})")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -694,11 +707,7 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
     if not isinstance(fresh_head, (bool, np.bool_)):
         raise ValueError(f"The 'fresh_head' parameter of {func} must be a bool. Got {fresh_head!r} instead.")
     for name, ld in (("train", train), ("val", val), ("test", test)):
-        if isinstance(ld, (str, bytes)) or not hasattr(ld, "__len__") or not hasattr(ld, "__iter__"):
-            raise ValueError(f"The {name!r} parameter of {func} must be a loader (a re-iterable of batches with "
-                             f"a len). Got {type(ld).__name__} instead.")
-        if len(ld) == 0:
-            raise ValueError(f"The {name!r} parameter of {func} must not be an empty task (no batches).")
+        _check_loader(ld, name, func)
     try:
         _get(base, head)
     except AttributeError:

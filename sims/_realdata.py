@@ -525,7 +525,7 @@ def simulate_realdata_chunk(config: RealDataConfig, value_index: int, trials, de
     value_index = check_int(value_index, "value_index", func, low=0, high=len(config.values) - 1)
     trials = check_values(trials, "trials", func,
                           lambda t: check_int(t, "trials", func, low=0, high=len(config.seeds) - 1))
-    device = _check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"), func)
+    device = _check_device(("cuda" if torch.cuda.is_available() else "cpu") if device is None else device, func)
     if amp is not None and not isinstance(amp, (bool, np.bool_)):
         raise ValueError(f"The 'amp' parameter of {func} must be a bool or None. Got {amp!r} instead.")
     if budget is not None:

@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 from ._linear import LinearConfig, simulate_chunk
 from ._realdata import RealDataConfig, simulate_realdata_chunk
 from ._shallow import ShallowConfig, simulate_shallow_chunk
+from theory.validation import check_bool, check_int
+
 from ._store import ChunkStore, _sort, check_store_root
 
 __all__ = ["run", "run_many", "EXECUTORS"]
@@ -98,6 +100,8 @@ class Pool:
 
     def __init__(self, executor, func: str = "run", *, workers: int | None = None):
         executor = check_executor(executor, func)
+        if workers is not None:
+            workers = check_int(workers, "workers", func, low=1, high=1024)
         self.workers = workers or min(os.cpu_count() or 1, 8)
         self.owned = isinstance(executor, str) and executor != "serial"
         self.kind = executor if isinstance(executor, str) else ("dask" if _is_dask_client(executor) else "futures")
@@ -180,11 +184,12 @@ class Pool:
                         fut.cancel()
 
 
-def _kind_of(config, func):
+def _kind_of(config, func, name="config"):
     kind = next((v for k, v in _KINDS.items() if isinstance(config, k)), None)
     if kind is None:
-        raise ValueError(f"The 'config' parameter of {func} must be a LinearConfig, a ShallowConfig or a "
-                         f"RealDataConfig. Got {type(config).__name__}.")
+        what = "hold LinearConfig, ShallowConfig or RealDataConfig objects" if name == "configs" else \
+            "be a LinearConfig, a ShallowConfig or a RealDataConfig"
+        raise ValueError(f"The {name!r} parameter of {func} must {what}. Got {type(config).__name__}.")
     return kind
 
 
@@ -238,20 +243,20 @@ def run_many(configs, *, executor="serial", store=None, force: bool = False, pro
     [24, 12]
     """
     func = "run_many"
-    if isinstance(configs, (str, bytes)) or not hasattr(configs, "__iter__"):
+    if isinstance(configs, (str, bytes, dict)) or not hasattr(configs, "__iter__"):
         raise ValueError(f"The 'configs' parameter of {func} must be a sequence of sweep configs. Got {configs!r}.")
     configs = list(configs)
     if not configs:
         raise ValueError(f"The 'configs' parameter of {func} must hold at least one config. Got an empty sequence.")
-    kinds = [_kind_of(c, func) for c in configs]
+    kinds = [_kind_of(c, func, "configs") for c in configs]
     accepted = set().union(*(set(k[2]) for k in kinds))
     unknown = sorted(set(engine_options) - accepted)
     if unknown:
         kinds_named = sorted({type(c).__name__ for c in configs})
         raise ValueError(f"{func} got engine option(s) {', '.join(map(repr, unknown))} that no config here takes "
                          f"({', '.join(kinds_named)}); allowed: {', '.join(sorted(accepted)) or 'none'}.")
-    if not isinstance(force, bool):
-        raise ValueError(f"The 'force' parameter of {func} must be a bool. Got {force!r} instead.")
+    force = check_bool(force, "force", func)
+    progress = check_bool(progress, "progress", func)
     if on_chunk is not None and not callable(on_chunk):
         raise ValueError(f"The 'on_chunk' parameter of {func} must be callable or None. Got {on_chunk!r} instead.")
     check_executor(executor, func)
@@ -342,6 +347,8 @@ def run(config, *, executor="serial", store=None, force: bool = False, progress:
     pandas.DataFrame sorted by method, value, trial, step.
     """
     name, _, accepted = _kind_of(config, "run")
+    force = check_bool(force, "force", "run")
+    progress = check_bool(progress, "progress", "run")
     unknown = sorted(set(engine_options) - set(accepted))
     if unknown:
         raise ValueError(f"run got engine option(s) {', '.join(map(repr, unknown))} that a {type(config).__name__} "

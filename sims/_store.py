@@ -41,6 +41,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from theory.validation import check_int
+
 __all__ = ["ChunkStore", "read_store", "read_records"]
 
 log = logging.getLogger("sims")
@@ -83,18 +85,18 @@ def _atomic_write(path: Path, write) -> None:
                 os.unlink(tmp)
 
 
-def check_store_root(root, func: str) -> Path:
-    """The store root as a Path, refused (ValueError naming ``store``) where no folder can be made."""
+def check_store_root(root, func: str, name: str = "store") -> Path:
+    """The store root as a Path, refused (ValueError naming ``name``) where no folder can be made."""
     if not isinstance(root, (str, os.PathLike)) or str(root) == "":
-        raise ValueError(f"The 'store' parameter of {func} must be a folder path or None. Got {root!r} instead.")
+        raise ValueError(f"The {name!r} parameter of {func} must be a folder path. Got {root!r} instead.")
     root = Path(root)
     for parent in (root, *root.parents):
         if parent.exists():
             if not parent.is_dir():
-                raise ValueError(f"The 'store' parameter of {func} must be a folder path, but {str(parent)!r} "
+                raise ValueError(f"The {name!r} parameter of {func} must be a folder path, but {str(parent)!r} "
                                  f"is a file. Got {str(root)!r}.")
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise ValueError(f"The 'store' parameter of {func} must be a writable folder; {str(parent)!r} "
+                raise ValueError(f"The {name!r} parameter of {func} must be a writable folder; {str(parent)!r} "
                                  f"is not writable. Got {str(root)!r}.")
             break
     return root
@@ -169,10 +171,19 @@ class ChunkStore:
     """
 
     def __init__(self, root, kind: str, config, engine_version: int = 1):
+        func = "ChunkStore"
+        root = check_store_root(root, func, "root")
+        if not isinstance(kind, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", kind):
+            raise ValueError(f"The 'kind' parameter of {func} must be a lowercase engine name such as 'linear'. "
+                             f"Got {kind!r} instead.")
+        if not (isinstance(getattr(config, "key", None), str) and callable(getattr(config, "to_dict", None))
+                and callable(getattr(config, "chunks", None))):
+            raise ValueError(f"The 'config' parameter of {func} must be a sweep config (LinearConfig, ShallowConfig, "
+                             f"RealDataConfig). Got {type(config).__name__}.")
         self.config = config
         self.kind = kind
-        self.engine_version = int(engine_version)
-        self.folder = Path(root) / f"{kind}-{config.key}"
+        self.engine_version = check_int(engine_version, "engine_version", func, low=0)
+        self.folder = root / f"{kind}-{config.key}"
 
     def chunk_path(self, value_index: int, trials) -> Path:
         return self.folder / f"chunk-v{value_index:03d}-t{trials[0]:04d}-{trials[-1]:04d}.parquet"

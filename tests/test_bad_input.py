@@ -264,6 +264,7 @@ def _bases():
         # theory.validation's own helpers
         "validation.check_values": (V.check_values, dict(values=(1, 2), name="x", func="f", check=lambda v: v)),
         "validation.check_seed": (V.check_seed, dict(value=0, name="x", func="f")),
+        "validation.check_bool": (V.check_bool, dict(value=True, name="x", func="f")),
         "validation.check_entries": (V.check_entries, dict(count=10, names="'x'", func="f")),
         "LinearConfig": (sims.LinearConfig, dict(vary="T", values=(2,), runs=1, d=3)),
         "ShallowConfig": (sims.ShallowConfig, dict(vary="d", values=(3,), trials=1)),
@@ -513,12 +514,6 @@ _OWNED_ELSEWHERE = {
         "sims/_linear.py linear_sweep('T', values=3) raises TypeError ('int' object is not iterable)",
     ("shallow_sweep", "values", (4,)):
         "sims/_shallow.py shallow_sweep('d', values=3) raises TypeError ('int' object is not iterable)",
-    ("ChunkStore", "root", (0, 1)):
-        "sims/_store.py ChunkStore(root=None or 3, 'linear', cfg) raises TypeError from pathlib",
-    ("ChunkStore", "config", (0, 1, 2, 3)):
-        "sims/_store.py ChunkStore(root, 'linear', config=None) raises AttributeError ('key')",
-    ("run_many", "configs", (2,)):
-        "sims/_run.py run_many(configs=['a', 'b']) raises a ValueError naming 'config', not 'configs'",
 }
 OWNED_ELSEWHERE: dict[str, str] = {
     f"{key}-{name}-{i}": reason for (key, name, indices), reason in _OWNED_ELSEWHERE.items() for i in indices
@@ -606,14 +601,7 @@ def _fuzz_values():
 
 #: (function, argument) pairs the fuzzer skips, because their failure lives in a module owned
 #: elsewhere and hypothesis cannot strict-xfail one drawn case: the fixed cases above still cover them.
-FUZZ_OWNED_ELSEWHERE = {
-    ("run_many", "progress"): "sims/_run.py run_many(cfgs, progress=np.array([])) raises numpy's truth-value "
-                              "ValueError naming no argument",
-    ("run_many", "force"): "sims/_run.py run_many(cfgs, force=np.array([])): the same",
-    ("run", "progress"): "sims/_run.py run(cfg, progress=np.array([])): the same",
-    ("run", "force"): "sims/_run.py run(cfg, force=np.array([])): the same",
-    ("Pool", "workers"): "sims/_run.py Pool('serial', workers=np.array([])): the same",
-}
+FUZZ_OWNED_ELSEWHERE: dict = {}
 
 
 def _fuzz_targets():

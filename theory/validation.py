@@ -21,6 +21,7 @@ __all__ = [
     "check_array",
     "check_rng",
     "check_choice",
+    "check_bool",
     "check_values",
     "check_seed",
     "check_entries",
@@ -141,6 +142,17 @@ def check_choice(value, name: str, func: str, choices) -> str:
         allowed = "one of " + ", ".join(repr(c) for c in choices)
         raise _fail(func, name, allowed, value)
     return value
+
+
+def check_bool(value, name: str, func: str) -> bool:
+    """Return ``value`` as a bool if it is one (Python or numpy); raise otherwise.
+
+    >>> check_bool(True, "force", "run")
+    True
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise _fail(func, name, "a bool", value)
+    return bool(value)
 
 
 def check_values(values, name: str, func: str, check, *, least: int = 1) -> tuple:
