@@ -9,6 +9,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from theory.validation import check_int, check_values
+
 
 class SweepConfig:
     """Mixin for frozen sweep dataclasses with fields ``values``, ``chunk_trials`` and a trial count
@@ -32,6 +34,22 @@ class SweepConfig:
         """(value index, trial indices) of every chunk, in a fixed order."""
         blocks = [tuple(range(s, min(s + self.block, self.runs))) for s in range(0, self.runs, self.block)]
         return [(i, b) for i in range(len(self.values)) for b in blocks]
+
+    @classmethod
+    def check_chunk(cls, config, value_index, trials, func: str) -> tuple[int, tuple[int, ...]]:
+        """Refuse a chunk request that is not one of ``config``'s: a config of another class, a
+        value index outside ``values`` (negative ones included), or trials that are not a
+        non-empty sequence of distinct indices below the trial count. Returns the normalised
+        (value index, trials)."""
+        if not isinstance(config, cls):
+            raise ValueError(f"The 'config' parameter of {func} must be a {cls.__name__}. "
+                             f"Got {type(config).__name__} instead.")
+        value_index = check_int(value_index, "value_index", func, low=0, high=len(config.values) - 1)
+        trials = check_values(trials, "trials", func,
+                              lambda t: check_int(t, "trials", func, low=0, high=config.runs - 1))
+        if len(set(trials)) != len(trials):
+            raise ValueError(f"The 'trials' parameter of {func} must not repeat a trial. Got {trials!r}.")
+        return value_index, trials
 
     def chunk_key(self, value_index: int, trials) -> str:
         """Content hash of what determines one chunk's numbers. By default the config and the
