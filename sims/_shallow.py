@@ -33,10 +33,12 @@ recorded metric reuses the step's forward pass.
 Measured with benchmarks/shallow_engine.py against d33ccab (separate LoRA-ML and SR loops, an
 H·s gemv, per-step torch.cat and loss, an eight-kernel AdamW), one chunk of 5 trials, 4000 + 1500
 steps, float32, one thread, old and new alternating in one run on the shared 2-core AMD EPYC
-development machine (best of 3 each; d, T: old → new seconds per chunk): 10, 3: 3.17 → 1.46 s
-(2.2×); 20, 3: 6.75 → 3.32 s (2.0×); 10, 10: 8.45 → 4.33 s (2.0×; 2.2–2.4× on the medians).
-The time is now mostly the two d-sized bmm's (≈ 40–80 GFLOP/s with MKL at these shapes) and
-the sigmoid. Same tables up to float32 rounding (final medians within 4e-6 relative at
+development machine (best of 3 each; d, T: old → new seconds per chunk; two runs):
+10, 3: 3.17 → 1.46 s (2.2×) and 5.16 → 2.26 s (2.3×); 20, 3: 6.75 → 3.32 s (2.0×) and
+6.81 → 3.56 s (1.9×); 10, 10: 8.45 → 4.33 s (2.0×) and 8.81 → 4.55 s (1.9×); the ratios of the
+medians were 2.0–2.4×. The time is now mostly the two d-sized bmm's (≈ 40–100 GFLOP/s with MKL
+at these shapes, X Hᵀ the slower) and the sigmoid; the fixed cost of a step (≈ 45 µs of kernel
+launches) is about 12 % at d = 10, T = 3. Same tables up to float32 rounding (final medians within 4e-6 relative at
 2000 + 1000 steps, both sweeps, 4 trials). Tried and not
 kept: running the pass in L2-sized groups of blocks (no measurable gain here), a pooled
 (d, T·N) layout for the base products (bmm no faster, and LoRA-ML's per-task gradients would
