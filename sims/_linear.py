@@ -237,14 +237,21 @@ def _draw_trial(config: LinearConfig, value, rng, shared, *, keep_data: bool = F
 
 def _sr_gd(S, C, U_stray, config: LinearConfig):
     """Q2: the authors' SR learner. T untrained adapters ride in the forward pass on the pooled
-    data, so A's gradient is a sum of T copies: A ← A − lr_A Σ_t ((A + R_t) S̄ − C̄)."""
+    data, so A's gradient is a sum of T copies: A ← A − lr_A Σ_t ((A + R_t) S̄ − C̄).
+
+    The step is affine in A, A ← A M + b with M = I − lr_A T S̄ and b = lr_A (T C̄ − Σ_t R_t S̄),
+    so each of the ``outer_steps`` iterations is one product and one sum, in place."""
     S_bar, C_bar = S.mean(axis=-3), C.mean(axis=-3)
     R = U_stray @ np.swapaxes(U_stray, -1, -2)
     T = S.shape[-3]
     shift = R.sum(axis=-3) @ S_bar
+    M = np.eye(S_bar.shape[-1]) - config.lr_A * T * S_bar
+    b = config.lr_A * (T * C_bar - shift)
     A = np.zeros(S_bar.shape)
+    AM = np.empty_like(A)
     for _ in range(config.outer_steps):
-        A = A - config.lr_A * (T * (A @ S_bar - C_bar) + shift)
+        np.matmul(A, M, out=AM)
+        np.add(AM, b, out=A)
     return A
 
 
@@ -255,12 +262,21 @@ def _metric(E, S_test, n, metric):
 
 
 def _finetune(bases, target, X_test, Y_test, U, V, config: LinearConfig):
-    """GD on (1/2n)‖Y − X(Â + UVᵀ)ᵀ‖² for a batch of bases; returns the recorded test losses."""
+    """GD on (1/2n)‖Y − X(Â + UVᵀ)ᵀ‖² for a batch of bases; returns the recorded test losses.
+
+    The gradient in Δ = UVᵀ is G = (Â + UVᵀ) S − C = P + U (Vᵀ S) with S, C the test task's
+    statistics and P = Â S − C fixed, so a step is d×d work whatever n is. U and V live in one
+    buffer Z = [U, V] and advance together: Z ← Z − [G̃ V, G̃ᵀ U] with G̃ = lr G, one product of
+    the stacked [G̃, G̃ᵀ] with the stacked [V, U] (a view of Z reversed). Every array is allocated
+    once; the loop runs six in-place NumPy calls per step. The metric is computed at recorded
+    steps only (``config.stride``)."""
     n = X_test.shape[-2]
     S = np.swapaxes(X_test, -1, -2) @ X_test / n           # (B, d, d)
     C = np.swapaxes(np.swapaxes(X_test, -1, -2) @ Y_test, -1, -2) / n
     S, C, target = S[None], C[None], target[None]           # broadcast over the method axis
-    P = bases @ S - C                                       # gradient at Δ = 0
+    lr = config.ft_lr
+    lrP = lr * (bases @ S - C)                              # lr × gradient at Δ = 0
+    lrS = np.broadcast_to(lr * S, bases.shape).copy()
     E0 = target - bases
     stride = config.stride
     steps = list(range(0, config.ft_steps + 1, stride))
@@ -268,15 +284,28 @@ def _finetune(bases, target, X_test, Y_test, U, V, config: LinearConfig):
         steps.append(config.ft_steps)
     out = np.empty(bases.shape[:-2] + (len(steps),))
     swap = lambda M: np.swapaxes(M, -1, -2)  # noqa: E731
+
+    Z = np.stack([U, V]).astype(float, copy=False)         # (2, method, trial, d, r): [U, V]
+    Zu, Zv, Zrev = Z[0], Z[1], Z[::-1]                      # views, valid for the whole loop
+    Vt = swap(Zv)
+    GG = np.empty(Z.shape[:-1] + (Z.shape[-2],))            # [G̃, G̃ᵀ]  (2, method, trial, d, d)
+    G, Gt = GG[0], GG[1]
+    Gt_from = swap(G)
+    VtS = np.empty(Vt.shape)                                # lr Vᵀ S   (method, trial, r, d)
+    D = np.empty_like(Z)
     j = 0
     for step in range(config.ft_steps + 1):
         if step == steps[j]:
-            out[..., j] = _metric(E0 - U @ swap(V), S, n, config.metric)
+            out[..., j] = _metric(E0 - Zu @ Vt, S, n, config.metric)
             j += 1
             if j == len(steps):
                 break
-        G = P + U @ (swap(V) @ S)                           # ∇_Δ at Δ = UVᵀ
-        U, V = U - config.ft_lr * (G @ V), V - config.ft_lr * (swap(G) @ U)
+        np.matmul(Vt, lrS, out=VtS)
+        np.matmul(Zu, VtS, out=G)
+        np.add(G, lrP, out=G)                               # G̃ = lr (P + U Vᵀ S)
+        np.copyto(Gt, Gt_from)
+        np.matmul(GG, Zrev, out=D)                          # [G̃ V, G̃ᵀ U]
+        np.subtract(Z, D, out=Z)
     return np.array(steps), out
 
 

@@ -4,7 +4,7 @@ What the engine tests rule out, and the margin:
 
 | test                                  | independent oracle                                   | tolerance          | rules out (margin)                                              |
 |---------------------------------------|------------------------------------------------------|--------------------|-----------------------------------------------------------------|
-| engine = per-run implementation       | sims.reference_trial (full data, per task, per run)  | 1e-10 relative     | any batching / statistics bug                                    |
+| engine = per-run implementation       | sims.reference_trial (full data, per task, per run)  | 1e-10 relative     | any batching / statistics / kernel bug (a 1e-6 relative change in one operand: ×25000) |
 | clean SR is pooled least squares      | theory.standard_retraining + finetune_lora on the trial's data, excess risk, rank 3k | 1e-9 relative | wrong base, rank, target or metric in the engine's optimum and optimum_exact (rank r−1: ×1000; in-sample metric: ×90) |
 | default setting (P2, P5 at §5.1)      | the exact solver on each trial's statistics           | ‖Â_paper − Â_exact‖² ≤ 1 % of ‖Â_exact − A*‖² | an unconverged paper GD (2100 of 3000 outer steps: 7 % and 2 %; measured at 3000: 5e-5 and 1e-5) |
 | killed CLI sweep resumes              | chunk files' inodes and mtimes; an uninterrupted sweep | exact              | a resume that recomputes stored chunks, a kill after the sweep ended or before any chunk |
@@ -80,11 +80,25 @@ def test_bad_configs_raise_value_error(kwargs, name):
 # ------------------------------------------------------------------------------- the engine
 
 
-@pytest.mark.parametrize("preset", ["paper", "clean"])
-def test_engine_equals_the_per_run_full_data_implementation(preset):
+@pytest.mark.parametrize(("preset", "vary", "values", "kw"), [
+    ("paper", "T", (2, 5), {}),                        # fine-tuning ranks 3 and 1; stray-adapter SR
+    ("clean", "T", (2, 5), {}),                        # closed-form SR, excess risk
+    ("paper", "k", (2,), dict(record_every=7)),        # k = r = 2; recorded every 7th step, and step 120
+])
+def test_engine_equals_the_per_run_full_data_implementation(preset, vary, values, kw):
     """The batched engine on sufficient statistics reproduces the straightforward per-run,
-    per-task, full-data implementation (the authors' way) to rounding, trial by trial."""
-    cfg = small(values=(2, 5), preset=preset, runs=2)
+    per-task, full-data implementation (the authors' way) to rounding, trial by trial.
+
+    It rules out a wrong kernel in the engine's fine-tuning (U and V advance together from one
+    stacked product [G V, Gᵀ U]), its affine SR recursion and the recording of the curve: swapping
+    U and V in the product, a stale Gᵀ, the sign of P, a missing stray-adapter shift, T missing
+    from the SR step, or one operand off by a factor 1 + 1e-6 each fail it (checked by mutation;
+    the last by 2.5e-6 relative); a curve that loses its final step when ft_steps is not a
+    multiple of the stride fails the k case only. Tolerance: engine and reference round differently (statistics vs
+    full data, other association), each step by ~d·eps ≈ 1e-15 relative; over the 60·10 + 120
+    steps here that stays below ~1e-12 if nothing amplifies it. Measured: ≤ 1.5e-14. 1e-10 leaves
+    a factor ≥ 100 over that bound and is 10⁴ below the smallest mutation above."""
+    cfg = small(vary=vary, values=values, preset=preset, runs=2, **kw)
     table = sims.run(cfg, progress=False)
     for vi, value in enumerate(cfg.values):
         for trial in range(cfg.runs):
