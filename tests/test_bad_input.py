@@ -501,19 +501,8 @@ _OWNED_ELSEWHERE = {
     ("simulate_chunk", "trials", (0, 1, 2, 3, 4, 6, 7)):
         "sims/_linear.py simulate_chunk(cfg, 0, trials=() or 3 or ('a',) or (10**9,)) raises "
         "IndexError/TypeError or an unnamed ValueError",
-    ("simulate_shallow_chunk", "config", (0, 1, 2, 3)):
-        "sims/_shallow.py simulate_shallow_chunk(config=None) raises AttributeError ('values')",
-    ("simulate_shallow_chunk", "value_index", (0, 3, 4, 5, 6, 7)):
-        "sims/_shallow.py simulate_shallow_chunk(cfg, value_index=2.5 or 10**9, (0,)) raises TypeError/IndexError",
-    ("simulate_shallow_chunk", "trials", (0, 1, 2, 3, 4, 6, 7)):
-        "sims/_shallow.py simulate_shallow_chunk(cfg, 0, trials=() or 3 or ('a',) or (10**9,)) raises "
-        "IndexError/TypeError or an unnamed ValueError",
-    ("simulate_shallow_chunk", "device", (1, 2)):
-        "sims/_shallow.py simulate_shallow_chunk(cfg, 0, (0,), device='bogus' or 3) raises torch's RuntimeError",
     ("linear_sweep", "values", (4,)):
         "sims/_linear.py linear_sweep('T', values=3) raises TypeError ('int' object is not iterable)",
-    ("shallow_sweep", "values", (4,)):
-        "sims/_shallow.py shallow_sweep('d', values=3) raises TypeError ('int' object is not iterable)",
 }
 OWNED_ELSEWHERE: dict[str, str] = {
     f"{key}-{name}-{i}": reason for (key, name, indices), reason in _OWNED_ELSEWHERE.items() for i in indices
