@@ -11,6 +11,10 @@ Run:  .venv/bin/python benchmarks/linear_engine.py [--scale 10] [--rev d33ccab] 
     clock (interpreter start, imports, pool start-up, compute, PNG + PDF writes); the snippet is
     the same for both trees, so a tree with ``sims.run_many`` is measured through whatever its
     figure code calls.
+(e) the engine alone on the 30 chunks of those ten configs, serial, CPU seconds: one
+    ``simulate_chunk`` per chunk (what a scheduler sending single chunks runs) vs
+    ``simulate_chunks`` on all of them (retraining and fine-tuning batched across chunks of equal
+    shapes), whose tables are checked equal bit for bit; skipped where the tree lacks it.
 (a) the batched engine (``sims.run``) on all five sweeps of spec §5.1 at the paper's full
     settings (5 runs, 3000 outer iterations, 10000/1000/1000/1400/10000 fine-tuning steps),
     serial and with a process pool;
@@ -127,6 +131,32 @@ def compare_figures(rev: str = "d33ccab", reps: int = 2, repo: Path = REPO) -> t
     return t_old, t_new
 
 
+def compare_grouped(reps: int = 2) -> None:
+    """(e): CPU seconds of the 30 chunks one by one vs in one simulate_chunks call, alternating."""
+    import pandas as pd
+
+    from sims import _linear
+
+    if not hasattr(_linear, "simulate_chunks"):
+        print("(e) skipped: this tree has no sims._linear.simulate_chunks")
+        return
+    configs = [sims.linear_sweep(v, preset=p) for p in ("paper", "clean") for v in ("T", "n", "N", "d", "k")]
+    jobs = [(cfg, v, trials) for cfg in configs for v, trials in cfg.chunks()]
+    cpu = {"one by one": [], "together": []}
+    for _ in range(reps):
+        t0 = time.process_time()
+        alone = [_linear.simulate_chunk(*job) for job in jobs]
+        cpu["one by one"].append(time.process_time() - t0)
+        t0 = time.process_time()
+        together = _linear.simulate_chunks(jobs)
+        cpu["together"].append(time.process_time() - t0)
+    for a, b in zip(alone, together):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    one, tog = min(cpu["one by one"]), min(cpu["together"])
+    print(f"(e) engine, the {len(jobs)} chunks of the ten linear configs, serial CPU (min of {reps}): one "
+          f"simulate_chunk each {one:.1f} s, simulate_chunks on all {tog:.1f} s -> {one / tog:.2f}x (tables equal bit for bit)")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=int, default=10, help="step reduction for the (a) vs (b) comparison")
@@ -134,12 +164,13 @@ def main(argv=None):
     p.add_argument("--rev", default="d33ccab", help="git revision for the (f) comparison")
     p.add_argument("--reps", type=int, default=2, help="repetitions of (f) per tree, alternating")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--no-figures", action="store_true", help="skip (f)")
-    which.add_argument("--figures-only", action="store_true", help="only (f)")
+    which.add_argument("--no-figures", action="store_true", help="skip (f) and (e)")
+    which.add_argument("--figures-only", action="store_true", help="only (f) and (e)")
     args = p.parse_args(argv)
 
     if not args.no_figures:
         compare_figures(args.rev, args.reps)
+        compare_grouped(args.reps)
         if args.figures_only:
             return
 
