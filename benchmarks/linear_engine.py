@@ -14,7 +14,7 @@ Run:  .venv/bin/python benchmarks/linear_engine.py [--scale 10] [--rev d33ccab] 
 (e) the engine alone on the 30 chunks of those ten configs, serial, CPU seconds: one
     ``simulate_chunk`` per chunk (what a scheduler sending single chunks runs) vs
     ``simulate_chunks`` on all of them (retraining and fine-tuning batched across chunks of equal
-    shapes), whose tables are checked equal bit for bit; skipped where the tree lacks it.
+    shapes), whose tables are checked equal bit for bit; skipped where sims does not export it.
 (a) the batched engine (``sims.run``) on all five sweeps of spec §5.1 at the paper's full
     settings (5 runs, 3000 outer iterations, 10000/1000/1000/1400/10000 fine-tuning steps),
     serial and with a process pool;
@@ -135,20 +135,19 @@ def compare_grouped(reps: int = 2) -> None:
     """(e): CPU seconds of the 30 chunks one by one vs in one simulate_chunks call, alternating."""
     import pandas as pd
 
-    from sims import _linear
-
-    if not hasattr(_linear, "simulate_chunks"):
-        print("(e) skipped: this tree has no sims._linear.simulate_chunks")
+    simulate_chunks = getattr(sims, "simulate_chunks", None)
+    if simulate_chunks is None:
+        print("(e) skipped: this tree's sims does not export simulate_chunks")
         return
     configs = [sims.linear_sweep(v, preset=p) for p in ("paper", "clean") for v in ("T", "n", "N", "d", "k")]
     jobs = [(cfg, v, trials) for cfg in configs for v, trials in cfg.chunks()]
     cpu = {"one by one": [], "together": []}
     for _ in range(reps):
         t0 = time.process_time()
-        alone = [_linear.simulate_chunk(*job) for job in jobs]
+        alone = [sims.simulate_chunk(*job) for job in jobs]
         cpu["one by one"].append(time.process_time() - t0)
         t0 = time.process_time()
-        together = _linear.simulate_chunks(jobs)
+        together = simulate_chunks(jobs)
         cpu["together"].append(time.process_time() - t0)
     for a, b in zip(alone, together):
         pd.testing.assert_frame_equal(a, b, check_exact=True)
