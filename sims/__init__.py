@@ -23,6 +23,7 @@ from ._linear import SWEEPS as SWEEPS
 from ._linear import LinearConfig as LinearConfig
 from ._linear import linear_sweep as linear_sweep
 from ._linear import simulate_chunk as simulate_chunk
+from ._linear import simulate_chunks as simulate_chunks
 from ._loraone import init_comparison_table as init_comparison_table
 from ._loraone import kappa_iterations_table as kappa_iterations_table
 from ._loraone import two_parameter_table as two_parameter_table
@@ -55,6 +56,7 @@ from ._reference import reference_trial as reference_trial
 from ._run import EXECUTORS as EXECUTORS
 from ._run import Pool as Pool
 from ._run import run as run
+from ._run import PACKS_PER_WORKER as PACKS_PER_WORKER
 from ._run import run_many as run_many
 from ._shallow import SHALLOW_SWEEPS as SHALLOW_SWEEPS
 from ._shallow import ShallowConfig as ShallowConfig
@@ -120,6 +122,8 @@ __all__ = [
     "retraining_samples_table",
     "run",
     "run_many",
+    "PACKS_PER_WORKER",
+    "simulate_chunks",
     "EXECUTORS",
     "Pool",
     "read_records",

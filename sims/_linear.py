@@ -34,7 +34,7 @@ from theory import (
     sample_ground_truth,
     standard_retraining_from_statistics,
 )
-from theory.validation import check_choice, check_int, check_real
+from theory.validation import MAX_COUNT, MAX_DIM, check_choice, check_int, check_real
 
 from ._config import SweepConfig
 
@@ -114,16 +114,18 @@ class LinearConfig(SweepConfig):
         values = tuple(self.values)
         if not values or len(set(values)) != len(values):
             raise ValueError(f"The 'values' parameter of {func} must be non-empty without repeats. Got {values!r}.")
-        for name, low in (("runs", 1), ("d", 1), ("k", 1), ("T", 2), ("N", 1), ("n", 1), ("outer_steps", 0),
-                          ("inner_steps", 0), ("ft_steps", 0), ("ft_rank_factor_T2", 1), ("record_every", 0),
-                          ("chunk_trials", 0), ("seed", 0)):
-            object.__setattr__(self, name, check_int(getattr(self, name), name, func, low=low))
+        for name, low, high in (("runs", 1, MAX_COUNT), ("d", 1, MAX_DIM), ("k", 1, MAX_DIM), ("T", 2, MAX_COUNT),
+                                ("N", 1, MAX_COUNT), ("n", 1, MAX_COUNT), ("outer_steps", 0, None),
+                                ("inner_steps", 0, None), ("ft_steps", 0, None), ("ft_rank_factor_T2", 1, MAX_DIM),
+                                ("record_every", 0, None), ("chunk_trials", 0, None), ("seed", 0, 2**63 - 1)):
+            object.__setattr__(self, name, check_int(getattr(self, name), name, func, low=low, high=high))
         if not isinstance(self.exact_reference, (bool, np.bool_)):
             raise ValueError(f"The 'exact_reference' parameter of {func} must be a bool. Got {self.exact_reference!r}.")
         for name in ("sigma", "lr_A", "lr_U", "init_scale", "ft_lr"):
             object.__setattr__(self, name, check_real(getattr(self, name), name, func, low=0.0))
         swept_low = {"T": 2, "n": 1, "N": 1, "d": 1, "k": 1}[self.vary]
-        values = tuple(check_int(v, "values", func, low=swept_low) for v in values)
+        swept_high = MAX_DIM if self.vary in ("d", "k") else MAX_COUNT
+        values = tuple(check_int(v, "values", func, low=swept_low, high=swept_high) for v in values)
         object.__setattr__(self, "values", values)
         for switch, choices in (("noise", ("sigma", "sigma_squared")), ("sr", ("closed_form", "stray_adapters")),
                                 ("truth", ("per_trial", "shared")), ("metric", ("excess_risk", "in_sample_sum"))):
@@ -137,6 +139,19 @@ class LinearConfig(SweepConfig):
                     f"{func}: at {self.vary} = {v} the ranks exceed d = {p['d']} (k = {p['k']}, "
                     f"fine-tuning rank {self.ft_rank(v)}); choose k <= d (and 3k <= d when T = 2)."
                 )
+
+    def batch_key(self, value_index: int):
+        """Chunks with equal keys share one retraining call in :func:`simulate_chunks` (the shapes
+        and step sizes of :func:`theory.paper_gd`); the scheduler packs them together."""
+        p = self.params(self.values[value_index])
+        return (p["d"], p["T"], p["k"], self.outer_steps, self.inner_steps, self.lr_A, self.lr_U)
+
+    def chunk_cost(self, value_index: int, trials) -> float:
+        """Rough single-core seconds: NumPy's per-call cost over the retraining and fine-tuning steps,
+        growing with the stacked problem size (0.3-0.6 s per 5-trial chunk at the paper's settings)."""
+        p = self.params(self.values[value_index])
+        calls = self.outer_steps * (self.inner_steps + 1) + self.ft_steps
+        return 1e-5 * calls * (1 + len(trials) * p["T"] * p["d"] ** 2 / 1500)
 
     # -- derived quantities -----------------------------------------------------------------
     def params(self, value) -> dict:
@@ -189,7 +204,7 @@ def linear_sweep(vary, values=None, *, preset="paper", runs=5, seed=0, **overrid
                          f"allowed: {', '.join(sorted(names))}.")
     spec = SWEEPS[vary]
     kwargs = {"ft_steps": spec["ft_steps"], **overrides}
-    return LinearConfig(vary=vary, values=tuple(spec["values"] if values is None else values), preset=preset,
+    return LinearConfig(vary=vary, values=spec["values"] if values is None else values, preset=preset,
                         runs=runs, seed=seed, **kwargs)
 
 
@@ -328,6 +343,7 @@ def simulate_chunk(config: LinearConfig, value_index: int, trials) -> pd.DataFra
     retraining solvers; NaN if ``exact_reference`` is off), retrain_loss (the LoRA-ML / SR
     training objective at the end, without its constant), preset.
     """
+    value_index, trials = LinearConfig.check_chunk(config, value_index, trials, "simulate_chunk")
     return simulate_chunks([(config, value_index, trials)])[0]
 
 
@@ -343,7 +359,16 @@ def simulate_chunks(jobs) -> list[pd.DataFrame]:
     share) run one :func:`theory.paper_gd` call between them, and chunks whose fine-tuning has the
     same shapes and schedule (d, rank, n, steps, step size, stride, metric) one fine-tuning loop.
     """
-    jobs = [_prepare(config, value_index, trials) for config, value_index, trials in jobs]
+    if isinstance(jobs, (str, bytes)) or not hasattr(jobs, "__iter__"):
+        raise ValueError(f"The 'jobs' parameter of simulate_chunks must be a sequence of (config, value_index, "
+                         f"trials). Got {jobs!r}.")
+    checked = []
+    for job in jobs:
+        if not (isinstance(job, tuple) and len(job) == 3):
+            raise ValueError(f"The 'jobs' parameter of simulate_chunks must hold (config, value_index, trials) "
+                             f"triples. Got {job!r}.")
+        checked.append((job[0], *LinearConfig.check_chunk(*job, "simulate_chunks")))
+    jobs = [_prepare(config, value_index, trials) for config, value_index, trials in checked]
 
     for members in _groups(jobs, _retrain_key):
         cfg, p = jobs[members[0]]["config"], jobs[members[0]]["p"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ._linear import LinearConfig, simulate_chunk
+from ._linear import LinearConfig, simulate_chunk, simulate_chunks
 from ._realdata import RealDataConfig, simulate_realdata_chunk
 from ._shallow import ShallowConfig, simulate_shallow_chunk
 from theory.validation import check_bool, check_int
@@ -34,12 +34,19 @@ from ._store import ChunkStore, _sort, check_store_root
 
 __all__ = ["run", "run_many", "EXECUTORS"]
 
-#: Config class -> (store prefix, chunk function, engine options the chunk function accepts).
+#: Config class -> (store prefix, chunk function, engine options the chunk function accepts,
+#: batch function or None). A batch function computes several chunks ``[(config, value_index,
+#: trials), ...]`` at once, bit-identical to the chunk function on each, sharing work between
+#: chunks with equal :meth:`SweepConfig.batch_key`; the scheduler then sends packs of chunks.
 _KINDS = {
-    LinearConfig: ("linear", simulate_chunk, ()),
-    ShallowConfig: ("shallow", simulate_shallow_chunk, ("device",)),
-    RealDataConfig: ("realdata", simulate_realdata_chunk, ("device", "amp")),
+    LinearConfig: ("linear", simulate_chunk, (), simulate_chunks),
+    ShallowConfig: ("shallow", simulate_shallow_chunk, ("device",), None),
+    RealDataConfig: ("realdata", simulate_realdata_chunk, ("device", "amp"), None),
 }
+
+#: Packs per worker for a batchable kind: enough that the packs balance over the workers and an
+#: interrupted sweep keeps most of its work, few enough that chunks sharing a batch key meet.
+PACKS_PER_WORKER = 4
 
 #: The executors named by a string.
 EXECUTORS = ("serial", "processes", "dask")
@@ -102,7 +109,7 @@ class Pool:
         executor = check_executor(executor, func)
         if workers is not None:
             workers = check_int(workers, "workers", func, low=1, high=1024)
-        self.workers = workers or min(os.cpu_count() or 1, 8)
+        self.workers = 1 if executor == "serial" else (workers or min(os.cpu_count() or 1, 8))
         self.owned = isinstance(executor, str) and executor != "serial"
         self.kind = executor if isinstance(executor, str) else ("dask" if _is_dask_client(executor) else "futures")
         self._cluster = None
@@ -112,10 +119,15 @@ class Pool:
             from distributed import Client, LocalCluster
 
             self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                         dashboard_address=None, host="127.0.0.1")
+                                         dashboard_address=None, worker_dashboard_address=None, host="127.0.0.1")
             self.executor = Client(self._cluster)
         else:
             self.executor = executor
+            if self.kind == "dask":      # the cluster's threads, however many machines they are on
+                threads = sum(w.get("nthreads", 1) for w in executor.scheduler_info()["workers"].values())
+                self.workers = workers or max(threads, 1)
+            else:
+                self.workers = workers or getattr(executor, "_max_workers", None) or self.workers
 
     def __enter__(self):
         return self
@@ -266,7 +278,7 @@ def run_many(configs, *, executor="serial", store=None, force: bool = False, pro
     results: list[dict[int, pd.DataFrame]] = [{} for _ in configs]
     dbs = []
     jobs: dict[str, _Job] = {}
-    for ci, (config, (name, _, _)) in enumerate(zip(configs, kinds)):
+    for ci, (config, (name, *_)) in enumerate(zip(configs, kinds)):
         db = ChunkStore(root, name, config, config.engine_version) if root is not None else None
         if db is not None:
             db.write_config()
@@ -280,41 +292,79 @@ def run_many(configs, *, executor="serial", store=None, force: bool = False, pro
             if key not in jobs:
                 jobs[key] = _Job(config, v, tuple(trials), float(config.chunk_cost(v, trials)))
             jobs[key].targets.append((ci, j))
-    todo = sorted(jobs.values(), key=lambda job: -job.cost)       # largest expected cost first
+    todo = list(jobs.values())
     total = sum(len(c) for c in chunks)
     label = configs[0].vary if len(configs) == 1 else f"{len(configs)} configs"
     bar = tqdm(total=total, initial=total - sum(len(job.targets) for job in todo), unit="chunk",
                desc=f"{kinds[0][0] if len(configs) == 1 else 'sweeps'} {label}", disable=not progress, leave=False)
 
-    def simulate_for(config):
-        name, simulate, takes = _kind_of(config, func)
+    def call(task):
+        _, simulate, takes, batch = _kind_of(task[0].config, func)
         options = {k: v for k, v in engine_options.items() if k in takes}
-        return functools.partial(simulate, **options) if options else simulate
+        if options:
+            simulate = functools.partial(simulate, **options)
+        return (simulate, batch, [(job.config, job.value_index, job.trials) for job in task])
+
+    def deliver(job, frame):
+        """Store a computed chunk (relabelled for every config that shares it) as it arrives."""
+        for ci, j in job.targets:
+            config = configs[ci]
+            out = frame if config is job.config else config.relabel_chunk(frame, job.value_index)
+            v, trials = chunks[ci][j]
+            if dbs[ci] is not None:
+                dbs[ci].write(v, trials, out, **({} if config is job.config else {"computed_for": job.config.key}))
+            results[ci][j] = out
+            bar.update(1)
+            if on_chunk is not None:
+                on_chunk(config, v, trials)
 
     try:
         with Pool(executor, func) as pool:
-            calls = [(simulate_for(job.config), job.config, job.value_index, job.trials) for job in todo]
-            for i, frame in pool.map_unordered(_call, calls):
-                job = todo[i]
-                for ci, j in job.targets:
-                    config = configs[ci]
-                    out = frame if config is job.config else config.relabel_chunk(frame, job.value_index)
-                    v, trials = chunks[ci][j]
-                    if dbs[ci] is not None:
-                        shared = {} if config is job.config else {"computed_for": job.config.key}
-                        dbs[ci].write(v, trials, out, **shared)
-                    results[ci][j] = out
-                    bar.update(1)
-                    if on_chunk is not None:
-                        on_chunk(config, v, trials)
+            tasks = _plan(todo, pool.workers * PACKS_PER_WORKER)    # largest expected cost first
+            for t, frames in pool.map_unordered(_run_pack, [call(task) for task in tasks]):
+                for job, frame in zip(tasks[t], frames):
+                    deliver(job, frame)
     finally:
         bar.close()
     return [_sort(pd.concat([results[ci][j] for j in range(len(chunks[ci]))], ignore_index=True))
             for ci in range(len(configs))]
 
 
-def _call(fn, *args):
-    return fn(*args)
+def _run_pack(simulate, batch, chunks):
+    """Worker side: the tables of a pack of chunks, computed by the batch function where there is
+    one and the pack holds several chunks."""
+    if batch is not None and len(chunks) > 1:
+        return batch(chunks)
+    return [simulate(*chunk) for chunk in chunks]
+
+
+def _plan(jobs: list, parts: int) -> list[list]:
+    """The tasks sent to the pool, largest expected cost first. A job of a kind without a batch
+    function is a task of its own; the jobs of a batchable kind are cut into about ``parts`` packs
+    of equal expected cost, ordered so that jobs with equal batch keys fall in one pack."""
+    tasks, batchable = [], {}
+    for job in jobs:
+        if _kind_of(job.config, "run_many")[3] is not None:
+            batchable.setdefault(_kind_of(job.config, "run_many")[0], []).append(job)
+        else:
+            tasks.append([job])
+    for group in batchable.values():
+        group.sort(key=lambda j: (repr(j.config.batch_key(j.value_index)), j.config.key, j.value_index, j.trials))
+        tasks += _cut(group, parts)
+    return sorted(tasks, key=lambda task: -sum(j.cost for j in task))
+
+
+def _cut(group: list, parts: int) -> list[list]:
+    """``group`` (in order) cut into at most ``parts`` contiguous packs of about equal cost."""
+    target = sum(j.cost for j in group) / parts
+    packs, pack, spent = [], [], 0.0
+    for job in group:
+        pack.append(job)
+        spent += job.cost
+        if spent >= target * (len(packs) + 1) * (1 - 1e-9):
+            packs.append(pack)
+            pack = []
+    return packs + ([pack] if pack else [])
 
 
 def run(config, *, executor="serial", store=None, force: bool = False, progress: bool = True,
@@ -346,7 +396,7 @@ def run(config, *, executor="serial", store=None, force: bool = False, progress:
     -------
     pandas.DataFrame sorted by method, value, trial, step.
     """
-    name, _, accepted = _kind_of(config, "run")
+    name, _, accepted, _ = _kind_of(config, "run")
     force = check_bool(force, "force", "run")
     progress = check_bool(progress, "progress", "run")
     unknown = sorted(set(engine_options) - set(accepted))

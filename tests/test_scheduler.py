@@ -48,8 +48,12 @@ class CountingExecutor(cf.ThreadPoolExecutor):
         self.submitted = []
 
     def submit(self, fn, *args, **kwargs):
-        self.submitted.append(args)
+        self.submitted.append(args)         # (chunk function, batch function, [(config, value_index, trials)])
         return super().submit(fn, *args, **kwargs)
+
+    @property
+    def chunks(self):
+        return [chunk for _simulate, _batch, pack in self.submitted for chunk in pack]
 
 
 def _equal(a, b):
@@ -69,7 +73,8 @@ def test_run_many_equals_each_config_alone_and_computes_shared_chunks_once():
         _equal(a, m)
     # shallow d = 10 (value index 1) and T = 3 (value index 1) are one setting with one seed stream:
     # its 2 one-trial chunks are computed once for both sweeps.
-    assert len(ex.submitted) == sum(len(c.chunks()) for c in configs) - 2
+    assert len(ex.chunks) == sum(len(c.chunks()) for c in configs) - 2
+    assert len(set((c.key, v, t) for c, v, t in ex.chunks)) == len(ex.chunks)     # none twice
     d10, t3 = configs[2], configs[3]
     assert d10.chunk_key(1, (0,)) == t3.chunk_key(1, (0,))
 
@@ -90,9 +95,27 @@ def test_chunks_are_submitted_largest_expected_cost_first():
     configs = _configs()
     with CountingExecutor() as ex:
         sims.run_many(configs, executor=ex, progress=False, device="cpu")
-    costs = [config.chunk_cost(v, trials) for _fn, config, v, trials in ex.submitted]
+    costs = [sum(c.chunk_cost(v, t) for c, v, t in pack) for _simulate, _batch, pack in ex.submitted]
     assert costs == sorted(costs, reverse=True)
-    assert len(set(costs)) > 2          # the estimates tell the chunks apart, so the order means something
+    assert len(set(costs)) > 2          # the estimates tell the tasks apart, so the order means something
+
+
+def test_linear_chunks_travel_in_packs_that_keep_shared_retraining_together():
+    """The linear engine batches chunks whose retraining shapes agree (batch_key): the scheduler sends
+    about PACKS_PER_WORKER packs per worker, never splits a pack's chunks across kinds, and keeps the
+    chunks of one batch key adjacent (so they meet in one pack unless the pack is full)."""
+    configs = [sims.linear_sweep(v, runs=2, chunk_trials=1, **LINEAR) for v in ("T", "n", "N", "d", "k")]
+    with CountingExecutor() as ex:
+        sims.run_many(configs, executor=ex, progress=False)
+    packs = [pack for _simulate, _batch, pack in ex.submitted]
+    assert len(ex.chunks) == sum(len(c.chunks()) for c in configs)
+    assert 2 <= len(packs) <= sims.PACKS_PER_WORKER + 1        # one worker: about 4 packs, not one per chunk
+    # A key-sorted sequence cut into P contiguous packs splits at most P - 1 keys: (pack, key) pairs
+    # number at most keys + P - 1. Packing by cost alone, ignoring keys, gives far more here
+    # (7 keys, 30 chunks).
+    pairs = {(i, c.batch_key(v)) for i, pack in enumerate(packs) for c, v, _t in pack}
+    n_keys = len({c.batch_key(v) for c, v, _t in ex.chunks})
+    assert n_keys == 7 and len(pairs) <= n_keys + len(packs) - 1
 
 
 def test_run_many_refuses_bad_input_before_any_work(tmp_path):

@@ -42,7 +42,11 @@ def vanilla_init(d, m, r, *, alpha, rng, batch=()) -> tuple[np.ndarray, np.ndarr
     check_entries(int(np.prod(batch, dtype=np.int64)) * r * max(d, m), "'batch', 'd', 'm' and 'r'", func)
     rng = check_rng(rng, func)
     if alpha_arr is not None:
-        batch = np.broadcast_shapes(batch, alpha_arr.shape)
+        try:
+            batch = np.broadcast_shapes(batch, alpha_arr.shape)
+        except ValueError:
+            raise ValueError(f"The 'alpha' parameter of {func} must broadcast against 'batch' {batch}. "
+                             f"Got an array of shape {alpha_arr.shape}.") from None
         scale = np.broadcast_to(alpha_arr, batch)[..., None, None]
     else:
         scale = alpha
