@@ -39,12 +39,16 @@ def save(fig, path: Path, *, pdf: bool = True) -> list[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     out = []
+    # The tight bounding box, found once (savefig's bbox_inches="tight" draws the figure an extra
+    # time for every file it writes).
+    fig.canvas.draw()
+    tight = fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
     for suffix in [".png"] + ([".pdf"] if pdf else []):
         target = path.with_suffix(suffix)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=suffix)
         os.close(fd)
         try:
-            fig.savefig(tmp, bbox_inches="tight", metadata={"Software": None} if suffix == ".png"
+            fig.savefig(tmp, bbox_inches=tight, metadata={"Software": None} if suffix == ".png"
                         else {"Creator": None, "Producer": None, "CreationDate": None})
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
@@ -53,6 +57,25 @@ def save(fig, path: Path, *, pdf: bool = True) -> list[Path]:
                 os.unlink(tmp)
         out.append(target)
     plt.close(fig)
+    return out
+
+
+def plot_many(plot, jobs, executor="serial") -> list:
+    """``[plot(*job) for job in jobs]``, on a local process pool's workers when ``executor`` is one
+    ("processes" or a ``concurrent.futures.ProcessPoolExecutor``: they share this file system),
+    else here (dask workers may be other machines; files must land where the driver runs)."""
+    import concurrent.futures as cf
+
+    import sims
+
+    jobs = list(jobs)
+    local = (isinstance(executor, str) and executor == "processes") or isinstance(executor, cf.ProcessPoolExecutor)
+    if not local or len(jobs) < 2:
+        return [plot(*job) for job in jobs]
+    out = [None] * len(jobs)
+    with sims.Pool(executor, "plot_many") as pool:
+        for i, result in pool.map_unordered(plot, jobs):
+            out[i] = result
     return out
 
 

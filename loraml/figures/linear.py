@@ -8,7 +8,7 @@ import numpy as np
 
 import sims
 
-from ._style import COLORS, RC, finish_row, panel_row, plt, save
+from ._style import COLORS, RC, finish_row, panel_row, plot_many, plt, save
 
 __all__ = ["linear_configs", "make_linear_figures", "plot_linear_sweep", "run_linear_sweeps"]
 
@@ -65,15 +65,24 @@ def run_linear_sweeps(*, preset="paper", store="results", executor="processes", 
 
 def make_linear_figures(out: Path, *, fast: bool = False, preset: str = "paper", store="results",
                         executor="processes", progress: bool = True) -> list[Path]:
-    """Regenerate ``<out>/linear/vary-<param>.png`` (paper preset) and/or ``<out>/linear-clean/``."""
-    if preset == "both":
-        return [path for each in ("paper", "clean") for path in
-                make_linear_figures(out, fast=fast, preset=each, store=store, executor=executor, progress=progress)]
-    folder = Path(out) / ("linear" if preset == "paper" else f"linear-{preset}")
-    paths = []
-    for vary, (cfg, table) in run_linear_sweeps(preset=preset, store=store, executor=executor, fast=fast,
-                                                               progress=progress).items():
-        title = (f"Vary {vary} ({preset} preset; d={cfg.d}, k={cfg.k}, T={cfg.T}, N={cfg.N}, n={cfg.n}, "
+    """Regenerate ``<out>/linear/vary-<param>.png`` (paper preset) and/or ``<out>/linear-clean/``
+    ("both": the ten figures); the sweeps run in one pool, and so do the plots on a process pool."""
+    configs = linear_configs(preset=preset, fast=fast)
+    with sims.Pool(executor, "make_linear_figures") as pool:      # one pool for the sweeps and the plots
+        shared = "serial" if pool.kind == "serial" else pool.executor
+        tables = sims.run_many(configs, executor=shared, store=store, progress=progress)
+        return _plot_all(configs, tables, out, fast, shared)
+
+
+def _plot_all(configs, tables, out, fast, executor):
+    jobs = []
+    for cfg, table in zip(configs, tables):
+        folder = Path(out) / ("linear" if cfg.preset == "paper" else f"linear-{cfg.preset}")
+        title = (f"Vary {cfg.vary} ({cfg.preset} preset; d={cfg.d}, k={cfg.k}, T={cfg.T}, N={cfg.N}, n={cfg.n}, "
                  f"σ={cfg.sigma} unless swept; {cfg.runs} runs, mean and min–max)")
-        paths += plot_linear_sweep(table, folder / f"vary-{vary}.png", metric=cfg.metric, title=title, pdf=not fast)
-    return paths
+        jobs.append((table, folder / f"vary-{cfg.vary}.png", cfg.metric, title, not fast))
+    return [path for paths in plot_many(_plot, jobs, executor) for path in paths]
+
+
+def _plot(table, path, metric, title, pdf):
+    return plot_linear_sweep(table, path, metric=metric, title=title, pdf=pdf)
