@@ -20,9 +20,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import os
+import signal
+import sys
 from dataclasses import dataclass, field
 
 import pandas as pd
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from ._linear import LinearConfig, simulate_chunk, simulate_chunks
@@ -55,21 +58,11 @@ EXECUTORS = ("serial", "processes", "dask")
 def _single_threaded_worker():
     """Pool initializer: one BLAS and one torch thread per worker (the pool supplies the parallelism),
     and Ctrl-C left to the driver, which stops the workers itself (see :meth:`Pool.close`)."""
-    import signal
-
-    from threadpoolctl import threadpool_limits
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
     threadpool_limits(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        import sys
-
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(1)
-    except Exception:  # pragma: no cover - torch's thread setting is best effort
-        pass
+    if "torch" in sys.modules:        # the engines set their own threads too; a forked worker inherits torch's
+        sys.modules["torch"].set_num_threads(1)
 
 
 def _is_dask_client(obj) -> bool:
@@ -78,23 +71,17 @@ def _is_dask_client(obj) -> bool:
 
 def check_executor(executor, func: str):
     """Refuse an executor that is neither a known name nor an object with ``submit``."""
-    if isinstance(executor, str):
-        if executor not in EXECUTORS:
-            raise ValueError(f"The 'executor' parameter of {func} must be one of {', '.join(map(repr, EXECUTORS))} "
-                             f"or an object with a submit method (a concurrent.futures.Executor or a dask Client). "
-                             f"Got {executor!r} instead.")
-        if executor == "dask":
-            try:
-                import distributed  # noqa: F401
-            except ImportError:
-                raise ValueError(f"The 'executor' parameter of {func} is 'dask', which needs dask.distributed: "
-                                 f"pip install 'loraml[dask]'.") from None
+    if isinstance(executor, str) and executor == "dask":
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise ValueError(f"The 'executor' parameter of {func} is 'dask', which needs dask.distributed: "
+                             f"pip install 'loraml[dask]'.") from None
+    if executor in EXECUTORS if isinstance(executor, str) else callable(getattr(executor, "submit", None)):
         return executor
-    if not callable(getattr(executor, "submit", None)):
-        raise ValueError(f"The 'executor' parameter of {func} must be one of {', '.join(map(repr, EXECUTORS))} "
-                         f"or an object with a submit method (a concurrent.futures.Executor or a dask Client). "
-                         f"Got {executor!r} instead.")
-    return executor
+    raise ValueError(f"The 'executor' parameter of {func} must be one of {', '.join(map(repr, EXECUTORS))} "
+                     f"or an object with a submit method (a concurrent.futures.Executor or a dask Client). "
+                     f"Got {executor!r} instead.")
 
 
 class Pool:
