@@ -15,6 +15,7 @@ rounding where a kernel changed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import subprocess
 import sys
@@ -94,8 +95,11 @@ def main(argv=None):
     p.add_argument("--base", default="d33ccab", help="the revision to compare against (default d33ccab)")
     p.add_argument("--only", action="append", help="figure groups to reproduce (default: all)")
     p.add_argument("--fast", action="store_true", help="loraml reproduce --fast (a smoke test of this script)")
+    p.add_argument("--keep", type=Path, help="work in this new folder and keep it (figures, stores) afterwards")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.keep is not None:
+        args.keep.mkdir(parents=True)
+    with (contextlib.nullcontext(str(args.keep)) if args.keep is not None else tempfile.TemporaryDirectory()) as tmp:
         base, tree = Path(tmp) / "base", Path(tmp) / "tree"
         base.mkdir()
         tree.mkdir()
