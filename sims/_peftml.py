@@ -357,6 +357,43 @@ def _adapter_params(pm, name):
     return [p for n, p in pm.named_parameters() if f".{name}." in n and "lora_" in n]
 
 
+def _adapter_switch(pm, names):
+    """``activate(t)``: what ``pm.set_adapter(names[t])`` does for a LoRA model without auxiliary
+    modules (each tuner layer's active adapter, the adapters' ``requires_grad`` flags, the tuner's
+    ``active_adapter``), from lists made once instead of a walk over the module tree per call."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in pm.modules() if isinstance(m, BaseTunerLayer)]
+    if any(m.merged or m.frozen_peft_weight_names for m in layers) or pm.peft_config[names[0]].is_prompt_learning:
+        def activate(t):                                 # pragma: no cover - not a configuration used here
+            pm.set_adapter(names[t])
+        return activate
+    own = {name: [] for name in names}
+    for m in layers:
+        for layer_name in m.adapter_layer_names:
+            for key, sub in getattr(m, layer_name).items():
+                if key in own:
+                    own[key].extend(sub.parameters() if isinstance(sub, _torch().nn.Module) else [sub])
+    pm.set_adapter(names[0])
+    state = {"active": names[0]}
+
+    def activate(t):
+        name = names[t]
+        if name == state["active"]:
+            return
+        for p in own[state["active"]]:
+            p.requires_grad_(False)
+        for p in own[name]:
+            p.requires_grad_(True)
+        for m in layers:
+            m._active_adapter = [name]
+        pm.base_model.active_adapter = name
+        pm.active_adapter = name
+        state["active"] = name
+
+    return activate
+
+
 def _adapter_state(pm, name) -> dict:
     """{layer name: (lora_A weight, lora_B weight)} of one adapter, detached copies."""
     out = {}
@@ -381,7 +418,11 @@ def _optimizer(params, optim: OptimSpec):
     cls = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
     # One fused kernel per step on CUDA (the models are small: launches, not flops, set the pace).
     fused = bool(params) and all(p.is_cuda for p in params)
-    opt = cls(params, lr=optim.lr, weight_decay=optim.weight_decay, **({"fused": True} if fused else {}))
+    # On the CPU, foreach runs the single-tensor update's very ops tensor by tensor in C++ (the
+    # same numbers, bit for bit) without a Python loop over parameters.
+    foreach = bool(params) and all(p.device.type == "cpu" for p in params)
+    opt = cls(params, lr=optim.lr, weight_decay=optim.weight_decay,
+              **({"fused": True} if fused else {"foreach": True} if foreach else {}))
     if optim.schedule == "cosine" and optim.epochs > 0:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=optim.epochs)
     else:
@@ -407,6 +448,17 @@ def _autocast(device, amp: bool):
     return contextlib.nullcontext()
 
 
+def _inner(net):
+    """The module a plain ``PeftModel`` calls in its forward (the base model with the adapter layers
+    injected): peft's wrapper adds nothing to a forward without peft-specific arguments, so calling
+    the inner module is the same computation without the wrapper's per-call overhead."""
+    try:
+        from peft import PeftModel
+    except ImportError:                                 # pragma: no cover - peft is a dependency
+        return net
+    return net.get_base_model() if type(net) is PeftModel else net
+
+
 def _loss(model, batch, device, amp):
     torch = _torch()
     x, y = batch
@@ -416,20 +468,115 @@ def _loss(model, batch, device, amp):
     return torch.nn.functional.cross_entropy(out.float(), y)
 
 
-def _accuracy(model, loader, device, amp) -> float:
+class _Modes:
+    """``model.train(flag)`` without walking the module tree each time: the modules are listed once
+    (plus ``extra`` modules that get swapped in, such as last-layer-ML's task heads). Only for
+    models whose modules do not override ``train`` (checked; otherwise ``Module.train`` is called)."""
+
+    def __init__(self, model, extra=()):
+        torch = _torch()
+        self.model = model
+        mods = list(model.modules())
+        seen = {id(m) for m in mods}
+        for e in extra:
+            for m in e.modules():
+                if id(m) not in seen:
+                    seen.add(id(m))
+                    mods.append(m)
+        plain = torch.nn.Module.train
+        self.mods = mods if all(type(m).train is plain for m in mods) else None
+
+    def set(self, flag: bool) -> None:
+        if self.mods is None:
+            self.model.train(flag)
+        else:
+            for m in self.mods:
+                m.__dict__["training"] = flag       # what Module.train sets, without Module.__setattr__
+
+
+def _accuracy(model, loader, device, amp, modes=None, cache=None) -> float:
+    """Accuracy of ``model`` on ``loader`` in eval mode (the mode is restored). ``modes``: a
+    :class:`_Modes` of ``model``. ``cache``: a :class:`_HeadCache` (frozen body: only the head runs
+    once the inputs to the head are recorded)."""
     torch = _torch()
     was = model.training
-    model.eval()
+    if modes is None:
+        model.eval()
+    else:
+        modes.set(False)
     right, total = 0, 0
-    with torch.no_grad():
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(device, amp):
-                out = model(x)
-            right = right + (out.argmax(-1) == y).sum()       # stays on the device until the end
-            total += len(y)
-    model.train(was)
+    with torch.inference_mode():
+        if cache is not None and cache.ready(loader):
+            for h, y in cache.batches[id(loader)]:
+                with _autocast(device, amp):
+                    out = cache.head(h)
+                right = right + (out.argmax(-1) == y).sum()
+                total += len(y)
+        else:
+            record = cache is not None and cache.start(loader)
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with _autocast(device, amp):
+                    out = model(x)
+                if record:
+                    cache.add(loader, out, y)
+                right = right + (out.argmax(-1) == y).sum()       # stays on the device until the end
+                total += len(y)
+            if record:
+                cache.finish(loader)
+    if modes is None:
+        model.train(was)
+    else:
+        modes.set(was)
     return int(right) / max(total, 1)
+
+
+class _HeadCache:
+    """Evaluation of a model whose body is frozen and has no buffers (last-layer fine-tuning): the
+    first pass over an (unshuffled, untransformed-at-random) evaluation loader records the input of
+    the ``head`` module per batch; later passes only run the head on those inputs. The same batches
+    through the same head give the same outputs bit for bit. Used only when the model's output is
+    the head's output (checked per batch: the very tensor the head returned)."""
+
+    def __init__(self, head):
+        self.head = head
+        self.batches, self._pending, self._bad = {}, None, set()
+        self._last, self._calls = None, 0
+        self._handle = head.register_forward_hook(self._hook)
+
+    def close(self):
+        self._handle.remove()
+
+    def _hook(self, module, args, output):
+        if self._pending is not None:
+            self._calls += 1
+            self._last = (args[0].detach() if len(args) == 1 and not isinstance(args[0], tuple) else None, output)
+
+    def ready(self, loader) -> bool:
+        return id(loader) in self.batches
+
+    def start(self, loader) -> bool:
+        # Only loaders that give the same batches every pass: in-memory, in order, no transform.
+        if id(loader) in self._bad or not (isinstance(loader, BatchLoader) and not loader.shuffle
+                                          and loader.transform is None):
+            return False
+        self._pending, self._last, self._calls = [], None, 0
+        return True
+
+    def add(self, loader, out, y):
+        if self._pending is None:
+            return
+        last, calls, self._last, self._calls = self._last, self._calls, None, 0
+        if calls != 1 or last is None or last[0] is None or last[1] is not out:
+            self._pending = None
+            self._bad.add(id(loader))
+            return
+        self._pending.append((last[0], y))
+
+    def finish(self, loader):
+        if self._pending is not None:
+            self.batches[id(loader)] = self._pending
+        self._pending = None
 
 
 def _check_loader(ld, name, func, where=""):
@@ -540,9 +687,7 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
     heads = None
     if method == "LoRA-ML":
         net, params = _attach(model, lora, targets, T)
-
-        def activate(t):
-            net.set_adapter(f"task{t}")
+        activate = _adapter_switch(net, [f"task{t}" for t in range(T)])
     elif method == "last-layer-ML":
         net = model
         heads = torch.nn.ModuleList([copy.deepcopy(_get(model, head)) for _ in range(T)])
@@ -564,11 +709,14 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
     trainable = trainable_count(params)
     opt, sched = _optimizer(params, optim)
 
+    modes = _Modes(net, extra=heads if heads is not None else ())
+    fwd = _inner(net)
+
     def evaluate():
         accs = []
         for t in range(T):
             activate(t)
-            accs.append(_accuracy(net, val[t], device, amp))
+            accs.append(_accuracy(fwd, val[t], device, amp, modes=modes))
         return float(np.mean(accs))
 
     def snapshot():
@@ -579,7 +727,7 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
 
     rows = [{"epoch": 0, "val_accuracy": evaluate(), "train_loss": float("nan")}]
     best, best_epoch, best_state = rows[0]["val_accuracy"], 0, snapshot()
-    net.train()
+    modes.set(True)
     for epoch in range(1, optim.epochs + 1):
         losses = []
         if method == "Reptile":
@@ -587,7 +735,7 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
         elif method == "SR" and pooled is not None:
             for batch in pooled:
                 opt.zero_grad(set_to_none=True)
-                loss = _loss(net, batch, device, amp)
+                loss = _loss(fwd, batch, device, amp)
                 loss.backward()
                 opt.step()
                 losses.append(loss.detach())
@@ -598,7 +746,7 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
                 total = 0.0
                 for t in range(T):
                     activate(t)
-                    loss = _loss(net, next(iters[t]), device, amp)
+                    loss = _loss(fwd, next(iters[t]), device, amp)
                     loss.backward()
                     total = total + loss.detach()
                 opt.step()
@@ -616,6 +764,7 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
     net.load_state_dict(best_state["net"])
     adapter0, head_states = None, ()
     if method == "LoRA-ML":
+        net.set_adapter(f"task{T - 1}")     # peft's own bookkeeping, as the last evaluation left it
         adapter0 = _adapter_state(net, "task0")
         base = net.unload()
     elif method == "last-layer-ML":
@@ -638,11 +787,21 @@ def _reptile_epoch(net, train, opt, reptile: ReptileSpec, T, device, amp, losses
     rounds = 1 if m == 0 else max(-(-len(ld) // m) for ld in train)
     iters = [_cycle(ld) for ld in train]
     params = [p for p in net.parameters() if p.requires_grad]
+    # One copy of θ per epoch, reset to θ in place before each task (what a fresh deep copy per
+    # task held: the same values, train mode, a stateless SGD).
+    inner = copy.deepcopy(net)
+    inner.train()
+    inner_params = [p for p in inner.parameters() if p.requires_grad]
+    state = list(net.parameters()) + list(net.buffers())
+    inner_state = list(inner.parameters()) + list(inner.buffers())
+    fresh = True
     for _ in range(rounds):
         for t in range(T):
-            inner = copy.deepcopy(net)
-            inner.train()
-            inner_params = [p for p in inner.parameters() if p.requires_grad]
+            if not fresh:
+                with torch.no_grad():
+                    for a, b in zip(inner_state, state):
+                        a.copy_(b)
+            fresh = False
             sgd = torch.optim.SGD(inner_params, lr=reptile.inner_lr)
             for _ in range(m):
                 sgd.zero_grad(set_to_none=True)
@@ -736,23 +895,34 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
         trainable = trainable_count(params)
         opt, sched = _optimizer(params, optim)
         rows = []
+        modes = _Modes(net)
+        fwd = _inner(net)
+        # last-layer: the body is frozen, so (without buffers that training could move) the head's
+        # inputs on the evaluation loaders are the same every epoch; only the head is re-run.
+        cache = _HeadCache(_get(model, head)) if scheme == "last-layer" and next(model.buffers(), None) is None \
+            else None
 
         def record(epoch):
             for split, ld in (("val", val), ("test", test)):
-                rows.append({"epoch": epoch, "split": split, "accuracy": _accuracy(net, ld, device, amp)})
+                rows.append({"epoch": epoch, "split": split,
+                             "accuracy": _accuracy(fwd, ld, device, amp, modes=modes, cache=cache)})
 
-        record(0)
-        net.train()
-        for epoch in range(1, optim.epochs + 1):
-            for batch in train:
-                opt.zero_grad(set_to_none=True)
-                _loss(net, batch, device, amp).backward()
-                opt.step()
-            if sched is not None:
-                sched.step()
-            record(epoch)
-            if deadline is not None and time.perf_counter() > deadline:
-                break
+        try:
+            record(0)
+            modes.set(True)
+            for epoch in range(1, optim.epochs + 1):
+                for batch in train:
+                    opt.zero_grad(set_to_none=True)
+                    _loss(fwd, batch, device, amp).backward()
+                    opt.step()
+                if sched is not None:
+                    sched.step()
+                record(epoch)
+                if deadline is not None and time.perf_counter() > deadline:
+                    break
+        finally:
+            if cache is not None:
+                cache.close()
         net.eval()
         return FineTuned(model=net, history=pd.DataFrame(rows), trainable=trainable)
 

@@ -123,6 +123,77 @@ def test_frozen_parameters_are_bit_identical_after_finetuning(scheme):
         assert changed and all(k.startswith("head.") for k in changed)
 
 
+def test_cpu_shortcuts_compute_what_the_plain_paths_compute(monkeypatch):
+    """The CPU shortcuts of sims._peftml give the same numbers bit for bit as the plain paths they
+    replace: the last-layer head cache (against loaders it may not cache), the LoRA-ML adapter
+    switch (against peft's set_adapter), foreach Adam (against the single-tensor loop) and the
+    Reptile copy reset in place (against a deep copy per task)."""
+    import sims._peftml as P
+
+    base = _tiny()
+    ld = _loaders()
+    val = sims.BatchLoader(ld[1].x, ld[1].y, 5)
+    test = sims.BatchLoader(ld[2].x, ld[2].y, 7)
+    opt = sims.OptimSpec(epochs=4, lr=0.05)
+    cached = sims.finetune(base, _loaders()[0], scheme="last-layer", val=val, test=test, optim=opt, seed=1)
+    plain = sims.finetune(base, _loaders()[0], scheme="last-layer", val=list(val), test=list(test), optim=opt,
+                          seed=1)
+    pd.testing.assert_frame_equal(cached.history, plain.history, check_exact=True)
+    assert not cached.model.head._forward_hooks                      # the recording hook is gone
+
+    lora = sims.LoraSpec(r=2, lora_dropout=0.2)
+    runs = {}
+    for variant in ("fast", "plain"):
+        if variant == "plain":
+            monkeypatch.setattr(P, "_adapter_switch", lambda pm, names: lambda t: pm.set_adapter(names[t]))
+            real = P._optimizer
+            monkeypatch.setattr(P, "_optimizer", lambda params, optim: _no_foreach(real, params, optim))
+            monkeypatch.setattr(P, "_reptile_epoch", _reptile_epoch_deepcopy)
+        runs[variant] = {m: sims.retrain(base, _loaders(), method=m, lora=lora, optim=opt, seed=2,
+                                         reptile=sims.ReptileSpec(inner_steps=2, inner_lr=0.1))
+                         for m in sims.RETRAINING_METHODS}
+    for m in sims.RETRAINING_METHODS:
+        a, b = runs["fast"][m], runs["plain"][m]
+        pd.testing.assert_frame_equal(a.history, b.history, check_exact=True)
+        assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items()), m
+        if m == "LoRA-ML":
+            assert all(torch.equal(x, y) for k in a.adapter0 for x, y in zip(a.adapter0[k], b.adapter0[k]))
+
+
+def _no_foreach(real, params, optim):
+    opt, sched = real(params, optim)
+    for g in opt.param_groups:
+        g["foreach"] = False
+    return opt, sched
+
+
+def _reptile_epoch_deepcopy(net, train, opt, reptile, T, device, amp, losses):
+    """Reptile's epoch as first written: a fresh deep copy of θ per task."""
+    from sims._peftml import _cycle, _loss
+
+    m = reptile.inner_steps
+    rounds = 1 if m == 0 else max(-(-len(ld) // m) for ld in train)
+    iters = [_cycle(ld) for ld in train]
+    params = [p for p in net.parameters() if p.requires_grad]
+    for _ in range(rounds):
+        for t in range(T):
+            inner = copy.deepcopy(net)
+            inner.train()
+            inner_params = [p for p in inner.parameters() if p.requires_grad]
+            sgd = torch.optim.SGD(inner_params, lr=reptile.inner_lr)
+            for _ in range(m):
+                sgd.zero_grad(set_to_none=True)
+                loss = _loss(inner, next(iters[t]), device, amp)
+                loss.backward()
+                sgd.step()
+                losses.append(loss.detach())
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for p, q in zip(params, inner_params):
+                    p.grad = reptile.sign * (p.detach() - q.detach()) / T
+            opt.step()
+
+
 def test_reptile_without_inner_steps_leaves_theta_unchanged():
     base = _tiny()
     res = sims.retrain(base, _loaders(), method="Reptile", optim=sims.OptimSpec(epochs=2, lr=0.1),
