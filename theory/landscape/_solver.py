@@ -46,7 +46,7 @@ class BatchFit(ArrayFields):
 # Batched exact population solver (symmetric or asymmetric adapters)
 
 
-def _gram(U, V, T):
+def _gram(U, V, T, upper=False, out=None):
     """Gauss–Newton matrix JᵀJ of the centred residuals r_t = C(U_tV_tᵀ − W_t), batched (B, m, m).
 
     With L_t(a, b) = a V_tᵀ + U_t bᵀ, the blocks ⟨L_s(a, b), L_t(c, e)⟩ are
@@ -54,35 +54,63 @@ def _gram(U, V, T):
     (b–e), for a, b indexed (i, p) and c, e indexed (j, q); symmetric adapters (V = U, a = b,
     c = e) add all four. JᵀJ = Σ_st (δ_st − 1/T) L_sᵀL_t. Written block by block into one array
     (the δ_ij blocks on their diagonal only), O(B T² d² k²).
+
+    The matrix is exactly symmetric (every entry and its mirror are the same products, summed in
+    the same order). With ``upper`` only the task blocks s ≤ t are written (they hold the upper
+    triangle, all that the Cholesky factorisation of :func:`_spd_solve` reads); the others are
+    left uninitialised. The entries written are bit for bit those of the full assembly. ``out``
+    (B, m, m), C-contiguous, receives the matrix instead of a new array.
     """
     B, _, d, k = U.shape
     nb = 1 if V is None else 2                      # factor blocks per task: U, or (U, V)
     m1 = nb * d * k
-    G = np.zeros((B, T, nb, d, k, T, nb, d, k))
-
-    def outer(X, Y, out):      # out[b,s,i,p,t,j,q] = X[b,t,i,q] · Y[b,s,j,p]
-        np.multiply(np.swapaxes(X, 1, 2)[:, None, :, None, :, None, :],
-                    np.transpose(Y, (0, 1, 3, 2))[:, :, None, :, None, :, None], out=out)
-
-    def add_kron_eye(X, Y, out):   # out[b,s,i,p,t,j,q] += δ_ij (X_sᵀY_t)_pq
-        diagonal = np.einsum("bsiptiq->bsptqi", out)          # writeable view of the i = j entries
-        diagonal += np.einsum("bsip,btiq->bsptq", X, Y)[..., None]
-
-    if V is None:
-        block = G[:, :, 0, :, :, :, 0]
-        outer(U, U, block)
-        add_kron_eye(U, U, block)
-        G *= 2.0
-    else:
-        outer(U, V, G[:, :, 0, :, :, :, 1])
-        outer(V, U, G[:, :, 1, :, :, :, 0])
-        add_kron_eye(V, V, G[:, :, 0, :, :, :, 0])
-        add_kron_eye(U, U, G[:, :, 1, :, :, :, 1])
-    K = G.reshape(B, T, m1, T, m1)                   # K_st = (δ_st − 1/T) G_st, in place
-    K *= -1.0 / T
-    idx = np.arange(T)
-    K[:, idx, :, idx, :] *= 1.0 - T
-    return K.reshape(B, T * m1, T * m1)
+    # Every entry is written below (the outer products fill the symmetric G and the asymmetric
+    # cross blocks; only the asymmetric (U, U) and (V, V) blocks need zeros off their diagonal),
+    # so no full pass of zeros; the scalings are the same floating-point operations in the same
+    # order as a zero-filled assembly.
+    shape = (B, T, nb, d, k, T, nb, d, k)
+    G = np.empty(shape) if out is None else out.reshape(shape)
+    pairs = [(0, 0, U, U)] if V is None else [(0, 1, U, V), (1, 0, V, U)]
+    kron = [(0, 0, U, U)] if V is None else [(0, 0, V, V), (1, 1, U, U)]
+    gram_kron = [np.einsum("bsip,btiq->bsptq", X, Y) for _, _, X, Y in kron]     # δ_ij (X_sᵀY_t)_pq
+    # rep[id(X)] = (X[b,t,i,q] over (b, t, i, (j, q)), X[b,s,j,p] over (b, s, p, (j, q)))
+    rep = {id(X): (np.repeat(X[:, :, :, None, :], d, axis=3).reshape(B, T, d, d * k),
+                   np.repeat(np.swapaxes(X, 2, 3)[..., None], k, axis=4).reshape(B, T, k, d * k))
+           for X in ((U,) if V is None else (U, V))}
+    rows = range(T) if upper else [None]
+    for s in rows:
+        first = 0 if s is None else s           # block row s (or all rows), block columns t ≥ first
+        sl = slice(None) if s is None else s
+        for a, b, X, Y in pairs:                # out[b,s,i,p,t,j,q] = X[b,t,i,q] · Y[b,s,j,p]
+            # with (j, q) as one contiguous axis of both factors (X repeated over j, Y over q):
+            # long inner loops, the same products
+            Xr, Yr = rep[id(X)][0], rep[id(Y)][1]
+            o = G[:, sl, a, :, :, first:, b].reshape((B,) + ((T,) if s is None else ()) + (d, k, T - first, d * k))
+            if s is None:
+                np.multiply(np.swapaxes(Xr, 1, 2)[:, None, :, None], Yr[:, :, None, :, None], out=o)
+            else:
+                np.multiply(np.swapaxes(Xr[:, first:], 1, 2)[:, :, None], Yr[:, s, None, :, None], out=o)
+        if V is not None:
+            G[:, sl, 0, :, :, first:, 0] = 0.0
+            G[:, sl, 1, :, :, first:, 1] = 0.0
+        for (a, b, _, _), Kr in zip(kron, gram_kron):
+            blk = G[:, sl, a, :, :, first:, b]
+            if s is None:
+                diagonal = np.einsum("bsiptiq->bsptqi", blk)      # writeable view of the i = j entries
+                diagonal += Kr[..., None]
+            else:
+                diagonal = np.einsum("biptiq->bptqi", blk)
+                diagonal += Kr[:, s, :, first:][..., None]
+        Gs = G[:, sl, :, :, :, first:]
+        if V is None:
+            Gs *= 2.0
+        Gs *= -1.0 / T                           # K_st = (δ_st − 1/T) G_st, in place
+        if s is not None:
+            G[:, s, :, :, :, s] *= 1.0 - T
+    if not upper:
+        for t in range(T):                       # diagonal blocks, as views (no gather/scatter)
+            G[:, t, :, :, :, t] *= 1.0 - T
+    return G.reshape(B, T * m1, T * m1)
 
 
 def _grad_packed(W, U, V):
@@ -115,21 +143,41 @@ def _balance(U, V):
     return (Qu @ X) * root, (Qv @ _tr(Yt)) * root
 
 
-def _spd_solve(K, b):
-    """Solve K_i x_i = b_i for a batch of symmetric positive definite matrices K (B, n, n).
+def _spd_solve(K, b, rows=None, mu=None, upper=False):
+    """Solve (K_r + μ I) x = b for a batch of symmetric positive definite matrices K (B, n, n).
 
-    Cholesky (LAPACK potrf/potrs) matrix by matrix: numpy has no batched Cholesky solve, and its
-    batched LU costs twice the flops (2.2x slower at n = 320, B = 20, measured). Each matrix is
-    O(n³) work, so the loop over the batch adds nothing measurable. A matrix that is not
-    numerically positive definite falls back to a pseudo-inverse. K is not modified.
+    K may also be a sequence of (n, n) matrices. Row i of ``b`` (n_rows, n) is solved with
+    K[rows[i]] (``rows`` defaults to every matrix in order) plus mu[i] on the diagonal (``mu``
+    defaults to no shift). Cholesky (LAPACK potrf/potrs) matrix by matrix: numpy has no batched
+    Cholesky solve, and its batched LU costs twice the flops (2.2x slower at n = 320, B = 20,
+    measured). Each matrix is O(n³) work, so the loop over the batch adds nothing measurable;
+    each shifted matrix is built in one reused buffer and factored in place (no stacked copy of
+    the shifted matrices, no copy inside the LAPACK wrapper). A matrix that is not numerically
+    positive definite falls back to a pseudo-inverse. K is not modified. With ``upper`` only the
+    upper triangle of each K is set (:func:`_gram` with ``upper``): the factorisation reads no
+    more, and the pseudo-inverse mirrors it.
     """
+    n = b.shape[-1]
+    if rows is None:
+        rows = range(len(K))
     x = np.empty_like(b)
-    for i in range(K.shape[0]):
-        c, info = lapack.dpotrf(K[i].T, lower=1, clean=0)   # K[i].T: Fortran order, same matrix
+    buf = np.empty((n, n))
+    flat_diag = buf.reshape(-1)[:: n + 1]
+    for i, r in enumerate(rows):
+        np.copyto(buf, K[r])
+        if mu is not None:
+            flat_diag += mu[i]
+        # buf.T: Fortran order, same matrix; factored in place
+        c, info = lapack.dpotrf(buf.T, lower=1, clean=0, overwrite_a=1)
         if info == 0:
             x[i], info = lapack.dpotrs(c, b[i], lower=1)
         if info != 0:
-            x[i] = np.linalg.pinv(K[i], hermitian=True) @ b[i]
+            Ki = K[r].copy()
+            if upper:
+                Ki = np.triu(Ki) + np.triu(Ki, 1).T
+            if mu is not None:
+                Ki.reshape(-1)[:: n + 1] += mu[i]
+            x[i] = np.linalg.pinv(Ki, hermitian=True) @ b[i]
     return x
 
 
@@ -151,9 +199,14 @@ def _lm_batch(W, U, V, *, max_iter, ftol, gtol):
     n_iter = np.zeros(B, int)
     # Gauss–Newton matrices, kept while x does not move: a rejected step only changes μ, so
     # about a third of the assemblies are saved on hard instances.
+    # Assembled in place into ``gram`` (or, for some of the instances, into one reused scratch
+    # array): no fresh pages per iteration. Above 64 unknowns only the upper triangle is
+    # assembled (what the Cholesky factorisation reads; the same bits), below it the full matrix
+    # (fewer numpy calls).
     gram = np.empty((B, n, n))
+    scratch = None
+    upper = n >= 64
     stale = np.ones(B, bool)
-    diag = np.arange(n)
     for _ in range(max_iter):
         gnorm = np.linalg.norm(g, axis=1)
         xnorm = 1.0 + np.linalg.norm(x, axis=1)
@@ -162,20 +215,36 @@ def _lm_batch(W, U, V, *, max_iter, ftol, gtol):
         if act.size == 0:
             break
         xa = x[act]
-        new = act[stale[act]]
-        if new.size:
-            gram[new] = _gram(*_unpack(x[new], (new.size, T, d, k), symmetric), T)
-            stale[new] = False
-        K = gram[act]
+        fresh = stale[act]
+        new = act[fresh]
+        part = None
+        if new.size == B:                            # every instance (new is sorted): in place
+            _gram(*_unpack(x, shape, symmetric), T, upper=upper, out=gram)
+            mats = gram
+        elif new.size:
+            # the new matrices go to a reused scratch array and are read from there; only those
+            # of rejected steps are kept in ``gram`` (below), the others are stale at once
+            if scratch is None:
+                scratch = np.empty((B - 1, n, n))
+            part = scratch[:new.size]
+            _gram(*_unpack(x[new], (new.size, T, d, k), symmetric), T, upper=upper, out=part)
+            pos = np.cumsum(fresh) - 1
+            mats = [part[pos[i]] if fresh[i] else gram[a] for i, a in enumerate(act)]
+        else:
+            mats = [gram[a] for a in act]
+        stale[new] = False
         mu = theta[act] * np.sqrt(2 * f[act]) + mu_floor[act]
-        K[:, diag, diag] += mu[:, None]
-        dx = -_spd_solve(K, g[act])
+        dx = -_spd_solve(mats, g[act], mu=mu, upper=upper)
         x_new = xa + dx
         f_new, g_new = _grad_packed(W[act], *_unpack(x_new, (act.size, T, d, k), symmetric))
         pred = 0.5 * (mu * np.sum(dx * dx, axis=1) - np.sum(dx * g[act], axis=1))
         ok = (f_new <= f[act]) & (pred > 0) & np.isfinite(f_new)
         rho = np.where(ok, (f[act] - f_new) / np.where(pred > 0, pred, 1.0), 0.0)
         acc = act[ok]
+        if part is not None:
+            keep = fresh & ~ok
+            if keep.any():
+                gram[act[keep]] = part[pos[keep]]
         if not symmetric and acc.size:
             # Gauge fixing: U_tV_tᵀ is invariant under (U, V) → (U C, V C⁻ᵀ); keep the factors
             # balanced (UᵀU = VᵀV) so that the Gauss–Newton matrix stays well conditioned.
