@@ -580,8 +580,11 @@ class _HeadCache:
 
 
 def _check_loader(ld, name, func, where=""):
-    """A loader: a non-empty re-iterable with a len whose first batch is an (inputs, labels) pair of
-    tensors of the same length (peeked, so a list of arrays or strings is refused up front)."""
+    """A loader: a non-empty re-iterable with a len. A list or tuple of batches must hold (inputs,
+    labels) pairs of tensors of one length (its first batch is looked at, so a list of arrays or
+    strings is refused up front); a BatchLoader checked its tensors when it was made. Nothing is
+    iterated: drawing a batch from a shuffling loader would advance its generator and change the
+    run's numbers."""
     torch = _torch()
     if isinstance(ld, (str, bytes)) or not hasattr(ld, "__len__") or not hasattr(ld, "__iter__"):
         raise ValueError(f"The {name!r} parameter of {func} must {'hold' if where else 'be'} loaders (re-iterables "
@@ -589,7 +592,12 @@ def _check_loader(ld, name, func, where=""):
     if len(ld) == 0:
         raise ValueError(f"The {name!r} parameter of {func} must not {'hold' if where else 'be'} an empty "
                          f"task (no batches){where}.")
-    first = next(iter(ld), None)
+    if isinstance(ld, np.ndarray) or isinstance(ld, torch.Tensor):
+        raise ValueError(f"The {name!r} parameter of {func} must {'hold' if where else 'be'} loaders (re-iterables "
+                         f"of (inputs, labels) batches), not a bare array{where}.")
+    if not isinstance(ld, (list, tuple)):
+        return
+    first = ld[0]
     if not (isinstance(first, (tuple, list)) and len(first) == 2 and all(isinstance(b, torch.Tensor) for b in first)
             and first[0].ndim >= 1 and first[1].ndim >= 1 and len(first[0]) == len(first[1])):
         raise ValueError(f"The {name!r} parameter of {func} must yield (inputs, labels) pairs of tensors of one "
