@@ -296,8 +296,8 @@ def run_many(configs, *, executor="serial", store=None, force: bool = False, pro
         """Store a computed chunk (relabelled for every config that shares it) as it arrives."""
         for ci, j in job.targets:
             config = configs[ci]
-            out = frame if config is job.config else config.relabel_chunk(frame, job.value_index)
             v, trials = chunks[ci][j]
+            out = frame if config is job.config else config.relabel_chunk(frame, v)   # the target's own value
             if dbs[ci] is not None:
                 dbs[ci].write(v, trials, out, **({} if config is job.config else {"computed_for": job.config.key}))
             results[ci][j] = out
