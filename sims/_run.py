@@ -266,7 +266,7 @@ def run_many(configs, *, executor="serial", store=None, force: bool = False, pro
     dbs = []
     jobs: dict[str, _Job] = {}
     for ci, (config, (name, *_)) in enumerate(zip(configs, kinds)):
-        db = ChunkStore(root, name, config, config.engine_version) if root is not None else None
+        db = ChunkStore(root, name, config) if root is not None else None
         if db is not None:
             db.write_config()
         dbs.append(db)

@@ -166,11 +166,11 @@ def _seed(config):
 class ChunkStore:
     """The folder of one config's results.
 
-    ``kind`` names the engine (the folder prefix) and ``engine_version`` its current version: a
-    chunk computed by another version is stale and is recomputed, never served.
+    ``kind`` names the engine (the folder prefix) and ``engine_version`` (default: the config's) its
+    current version: a chunk computed by another version is stale and is recomputed, never served.
     """
 
-    def __init__(self, root, kind: str, config, engine_version: int = 1):
+    def __init__(self, root, kind: str, config, engine_version: int | None = None):
         func = "ChunkStore"
         root = check_store_root(root, func, "root")
         if not isinstance(kind, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", kind):
@@ -182,7 +182,8 @@ class ChunkStore:
                              f"RealDataConfig). Got {type(config).__name__}.")
         self.config = config
         self.kind = kind
-        self.engine_version = check_int(engine_version, "engine_version", func, low=0)
+        self.engine_version = check_int(config.engine_version if engine_version is None else engine_version,
+                                        "engine_version", func, low=0)
         self.folder = root / f"{kind}-{config.key}"
 
     def chunk_path(self, value_index: int, trials) -> Path:

@@ -319,7 +319,7 @@ def test_ctrl_c_mid_sweep_leaves_whole_chunks_and_the_rerun_resumes(tmp_path):
     left = sorted(folder.glob("chunk-*.parquet"))
     assert 1 <= len(left) < len(cfg.chunks())                  # mid-sweep
     assert not list(folder.glob(".*"))                         # no half-written file
-    db = sims.ChunkStore(tmp_path / "a", "linear", cfg, cfg.engine_version)
+    db = sims.ChunkStore(tmp_path / "a", "linear", cfg)         # the config's engine version
     stored = [(v, t) for v, t in cfg.chunks() if db.has(v, t)]
     assert all(db.load(v, t) is not None for v, t in stored)   # every file left is whole and sound
     computed = []
