@@ -51,6 +51,7 @@ from ._realdata import read_cifar10 as read_cifar10
 from ._realdata import realdata_summary as realdata_summary
 from ._realdata import realdata_sweep as realdata_sweep
 from ._realdata import simulate_realdata_chunk as simulate_realdata_chunk
+from ._realdata import simulate_realdata_chunks as simulate_realdata_chunks
 from ._realdata import write_cifar10 as write_cifar10
 from ._reference import reference_trial as reference_trial
 from ._run import EXECUTORS as EXECUTORS
@@ -93,6 +94,7 @@ __all__ = [
     "realdata_sweep",
     "retrain",
     "simulate_realdata_chunk",
+    "simulate_realdata_chunks",
     "trainable_count",
     "write_cifar10",
     "JOINED_METHODS",

@@ -16,11 +16,12 @@ class SweepConfig:
     """Mixin for frozen sweep dataclasses with fields ``values``, ``chunk_trials`` and a trial count
     ``runs``. Each field carries its documentation in ``metadata["doc"]``.
 
-    The scheduler (:func:`sims.run_many`) asks a config four things about its chunks: the
+    The scheduler (:func:`sims.run_many`) asks a config five things about its chunks: the
     engine's version (``engine_version``, bumped whenever the engine's numbers change, so stored
     chunks of another version are recomputed), a key naming the chunk's numbers
     (:meth:`chunk_key`: equal keys are computed once), an expected cost (:meth:`chunk_cost`, for
-    largest-first scheduling) and how to relabel a shared chunk (:meth:`relabel_chunk`)."""
+    largest-first scheduling), how to relabel a shared chunk (:meth:`relabel_chunk`) and which
+    chunks have part of their work in common (:meth:`share_key`)."""
 
     #: Version of the engine that computes this kind of config; bump it when its numbers change.
     engine_version: ClassVar[int] = 1
@@ -62,6 +63,12 @@ class SweepConfig:
         """Expected cost of one chunk in rough CPU seconds (only the order matters within a kind;
         across kinds, the estimates should be comparable). By default, one per trial."""
         return float(len(trials))
+
+    def share_key(self, value_index: int, trials) -> str | None:
+        """Chunks with equal share keys (not ``None``), of this config or others, have work in
+        common that their kind's batch function computes once (e.g. a retraining that two presets
+        share): the scheduler sends them to one worker together. By default ``None``: nothing shared."""
+        return None
 
     def relabel_chunk(self, frame, value_index: int):
         """A chunk computed for another config with the same :meth:`chunk_key`, labelled as this

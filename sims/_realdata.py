@@ -63,7 +63,8 @@ from ._peftml import (
     retrain,
 )
 
-__all__ = ["MLPMixer", "RealDataConfig", "realdata_sweep", "simulate_realdata_chunk", "read_cifar10",
+__all__ = ["MLPMixer", "RealDataConfig", "realdata_sweep", "simulate_realdata_chunk", "simulate_realdata_chunks",
+           "read_cifar10",
            "realdata_summary", "REALDATA_PRESETS", "CIFAR10_HELP", "write_cifar10", "crop_flip"]
 
 REALDATA_PRESETS = ("paper", "clean")
@@ -356,6 +357,16 @@ class RealDataConfig(SweepConfig):
             self.ft_epochs * len(self.finetuning) * len(self.n_finetune) / 10
         return len(trials) * epochs * 0.1 * (1 if self.dataset == "digits" else 200)
 
+    def share_key(self, value_index: int, trials) -> str | None:
+        """SR and last-layer-ML retrain the same way under both presets (quirks V1-V3 touch only
+        LoRA adapters, fine-tuning starts and Reptile), so their chunks of equal seeds in the
+        ``paper`` and ``clean`` sweeps share the retraining: the scheduler sends them to one worker
+        together and :func:`simulate_realdata_chunks` retrains once. ``None`` for the other methods."""
+        key = _retrain_key(self, self.values[value_index])
+        if key is None:
+            return None
+        return f"{key}:{[int(self.seeds[int(t)]) for t in trials]}"
+
     @property
     def key(self) -> str:
         """Content hash of everything that determines the numbers (not the chunking, not where the data is)."""
@@ -363,6 +374,25 @@ class RealDataConfig(SweepConfig):
         d.pop("chunk_trials")
         d.pop("data_root")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+#: Fields that the retraining of one seed does not read (fine-tuning, the sweep's layout); the
+#: preset is among them for the methods in _PRESET_FREE.
+_FINETUNE_FIELDS = ("values", "seeds", "finetuning", "n_finetune", "ft_val", "test_size", "ft_epochs", "ft_lr",
+                    "ft_wd", "ft_batch_size", "chunk_trials")
+_PRESET_FREE = ("SR", "last-layer-ML")
+
+
+def _retrain_key(config, method) -> str | None:
+    """Hash of what one seed's retraining with ``method`` depends on, or ``None`` where it depends
+    on the preset (LoRA-ML: V1 in the adapted forward pass; Reptile: V3)."""
+    if method not in _PRESET_FREE or config.dataset not in ("digits", "vision"):
+        return None
+    d = config.to_dict()
+    for name in _FINETUNE_FIELDS + ("preset",):
+        d.pop(name)
+    d["method"] = method
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
 _DIGITS = dict(image_size=8, patch_size=2, width=32, depth=1, dropout=0.1, augment=False, r=1, lora_alpha=1.0,
@@ -553,6 +583,46 @@ def simulate_realdata_chunk(config: RealDataConfig, value_index: int, trials, de
     if timings is not None and not isinstance(timings, dict):
         raise ValueError(f"The 'timings' parameter of {func} must be a dict or None. Got {type(timings).__name__}.")
     amp = device.type == "cuda" if amp is None else amp
+    return _chunk(config, value_index, trials, device, amp, budget, timings, None)
+
+
+def simulate_realdata_chunks(chunks, device: str | None = None, amp: bool | None = None) -> list[pd.DataFrame]:
+    """The tables of several chunks ``[(config, value_index, trials), ...]``, each bit-identical to
+    :func:`simulate_realdata_chunk`; chunks with equal :meth:`RealDataConfig.share_key` (SR or
+    last-layer-ML, the same seeds, both presets) retrain once.
+
+    Examples
+    --------
+    >>> cfgs = [realdata_sweep("digits", preset=p, seeds=(0,), values=("SR",), retrain_epochs=1, ft_epochs=1,
+    ...                        n_finetune=(10,), finetuning=("last-layer",)) for p in ("paper", "clean")]
+    >>> cfgs[0].share_key(0, (0,)) == cfgs[1].share_key(0, (0,))
+    True
+    >>> a, b = simulate_realdata_chunks([(c, 0, (0,)) for c in cfgs], device="cpu")
+    >>> a["accuracy"].equals(b["accuracy"])          # SR's last-layer fine-tuning: no quirk applies
+    True
+    """
+    func = "simulate_realdata_chunks"
+    if isinstance(chunks, (str, bytes)) or not hasattr(chunks, "__iter__"):
+        raise ValueError(f"The 'chunks' parameter of {func} must be a sequence of (config, value_index, trials). "
+                         f"Got {chunks!r}.")
+    chunks = list(chunks)
+    checked = []
+    for item in chunks:
+        if not (isinstance(item, tuple) and len(item) == 3):
+            raise ValueError(f"The 'chunks' parameter of {func} must hold (config, value_index, trials) tuples. "
+                             f"Got {item!r}.")
+        checked.append((item[0],) + RealDataConfig.check_chunk(*item, func))
+    torch = _torch()
+    device = _check_device(("cuda" if torch.cuda.is_available() else "cpu") if device is None else device, func)
+    if amp is not None and not isinstance(amp, (bool, np.bool_)):
+        raise ValueError(f"The 'amp' parameter of {func} must be a bool or None. Got {amp!r} instead.")
+    amp = device.type == "cuda" if amp is None else amp
+    cache = {}
+    return [_chunk(config, v, trials, device, amp, None, None, cache) for config, v, trials in checked]
+
+
+def _chunk(config, value_index, trials, device, amp, budget, timings, cache):
+    torch = _torch()
     method = config.values[value_index]
     frames = []
     threads = torch.get_num_threads()
@@ -562,7 +632,7 @@ def simulate_realdata_chunk(config: RealDataConfig, value_index: int, trials, de
         torch.set_num_threads(1)
     try:
         for t in trials:
-            frames.append(_one_seed(config, method, config.seeds[int(t)], device, amp, budget, timings))
+            frames.append(_one_seed(config, method, config.seeds[int(t)], device, amp, budget, timings, cache))
     finally:
         torch.set_num_threads(threads)
     frame = pd.concat(frames, ignore_index=True)
@@ -571,7 +641,7 @@ def simulate_realdata_chunk(config: RealDataConfig, value_index: int, trials, de
     return frame
 
 
-def _one_seed(config, method, seed, device, amp, budget, timings):
+def _one_seed(config, method, seed, device, amp, budget, timings, cache=None):
     torch = _torch()
     streams = np.random.SeedSequence(seed).spawn(4)         # data split, model, retraining, fine-tuning
     data_rng = np.random.default_rng(streams[0])
@@ -590,23 +660,31 @@ def _one_seed(config, method, seed, device, amp, budget, timings):
     lora, retrain_opt, reptile_opt, reptile, ft_opt = _specs(config)
     train_tf, eval_tf = _transforms(config, device, train=True), _transforms(config, device, train=False)
     eval_bs = max(config.batch_size, 512)
-    train = [BatchLoader(*tensors(*tr), config.batch_size, shuffle=True, generator=gen(streams[2], i), transform=train_tf)
-             for i, (tr, _) in enumerate(tasks)]
-    val = [BatchLoader(*tensors(*va), eval_bs, transform=eval_tf) for _, va in tasks]
-    pooled = BatchLoader.pooled(train) if method == "SR" else None
-    model_seed = int(streams[1].generate_state(1)[0])
-    with _seeded(model_seed, device):
-        model = _model(config)
     start = time.perf_counter()
     end = None if budget is None else start + budget
     base_row = {"dataset": config.dataset, "preset": config.preset, "retraining": method, "seed": np.int64(seed)}
-    t0 = time.perf_counter()
-    res = retrain(model, train, method=method, val=val, pooled=pooled, lora=lora,
-                  optim=reptile_opt if method == "Reptile" else retrain_opt, reptile=reptile,
-                  seed=int(streams[2].generate_state(1)[0]), device=device, amp=amp,
-                  deadline=None if end is None else start + budget / 2)
-    if timings is not None:
-        timings[f"retrain {method} seed {seed}"] = time.perf_counter() - t0
+    # A retraining that another chunk of this batch did (the same key and seed, no time budget) is
+    # reused: fine-tuning copies the retrained model and seeds its own generators, so nothing after
+    # this point depends on whether the retraining ran here.
+    shared = None if cache is None or budget is not None else _retrain_key(config, method)
+    res = None if shared is None else cache.get((shared, int(seed)))
+    if res is None:
+        train = [BatchLoader(*tensors(*tr), config.batch_size, shuffle=True, generator=gen(streams[2], i),
+                             transform=train_tf) for i, (tr, _) in enumerate(tasks)]
+        val = [BatchLoader(*tensors(*va), eval_bs, transform=eval_tf) for _, va in tasks]
+        pooled = BatchLoader.pooled(train) if method == "SR" else None
+        model_seed = int(streams[1].generate_state(1)[0])
+        with _seeded(model_seed, device):
+            model = _model(config)
+        t0 = time.perf_counter()
+        res = retrain(model, train, method=method, val=val, pooled=pooled, lora=lora,
+                      optim=reptile_opt if method == "Reptile" else retrain_opt, reptile=reptile,
+                      seed=int(streams[2].generate_state(1)[0]), device=device, amp=amp,
+                      deadline=None if end is None else start + budget / 2)
+        if timings is not None:
+            timings[f"retrain {method} seed {seed}"] = time.perf_counter() - t0
+        if shared is not None:
+            cache[(shared, int(seed))] = res
     rows = [dict(base_row, phase="retrain", finetuning="none", n_finetune=np.int64(0), epoch=np.int64(r.epoch),
                  split="val", accuracy=float(r.val_accuracy)) for r in res.history.itertuples()]
     frames = [pd.DataFrame(rows)]

@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from ._linear import LinearConfig, simulate_chunk, simulate_chunks
-from ._realdata import RealDataConfig, simulate_realdata_chunk
+from ._realdata import RealDataConfig, simulate_realdata_chunk, simulate_realdata_chunks
 from ._shallow import ShallowConfig, simulate_shallow_chunk
 from theory.validation import check_bool, check_int
 
@@ -37,14 +37,15 @@ from ._store import ChunkStore, _sort, check_store_root
 
 __all__ = ["run", "run_many", "EXECUTORS"]
 
-#: Config class -> (store prefix, chunk function, engine options the chunk function accepts,
-#: batch function or None). A batch function computes several chunks ``[(config, value_index,
-#: trials), ...]`` at once, bit-identical to the chunk function on each, sharing work between
-#: chunks with equal :meth:`SweepConfig.batch_key`; the scheduler then sends packs of chunks.
+#: Config class -> (store prefix, chunk function, engine options the chunk and batch functions
+#: accept, batch function or None). A batch function computes several chunks ``[(config,
+#: value_index, trials), ...]`` at once, bit-identical to the chunk function on each, sharing
+#: work between chunks: linear, those with equal ``LinearConfig.batch_key`` (the scheduler sends
+#: packs of them); any kind, those with equal :meth:`SweepConfig.share_key` (sent together).
 _KINDS = {
     LinearConfig: ("linear", simulate_chunk, (), simulate_chunks),
     ShallowConfig: ("shallow", simulate_shallow_chunk, ("device",), None),
-    RealDataConfig: ("realdata", simulate_realdata_chunk, ("device", "amp"), None),
+    RealDataConfig: ("realdata", simulate_realdata_chunk, ("device", "amp"), simulate_realdata_chunks),
 }
 
 #: Packs per worker for a batchable kind: enough that the packs balance over the workers and an
@@ -290,6 +291,7 @@ def run_many(configs, *, executor="serial", store=None, force: bool = False, pro
         options = {k: v for k, v in engine_options.items() if k in takes}
         if options:
             simulate = functools.partial(simulate, **options)
+            batch = None if batch is None else functools.partial(batch, **options)
         return (simulate, batch, [(job.config, job.value_index, job.trials) for job in task])
 
     def deliver(job, frame):
@@ -326,15 +328,21 @@ def _run_pack(simulate, batch, chunks):
 
 
 def _plan(jobs: list, parts: int) -> list[list]:
-    """The tasks sent to the pool, largest expected cost first. A job of a kind without a batch
-    function is a task of its own; the jobs of a batchable kind are cut into about ``parts`` packs
-    of equal expected cost, ordered so that jobs with equal batch keys fall in one pack."""
-    tasks, batchable = [], {}
+    """The tasks sent to the pool, largest expected cost first. Jobs with an equal share key (of
+    one kind) form one task; the jobs of a kind with batch keys are cut into about ``parts`` packs
+    of equal expected cost, ordered so that jobs with equal batch keys fall in one pack; every
+    other job is a task of its own."""
+    tasks, batchable, shared = [], {}, {}
     for job in jobs:
-        if _kind_of(job.config, "run_many")[3] is not None:
-            batchable.setdefault(_kind_of(job.config, "run_many")[0], []).append(job)
+        name, _, _, batch = _kind_of(job.config, "run_many")
+        share = job.config.share_key(job.value_index, job.trials) if batch is not None else None
+        if share is not None:
+            shared.setdefault((name, share), []).append(job)
+        elif batch is not None and hasattr(job.config, "batch_key"):
+            batchable.setdefault(name, []).append(job)
         else:
             tasks.append([job])
+    tasks += shared.values()
     for group in batchable.values():
         group.sort(key=lambda j: (repr(j.config.batch_key(j.value_index)), j.config.key, j.value_index, j.trials))
         tasks += _cut(group, parts)

@@ -292,6 +292,8 @@ def _bases():
                                        optim=sims.OptimSpec(epochs=1), seed=0, device="cpu", select="best")),
         "simulate_realdata_chunk": (sims.simulate_realdata_chunk,
                                     dict(config=_tiny_realdata(), value_index=0, trials=(0,), device="cpu")),
+        "simulate_realdata_chunks": (sims.simulate_realdata_chunks,
+                                     dict(chunks=[(_tiny_realdata(), 0, (0,))], device="cpu")),
         "trainable_count": (sims.trainable_count, dict(params=list(model.parameters()))),
         "write_cifar10": (sims.write_cifar10, dict(root=TmpPath("new-cifar"), n_train=5, n_test=2, rng=0)),
     }

@@ -4,6 +4,7 @@
 |----------------------------------------|-----------------------------------------------|------------------------------------------------------------------|
 | run_many = each config alone           | sims.run per config, exact frame equality     | a relabelling slip (vary/value), a chunk key too coarse (two different chunks merged: frames differ), results sent to the wrong config |
 | shared chunks computed once            | count of submitted chunks                     | a chunk key too fine (d = 10 and T = 3 computed twice)           |
+| presets share SR / last-layer-ML retraining | each preset's sweep alone; retraining count | a shared retraining leaking into fine-tuning; a share key merging different retrainings (LoRA-ML, Reptile) or sharing nothing |
 | largest first                          | the configs' own cost estimates               | submitting in config order (a long chunk starting last)          |
 | dask = serial; killed worker           | the serial table; chunk files on disk         | executor-dependent numbers; a lost or duplicated chunk after a worker dies mid-sweep |
 | corrupt / stale chunk                  | an untouched run; the logged line             | serving a truncated, bit-flipped, misplaced or stale-engine chunk; recomputing sound chunks |
@@ -116,6 +117,43 @@ def test_linear_chunks_travel_in_packs_that_keep_shared_retraining_together():
     pairs = {(i, c.batch_key(v)) for i, pack in enumerate(packs) for c, v, _t in pack}
     n_keys = len({c.batch_key(v) for c, v, _t in ex.chunks})
     assert n_keys == 7 and len(pairs) <= n_keys + len(packs) - 1
+
+
+DIGITS = dict(seeds=(0, 1), retrain_epochs=2, ft_epochs=2, n_finetune=(10, 20))
+
+
+def test_realdata_presets_share_sr_and_last_layer_retraining_and_give_each_sweep_alone(monkeypatch):
+    """SR and last-layer-ML retrain the same way under both presets (V1-V3 touch adapters, fine-tuning
+    starts and Reptile only): run_many sends the two presets' chunks of such a method and seed as one
+    task and retrains once. Oracle: each sweep run alone, frame for frame (a shared retraining that
+    leaked state into fine-tuning, or a share key that merged different retrainings, changes
+    accuracies); and the number of retrainings: 4 methods x 2 seeds x 2 presets = 16 alone, 16 - 4 =
+    12 shared (a key that includes the preset shares nothing: 16; one that ignores it for LoRA-ML or
+    Reptile: 8)."""
+    import sims._realdata as R
+
+    configs = [sims.realdata_sweep("digits", preset=p, **DIGITS) for p in ("paper", "clean")]
+    alone = [sims.run(c, progress=False, device="cpu") for c in configs]
+    calls = []
+    original = R.retrain
+    monkeypatch.setattr(R, "retrain", lambda *a, **k: calls.append(k["method"]) or original(*a, **k))
+    with CountingExecutor() as ex:
+        many = sims.run_many(configs, executor=ex, progress=False, device="cpu")
+    for a, m in zip(alone, many):
+        _equal(a, m)
+    assert len(calls) == 12 and sorted(set(calls)) == sorted(sims.RETRAINING_METHODS)
+    tasks = [pack for _simulate, _batch, pack in ex.submitted]
+    assert sorted(len(t) for t in tasks) == [1] * 8 + [2] * 4       # SR, last-layer-ML x 2 seeds in pairs
+    for pack in tasks:
+        assert len({(c.values[v], c.seeds[t[0]]) for c, v, t in pack}) == 1
+    # Every field the retraining reads is in the key; the fine-tuning's are not.
+    paper, clean = configs
+    assert paper.share_key(0, (0,)) == clean.share_key(0, (0,)) != paper.share_key(0, (1,))
+    assert paper.share_key(1, (0,)) is None and paper.share_key(3, (0,)) is None     # LoRA-ML, Reptile
+    other = sims.realdata_sweep("digits", preset="clean", **{**DIGITS, "retrain_lr": 1e-3})
+    assert other.share_key(0, (0,)) != clean.share_key(0, (0,))
+    fine = sims.realdata_sweep("digits", preset="clean", **{**DIGITS, "ft_lr": 1e-3})
+    assert fine.share_key(0, (0,)) == clean.share_key(0, (0,))
 
 
 def test_run_many_refuses_bad_input_before_any_work(tmp_path):
