@@ -64,3 +64,33 @@ def test_reproduce_shallow_figures_fast(tmp_path):
     assert len(table) == 2 * (3 + 4) + 2          # every setting and method, plus rank 3k at T = 2
     assert (table.range_lo <= table["median"]).all() and (table["median"] <= table.range_hi).all()
     assert "| T | 2 | LoRA-ML | 3 |" in (tmp_path / "figs" / "shallow" / "table.md").read_text()
+
+
+def test_reproduce_overlaps_groups_but_returns_paths_in_group_order(tmp_path, monkeypatch):
+    """With workers to feed, the sweeps run in a background thread while this process draws the other
+    groups: the paths still come back in group order (linear before theory, as asked), the sweeps'
+    store is complete, and an error in the background thread reaches the caller instead of being
+    lost (or hanging the pool)."""
+    import concurrent.futures as cf
+
+    import pytest
+
+    import sims
+    from loraml.figures import reproduce
+
+    lines = []
+    with cf.ThreadPoolExecutor(2) as ex:
+        paths = reproduce(tmp_path / "figs", only=["linear", "theory"], fast=True, store=tmp_path / "results",
+                          executor=ex, progress=False, report=lines.append)
+    groups = [p.parent.name for p in paths]
+    assert groups.index("theory") > max(i for i, g in enumerate(groups) if g.startswith("linear"))
+    assert all(p.exists() for p in paths) and len(list((tmp_path / "results").glob("linear-*"))) == 10
+    assert sum(line.startswith("sweeps: 10 configs") for line in lines) == 1
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("engine failed")
+
+    monkeypatch.setattr(sims, "run_many", broken)
+    with cf.ThreadPoolExecutor(2) as ex, pytest.raises(RuntimeError, match="engine failed"):
+        reproduce(tmp_path / "figs2", only=["linear", "theory"], fast=True, store=tmp_path / "r2", executor=ex,
+                  progress=False, report=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import inspect
 import time
 from pathlib import Path
@@ -44,9 +45,12 @@ def reproduce(out, *, only=None, fast: bool = False, preset: str = "both", store
 
     One executor serves everything: the sweeps of every selected group (linear, shallow, real
     data) go to :func:`sims.run_many` together, their chunks largest first and a chunk two sweeps
-    share computed once; then each group plots, reading its sweeps from the store, and the
-    groups that are not stored sweeps (the landscape phase diagram, ...) run on the same pool.
-    ``report`` receives one line per group with its time (``None``: silent).
+    share computed once. While they run (in a background thread feeding the pool), this process
+    computes and plots the groups that are not stored sweeps (theory, LoRA-One, landscape); their
+    own pool work (the landscape phase diagram) queues behind the sweeps' chunks, so it fills the
+    workers as the sweeps wind down. Then the sweep groups plot, reading the store. ``report``
+    receives one line per group with its time (``None``: silent); the paths come back in group
+    order.
     """
     names = list(GROUPS) if only is None else list(only)
     unknown = [n for n in names if n not in GROUPS]
@@ -55,31 +59,52 @@ def reproduce(out, *, only=None, fast: bool = False, preset: str = "both", store
                          f"Got {unknown[0]!r}.")
     if preset not in ("paper", "clean", "both"):
         raise ValueError(f"The 'preset' parameter of reproduce must be 'paper', 'clean' or 'both'. Got {preset!r}.")
-    paths = []
-    with sims.Pool(executor, "reproduce") as pool:
+    written: dict[str, list[Path]] = {}
+    # The thread pool is left last: on an error or Ctrl-C the process pool is stopped first, so the
+    # sweeps' thread sees its pool broken and ends instead of being awaited.
+    with cf.ThreadPoolExecutor(1, thread_name_prefix="sweeps") as background, \
+            sims.Pool(executor, "reproduce") as pool:
         shared = "serial" if pool.kind == "serial" else pool.executor
         # The sweeps that run on the CPU go to one pool together (a CUDA sweep stays in its group).
         devices = {"linear": "cpu", "shallow": device or sims.default_device(), "realdata": device or "cpu"}
         configs = [c for n in names if n in SWEEP_CONFIGS and devices[n] == "cpu"
                    for c in SWEEP_CONFIGS[n](fast, preset)]
-        if configs:
-            t0 = time.perf_counter()
+        t0 = time.perf_counter()
+
+        def sweeps():
             sims.run_many(configs, executor=shared, store=store, progress=progress,
                           **({"device": "cpu"} if any(not isinstance(c, sims.LinearConfig) for c in configs) else {}))
-            if report:
-                report(f"sweeps: {len(configs)} configs in {time.perf_counter() - t0:.1f} s")
-        for name in names:
-            make = GROUPS[name]
+            return time.perf_counter() - t0
+
+        # A serial pool has no workers to feed: the sweeps run here, first.
+        pending = background.submit(sweeps) if configs and pool.kind != "serial" else None
+        if configs and pending is None and report:
+            report(f"sweeps: {len(configs)} configs in {sweeps():.1f} s")
+        elif configs and pending is None:
+            sweeps()
+
+        def make(name):
             options = {"preset": preset, "store": store, "executor": shared, "progress": progress, "device": device}
-            accepted = inspect.signature(make).parameters
-            t0 = time.perf_counter()
-            written = make(out, fast=fast, **{k: v for k, v in options.items() if k in accepted})
+            accepted = inspect.signature(GROUPS[name]).parameters
+            t1 = time.perf_counter()
+            written[name] = GROUPS[name](out, fast=fast, **{k: v for k, v in options.items() if k in accepted})
             if report:
-                report(f"{name}: {len(written)} files in {time.perf_counter() - t0:.1f} s")
-                for path in written:
+                report(f"{name}: {len(written[name])} files in {time.perf_counter() - t1:.1f} s")
+                for path in written[name]:
                     report(f"  {path}")
-            paths += written
-    return paths
+
+        # Groups that are not stored sweeps first, those that use the pool last among them.
+        free = [n for n in names if n not in SWEEP_CONFIGS]
+        for name in sorted(free, key=lambda n: "executor" in inspect.signature(GROUPS[n]).parameters):
+            make(name)
+        if pending is not None:
+            seconds = pending.result()
+            if report:
+                report(f"sweeps: {len(configs)} configs in {seconds:.1f} s")
+        for name in names:
+            if name in SWEEP_CONFIGS:
+                make(name)
+    return [path for name in names for path in written[name]]
 
 
 __all__ = ["COLORS", "GROUPS", "SWEEP_CONFIGS", "linear_configs", "make_landscape_figures", "make_linear_figures",
