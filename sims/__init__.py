@@ -17,7 +17,10 @@ from ._landscape import descent_paths_table as descent_paths_table
 from ._landscape import recovery_phase_table as recovery_phase_table
 from ._landscape import saddle_slice_table as saddle_slice_table
 from ._landscape import solve_psd_relaxation as solve_psd_relaxation
+from ._linear import INT_FIELDS as INT_FIELDS
+from ._linear import KNOBS as KNOBS
 from ._linear import METHODS as METHODS
+from ._linear import VARIABLE as VARIABLE
 from ._linear import PRESETS as PRESETS
 from ._linear import SWEEPS as SWEEPS
 from ._linear import LinearConfig as LinearConfig
@@ -70,6 +73,9 @@ from ._theory_checks import finetune_rate_table as finetune_rate_table
 from ._theory_checks import retraining_samples_table as retraining_samples_table
 
 __all__ = [
+    "INT_FIELDS",
+    "KNOBS",
+    "VARIABLE",
     "BatchLoader",
     "CIFAR10_HELP",
     "CLARABEL_TOL",

@@ -572,6 +572,11 @@ def simulate_chunks(jobs) -> list[pd.DataFrame]:
                              f"triples. Got {job!r}.")
         checked.append((job[0], *LinearConfig.check_chunk(*job, "simulate_chunks")))
     jobs = [_prepare(config, value_index, trials) for config, value_index, trials in checked]
+    with np.errstate(over="ignore", invalid="ignore"):     # a diverging run (off the paper's setting) ends as inf/NaN
+        return _simulate_prepared(jobs)
+
+
+def _simulate_prepared(jobs) -> list[pd.DataFrame]:
 
     for members in _groups(jobs, _retrain_key):
         cfg, p = jobs[members[0]]["config"], jobs[members[0]]["p"]
@@ -662,6 +667,9 @@ def _finish(job) -> pd.DataFrame:
     S_test = np.swapaxes(X_test, -1, -2) @ X_test / n
 
     def lemma1(base):
+        ok = np.all(np.isfinite(base), axis=(-2, -1))
+        if not ok.all():       # gradient descent diverged (a knob beyond the paper's step sizes): NaN there
+            return np.where(ok, lemma1(np.where(ok[..., None, None], base, 0.0)), np.nan)
         delta = reduced_rank_regression(X_test, Y_test - X_test @ np.swapaxes(base, -1, -2), r)
         return _metric(target - base - delta, S_test, n, config.metric, Sigma)
 
