@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .validation import check_array, check_choice, check_int, check_real
+from .validation import check_array, check_choice, check_entries, check_int, check_real, check_rng, check_values
 
 __all__ = [
     "COVARIANCES",
@@ -61,6 +61,7 @@ def input_covariance(d, covariance="isotropic", *, condition=10.0, rho=0.5) -> n
     covariance = check_choice(covariance, "covariance", func, COVARIANCES)
     condition = check_real(condition, "condition", func, low=1.0, high=1e12)
     rho = check_real(rho, "rho", func, low=0.0, high=0.999)
+    check_entries(d * d, "'d'", func)
     if covariance == "isotropic":
         return np.eye(d)
     if covariance == "spiked":
@@ -71,13 +72,43 @@ def input_covariance(d, covariance="isotropic", *, condition=10.0, rho=0.5) -> n
     return rho ** np.abs(idx[:, None] - idx[None, :])
 
 
+def _check_shape(shape, func):
+    shape = check_values(shape, "shape", func, lambda v: check_int(v, "shape", func, low=0))
+    check_entries(int(np.prod(shape, dtype=np.int64)), "'shape'", func)
+    return shape
+
+
+def _check_covariance(covariance, d, func):
+    """Σ (d, d), symmetric positive definite; returns its Cholesky factor."""
+    S = check_array(covariance, "covariance", func, ndim=2, shape=(d, d))
+    if not np.allclose(S, S.T, rtol=1e-12, atol=1e-12):
+        raise ValueError(f"The 'covariance' parameter of {func} must be symmetric positive definite; it is not "
+                         f"symmetric.")
+    try:
+        return np.linalg.cholesky(S)
+    except np.linalg.LinAlgError:
+        raise ValueError(f"The 'covariance' parameter of {func} must be symmetric positive definite; it has a "
+                         f"non-positive eigenvalue.") from None
+
+
 def draw_inputs(rng, shape, covariance=None) -> np.ndarray:
     """``shape`` (…, d) inputs x ~ N(0, Σ): the paper's ``rng.standard_normal(shape)`` when
-    ``covariance`` is None (bit for bit), else that draw times the Cholesky factor of Σ."""
+    ``covariance`` is None (bit for bit), else that draw times the Cholesky factor L of Σ (x = L z).
+
+    Examples
+    --------
+    >>> draw_inputs(0, (2, 3)).shape
+    (2, 3)
+    """
+    func = "draw_inputs"
+    rng = check_rng(rng, func)
+    shape = _check_shape(shape, func)
+    if not shape:
+        raise ValueError(f"The 'shape' parameter of {func} must end with the dimension d. Got {shape!r}.")
+    L = None if covariance is None else _check_covariance(covariance, shape[-1], func)
     Z = rng.standard_normal(shape)
-    if covariance is None:
+    if L is None:
         return Z
-    L = np.linalg.cholesky(np.asarray(covariance, dtype=float))
     return Z @ L.T
 
 
@@ -85,18 +116,36 @@ def draw_noise(rng, shape, sigma, law="gaussian", *, X=None, covariance=None, nu
     """Noise of per-coordinate variance σ² under one noise law (see the module docstring).
 
     ``"gaussian"`` is the paper's ``sigma * rng.standard_normal(shape)`` bit for bit;
-    ``"heteroscedastic"`` needs the inputs ``X`` (…, m, d) the noise rows belong to, and the
-    input covariance (None: I) to normalise x₁ by √Σ₁₁.
+    ``"heteroscedastic"`` needs the inputs ``X`` (…, m, d_in) the noise rows (…, m, d) belong to,
+    and the input covariance (None: I) to normalise x₁ by √Σ₁₁.
+
+    Examples
+    --------
+    >>> draw_noise(0, (4, 2), 0.1, "student_t", nu=5.0).shape
+    (4, 2)
     """
+    func = "draw_noise"
+    rng = check_rng(rng, func)
+    shape = _check_shape(shape, func)
+    sigma = check_real(sigma, "sigma", func, low=0.0, high=1e100)
+    law = check_choice(law, "law", func, NOISE_LAWS)
+    nu = check_real(nu, "nu", func, low=2.0, low_open=True, high=1e6)
     if law == "gaussian":
         return sigma * rng.standard_normal(shape)
     if law == "student_t":
         return sigma * np.sqrt((nu - 2.0) / nu) * rng.standard_t(nu, shape)
-    if law == "heteroscedastic":
-        s11 = 1.0 if covariance is None else float(np.asarray(covariance)[0, 0])
-        return (sigma / np.sqrt(s11)) * X[..., :1] * rng.standard_normal(shape)
-    raise ValueError(f"The 'law' parameter of draw_noise must be one of {', '.join(map(repr, NOISE_LAWS))}. "
-                     f"Got {law!r} instead.")
+    if X is None:
+        raise ValueError(f"The 'X' parameter of {func} is required for law='heteroscedastic' (the inputs whose "
+                         f"first coordinate scales the noise).")
+    X = check_array(X, "X", func, ndim=len(shape))
+    if X.shape[:-1] != shape[:-1] or X.shape[-1] < 1:
+        raise ValueError(f"The 'X' parameter of {func} must have shape {shape[:-1]} + (d_in,) to match 'shape'. "
+                         f"Got {X.shape}.")
+    s11 = 1.0
+    if covariance is not None:
+        _check_covariance(covariance, X.shape[-1], func)
+        s11 = float(np.asarray(covariance)[0, 0])
+    return (sigma / np.sqrt(s11)) * X[..., :1] * rng.standard_normal(shape)
 
 
 def adapter_scales(T, norm_ratio=1.0) -> np.ndarray:
@@ -111,6 +160,7 @@ def adapter_scales(T, norm_ratio=1.0) -> np.ndarray:
     func = "adapter_scales"
     T = check_int(T, "T", func, low=1)
     norm_ratio = check_real(norm_ratio, "norm_ratio", func, low=0.0, low_open=True, high=1e6)
+    check_entries(T + 1, "'T'", func)
     t = np.arange(T) / max(T - 1, 1)
     return np.concatenate([norm_ratio**t, [1.0]])
 
@@ -171,7 +221,10 @@ def rate_prediction_general(n, sigma, basis, *, covariance=None, noise="gaussian
     n = check_int(n, "n", func, low=d + 2)
     noise = check_choice(noise, "noise", func, NOISE_LAWS)
     metric = check_choice(metric, "metric", func, ("parameter", "risk"))
-    Sigma = np.eye(d) if covariance is None else check_array(covariance, "covariance", func, ndim=2, shape=(d, d))
+    Sigma = np.eye(d)
+    if covariance is not None:
+        _check_covariance(covariance, d, func)
+        Sigma = np.asarray(covariance, dtype=float)
     Q, _ = np.linalg.qr(V)                                     # orthonormal basis of the span
     W = np.eye(d) if metric == "parameter" else Sigma
     Sinv = np.linalg.inv(Sigma)
