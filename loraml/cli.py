@@ -20,7 +20,7 @@ EPILOG = "Examples:\n  loraml reproduce --only linear\n  loraml sweep linear --v
 
 #: The figure groups of ``loraml.figures.GROUPS``, named here so that parsing the command line
 #: does not import matplotlib (a test keeps the two lists equal).
-GROUP_NAMES = ("theory", "linear", "landscape", "loraone", "shallow", "realdata")
+GROUP_NAMES = ("theory", "linear", "landscape", "loraone", "shallow", "realdata", "offpaper")
 
 
 class _Parser(argparse.ArgumentParser):

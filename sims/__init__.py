@@ -25,6 +25,7 @@ from ._linear import PRESETS as PRESETS
 from ._linear import SWEEPS as SWEEPS
 from ._linear import LinearConfig as LinearConfig
 from ._linear import linear_sweep as linear_sweep
+from ._linear import linear_truth as linear_truth
 from ._linear import simulate_chunk as simulate_chunk
 from ._linear import simulate_chunks as simulate_chunks
 from ._loraone import init_comparison_table as init_comparison_table
@@ -121,6 +122,7 @@ __all__ = [
     "init_comparison_table",
     "kappa_iterations_table",
     "linear_sweep",
+    "linear_truth",
     "rate_prediction",
     "read_store",
     "recovery_phase_table",

@@ -31,6 +31,7 @@ import pandas as pd
 
 from theory import (
     COVARIANCES,
+    GroundTruth,
     NOISE_LAWS,
     adapter_scales,
     draw_inputs,
@@ -51,6 +52,7 @@ __all__ = [
     "LinearConfig",
     "VARIABLE",
     "linear_sweep",
+    "linear_truth",
     "PRESETS",
     "SWEEPS",
     "simulate_chunk",
@@ -407,6 +409,31 @@ def linear_sweep(vary=None, values=None, *, grid=None, preset="paper", runs=5, s
 def _trial_streams(config: LinearConfig, value_index: int, trials) -> list[np.random.Generator]:
     children = np.random.SeedSequence(config.seed).spawn(len(config.values) * config.runs)
     return [np.random.default_rng(children[value_index * config.runs + t]) for t in trials]
+
+
+def linear_truth(config: LinearConfig, value_index: int, trial: int):
+    """The ground truth of one trial (A*, and U* with the knob's adapter scales; index T is the test
+    task), redrawn from the trial's stream exactly as the engine draws it: for predictions (P2's
+    R̄*, P4's floor, P6's basis) next to a stored table.
+
+    Examples
+    --------
+    >>> cfg = linear_sweep("T", (2, 3), runs=2)
+    >>> linear_truth(cfg, 1, 0).U_star.shape
+    (4, 10, 1)
+    """
+    func = "linear_truth"
+    value_index, trials = LinearConfig.check_chunk(config, value_index, (trial,), func)
+    c = config.point(config.values[value_index])
+    if c.truth == "shared":
+        A_full, U_full = _shared_truth(config)
+        A = A_full[:c.d, :c.d]
+        U = np.concatenate([U_full[:c.T, :c.d, :c.k], U_full[-1:, :c.d, :c.k]])
+        if c.norm_ratio != 1.0:
+            U = U * adapter_scales(c.T, c.norm_ratio)[:, None, None]
+        return GroundTruth(A_star=A, U_star=U)
+    rng = _trial_streams(config, value_index, trials)[0]
+    return sample_ground_truth(c.d, c.k, c.T, rng=rng, norm_ratio=c.norm_ratio)
 
 
 def _shared_truth(config: LinearConfig):

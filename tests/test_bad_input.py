@@ -283,6 +283,7 @@ def _bases():
         "LinearConfig": (sims.LinearConfig, dict(vary="T", values=(2,), runs=1, d=3)),
         "LinearConfig@knobs": (sims.LinearConfig, dict(vary="sigma", values=(0.1, 0.2), runs=1, d=3, covariance="toeplitz",
                                                        rho=0.5, noise_law="student_t", nu=4.0, k_fit=2, norm_ratio=2.0)),
+        "linear_truth": (sims.linear_truth, dict(config=_linear_cfg(), value_index=0, trial=0)),
         "LinearConfig@grid": (sims.LinearConfig, dict(vary=("sigma", "n"), values=((0.1, 10), (0.2, 10)), runs=1, d=3)),
         "linear_sweep@grid": (sims.linear_sweep, dict(grid={"sigma": (0.1, 0.2), "condition": (2.0, 4.0)},
                                                       covariance="spiked", runs=1, d=3)),

@@ -150,3 +150,24 @@ def test_plot_a_sweep_panels_and_against_value(tmp_path):
         plot_stored(table, tmp_path / "x.svg")
     with pytest.raises(ValueError, match="metric"):
         plot_stored(table, tmp_path / "x.png", metric="accuracy")
+
+
+@pytest.mark.parametrize("preset", ["paper", "clean"])
+def test_linear_truth_is_the_engines(preset):
+    """sims.linear_truth redraws the ground truth the engine used (its test weight is the engine's target,
+    its base the engine's A*), with the knob's adapter scales: rules out predictions computed next to a
+    table from another truth (another stream, the shared truth unsliced, scales missing)."""
+    from sims._linear import _draw_trial, _shared_truth, _trial_streams
+
+    cfg = sims.linear_sweep("norm_ratio", (1.0, 3.0), preset=preset, **TINY)
+    for vi, value in enumerate(cfg.values):
+        for trial in range(cfg.runs):
+            truth = sims.linear_truth(cfg, vi, trial)
+            draw = _draw_trial(cfg, value, _trial_streams(cfg, vi, [trial])[0],
+                               _shared_truth(cfg) if preset == "paper" else None)
+            np.testing.assert_array_equal(truth.A_star, draw["A_star"])
+            np.testing.assert_array_equal(truth.test_weight, draw["target"])
+            norms = np.linalg.norm(truth.U_star[:-1], axis=(1, 2))
+            if value == 3.0 and preset == "paper":      # shared truth: compare with the unscaled slice
+                base = sims.linear_truth(cfg, 0, trial).U_star[:-1]
+                np.testing.assert_allclose(norms / np.linalg.norm(base, axis=(1, 2)), [1, 3**0.5, 3])
