@@ -125,7 +125,7 @@ def plot_offpaper(rows: pd.DataFrame, path: Path, *, title: str, pdf: bool = Tru
             if bad:
                 a.annotate(f"GD diverged\n{bad}/{len(r['_ml'])}", (i - 0.08, 0.04), xycoords=("data", "axes fraction"),
                            ha="center", fontsize=6.5, color=COLORS["LoRA-ML"])
-        a.set_ylabel(r"$\|\hat A-A^*\|_F^2$ (mean over finite runs, min–max)")
+        a.set_ylabel(r"$\|\hat A-A^*\|_F^2$ (mean, min–max)")
         a.set_title("retrained base (P5/P10 vs P2)")
 
         dots(b, [r["_ml"]["optimum"] for _, r in rows.iterrows()], -0.12, COLORS["LoRA-ML"], "o",
