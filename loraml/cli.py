@@ -190,7 +190,7 @@ def _linear_sweep_from_args(args, sims):
             raise ValueError(f"--grid needs two or more fields (one field: --vary); got {' '.join(args.grid)!r}.")
         return sims.linear_sweep(grid=grid, **common)
     if args.vary not in sims.VARIABLE:
-        raise ValueError(f"--vary {args.vary}: not a numeric config field; choose among {', '.join(sims.VARIABLE)}.")
+        raise ValueError(f"--vary {args.vary}: invalid choice (not a numeric config field); choose among {', '.join(sims.VARIABLE)}.")
     values = None if args.values is None else _parse_values(args.values, args.vary, sims, "--values")
     return sims.linear_sweep(args.vary, values, **common)
 

@@ -392,10 +392,6 @@ def linear_sweep(vary=None, values=None, *, grid=None, preset="paper", runs=5, s
     if unknown:
         raise ValueError(f"linear_sweep got unknown option(s) {', '.join(map(repr, unknown))}; "
                          f"allowed: {', '.join(sorted(names))}.")
-    swept = vary if isinstance(vary, tuple) else (vary,)
-    clash = sorted(set(swept) & set(overrides))
-    if clash:
-        raise ValueError(f"linear_sweep: {clash[0]!r} is swept, so it cannot also be set as an option.")
     spec = SWEEPS.get(vary) if isinstance(vary, str) else None
     kwargs = {"ft_steps": spec["ft_steps"], **overrides} if spec else dict(overrides)
     return LinearConfig(vary=vary, values=spec["values"] if values is None else values, preset=preset,
@@ -423,6 +419,8 @@ def linear_truth(config: LinearConfig, value_index: int, trial: int):
     (4, 10, 1)
     """
     func = "linear_truth"
+    if isinstance(config, LinearConfig):
+        check_int(trial, "trial", func, low=0, high=config.runs - 1)
     value_index, trials = LinearConfig.check_chunk(config, value_index, (trial,), func)
     c = config.point(config.values[value_index])
     if c.truth == "shared":

@@ -4,7 +4,7 @@
 |------|--------|-----------|
 | a swept field is an override | chunk i of a sweep of F over values equals, in every number, chunk i of a sweep of another field whose value i is its default, with F set to the same value | a point config that leaves the swept field at its default, or reads it only in some stages (retraining, fine-tuning, noise) |
 | a grid point is an override | grid point i equals chunk i of a 1-D sweep of the same length with the other field set | a grid that crosses its values the wrong way round, or labels points with the wrong values |
-| validation | unknown field, impossible value, a grid of one field, a field both swept and set: ValueError naming it | work started on a config that cannot run |
+| validation | unknown field, impossible value, a grid of one field, a grid with vary: ValueError naming it | work started on a config that cannot run |
 | CLI | sweep --grid, show --format csv/json/md round-trip the summary; plot writes PNG/PDF | formats that drop rows or digits; a plot that silently draws nothing |
 """
 
@@ -69,7 +69,6 @@ def test_a_grid_point_is_an_override():
     (dict(vary="sigma"), "values"),
     (dict(vary="sigma", values=(0.1, -1.0)), "sigma"),
     (dict(vary="k", values=(1, 20)), "ranks exceed"),
-    (dict(vary="sigma", values=(0.1,), sigma=0.2), "sigma"),
     (dict(grid={"sigma": (0.1, 0.2)}), "grid"),
     (dict(grid={"sigma": (0.1,), "bogus": (1,)}), "grid"),
     (dict(grid={"sigma": (0.1,), "n": ()}), "grid"),
