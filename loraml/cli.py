@@ -9,15 +9,18 @@ import time
 from pathlib import Path
 
 EPILOG = "Examples:\n  loraml reproduce --only linear\n  loraml sweep linear --vary T --values 2 3 5 --runs 5\n" \
+         "  loraml sweep linear --vary sigma --values 0.05 0.1 0.2 --set covariance=toeplitz\n" \
+         "  loraml sweep linear --grid sigma=0.05,0.1 n=100,1000 --steps 1000\n" \
          "  loraml sweep shallow --vary d --values 5 10 --runs 10\n  loraml sweep finetune --runs 5\n" \
          "  loraml realdata digits --seeds 0 1\n" \
          "  loraml realdata vision --data-root ~/data/cifar-10-batches-py --device cuda\n" \
-         "  loraml show results/linear-<hash>"
+         "  loraml show results/linear-<hash> --format md\n" \
+         "  loraml plot results/linear-<hash> -o sweep.png"
 
 
 #: The figure groups of ``loraml.figures.GROUPS``, named here so that parsing the command line
 #: does not import matplotlib (a test keeps the two lists equal).
-GROUP_NAMES = ("theory", "linear", "landscape", "loraone", "shallow", "realdata")
+GROUP_NAMES = ("theory", "linear", "landscape", "loraone", "shallow", "realdata", "offpaper")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,8 +60,14 @@ def _parser() -> argparse.ArgumentParser:
 
     lin = kinds.add_parser("linear", help="the paper's linear experiment (spec 5.1)",
                            description="One sweep of the paper's linear experiment (spec 5.1).")
-    lin.add_argument("--vary", required=True, choices=("T", "n", "N", "d", "k"), help="the swept parameter")
-    lin.add_argument("--values", type=int, nargs="+", help="its values (default: the paper's)")
+    lin.add_argument("--vary", metavar="NAME",
+                     help="the swept field: T, n, N, d, k (the paper's) or any other numeric config field, e.g. "
+                          "sigma, lr_A, ft_steps, condition, rho, nu, k_fit, norm_ratio (see --set for the list)")
+    lin.add_argument("--values", nargs="+", metavar="V",
+                     help="its values (default: the paper's, for T, n, N, d, k)")
+    lin.add_argument("--grid", nargs="+", metavar="NAME=V1,V2",
+                     help="sweep a grid instead of --vary: every combination of two or more fields' values, "
+                          "e.g. --grid sigma=0.05,0.1 n=100,1000")
     lin.add_argument("--preset", choices=("paper", "clean"), default="paper",
                      help="'paper' reproduces the authors' protocol with its quirks, 'clean' fixes them")
     lin.add_argument("--runs", type=int, default=5, help="independent trials per value (default 5)")
@@ -122,6 +131,19 @@ def _parser() -> argparse.ArgumentParser:
                        description="Print the final test loss per method and swept value (mean, min, max over "
                                    "trials), the Lemma 1 optimum and the base error ‖Â − A*‖².")
     w.add_argument("folder", type=Path, help="a results folder, e.g. results/linear-<hash>")
+    w.add_argument("--format", choices=("table", "csv", "md", "json"), default="table",
+                   help="'table' (default: a header, the summary and the records), or the summary alone as "
+                        "CSV, Markdown or JSON (one object per row)")
+
+    pl = sub.add_parser("plot", help="draw a stored sweep",
+                        description="Draw a stored sweep in the house style: one panel per swept value (the "
+                                    "metric against the fine-tuning step, mean and min-max band over trials), or "
+                                    "for a 2-D grid a heat map of the final values per method. --metric A_error "
+                                    "draws the base error against the swept value (or its heat map).")
+    pl.add_argument("folder", type=Path, help="a results folder, e.g. results/linear-<hash>")
+    pl.add_argument("-o", "--output", type=Path, help="the figure file, .png or .pdf (default: FOLDER/plot-METRIC.png)")
+    pl.add_argument("--metric", choices=("test_loss", "A_error"), default="test_loss",
+                    help="what to draw (default test_loss)")
     return p
 
 
@@ -142,6 +164,47 @@ def _common(p):
     p.add_argument("--address", metavar="tcp://HOST:PORT",
                    help="with --executor dask: the scheduler of an existing dask cluster (dask-scheduler)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _linear_sweep_from_args(args, sims):
+    """The LinearConfig of ``sweep linear``: --vary/--values or --grid, and the overrides."""
+    overrides = _parse_set(args.set, sims.LinearConfig)
+    if args.steps is not None:
+        overrides["ft_steps"] = args.steps
+    if args.outer_steps is not None:
+        overrides["outer_steps"] = args.outer_steps
+    common = dict(preset=args.preset, runs=args.runs, seed=args.seed, chunk_trials=args.chunk_trials, **overrides)
+    if (args.vary is None) == (args.grid is None):
+        raise ValueError("--vary NAME (with --values) or --grid NAME=V1,V2 NAME=V1,V2: give exactly one.")
+    if args.grid is not None:
+        if args.values is not None:
+            raise ValueError("--values goes with --vary; a --grid lists its values as NAME=V1,V2.")
+        grid = {}
+        for item in args.grid:
+            name, sep, raw = item.partition("=")
+            if not sep or name not in sims.VARIABLE or name in grid:
+                raise ValueError(f"--grid takes NAME=V1,V2,... with NAME a distinct numeric field among "
+                                 f"{', '.join(sims.VARIABLE)}; got {item!r}.")
+            grid[name] = _parse_values(raw.split(","), name, sims, f"--grid {item}")
+        if len(grid) < 2:
+            raise ValueError(f"--grid needs two or more fields (one field: --vary); got {' '.join(args.grid)!r}.")
+        return sims.linear_sweep(grid=grid, **common)
+    if args.vary not in sims.VARIABLE:
+        raise ValueError(f"--vary {args.vary}: invalid choice (not a numeric config field); choose among {', '.join(sims.VARIABLE)}.")
+    values = None if args.values is None else _parse_values(args.values, args.vary, sims, "--values")
+    return sims.linear_sweep(args.vary, values, **common)
+
+
+def _parse_values(raw, name, sims, option):
+    """Command-line values of field ``name``: ints for integer fields, floats otherwise."""
+    kind = int if name in sims.INT_FIELDS else float
+    out = []
+    for item in raw:
+        try:
+            out.append(kind(item))
+        except ValueError:
+            raise ValueError(f"{option}: the field {name!r} takes {kind.__name__} values; got {item!r}.") from None
+    return tuple(out)
 
 
 def _parse_set(items, cls):
@@ -193,7 +256,8 @@ def _check_outputs(args):
 def summarize(table):
     """Final-step metric per method and value (and rank): mean, median, min, max over trials."""
     metric = "test_loss" if "test_loss" in table.columns else "test_mse"
-    keys = ["value", "method"] + (["rank"] if "rank" in table.columns else [])
+    grid = [c for c in str(table["vary"].iloc[0]).split(",") if c in table.columns] if "vary" in table.columns else []
+    keys = ["value", *(grid if len(grid) > 1 else []), "method"] + (["rank"] if "rank" in table.columns else [])
     last = table[table["step"] == table.groupby(["value"])["step"].transform("max")]
     g = last.groupby(keys, observed=True)
     out = g[metric].agg(["mean", "median", "min", "max"]).add_prefix("final_")
@@ -238,13 +302,7 @@ def _cmd_sweep(args):
         print(sims.finetune_summary(table).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
         return
     if args.kind == "linear":
-        overrides = _parse_set(args.set, sims.LinearConfig)
-        if args.steps is not None:
-            overrides["ft_steps"] = args.steps
-        if args.outer_steps is not None:
-            overrides["outer_steps"] = args.outer_steps
-        cfg = sims.linear_sweep(args.vary, args.values, preset=args.preset, runs=args.runs, seed=args.seed,
-                                chunk_trials=args.chunk_trials, **overrides)
+        cfg = _linear_sweep_from_args(args, sims)
         engine = {}
     else:
         overrides = _parse_set(args.set, sims.ShallowConfig)
@@ -296,11 +354,28 @@ def _cmd_show(args):
     import sims
 
     table = sims.read_store(args.folder)
+    if args.format != "table":
+        from .figures.explore import format_summary
+
+        print(format_summary(summarize(table), args.format), end="")
+        return
     preset = f", preset {table['preset'].iloc[0]}" if "preset" in table.columns else ""
     print(f"{args.folder}: vary {table['vary'].iloc[0]}{preset}, {table['trial'].nunique()} trials, "
           f"{int(table['step'].max())} fine-tuning steps")
     print(summarize(table).to_string(float_format=lambda x: f"{x:.4g}"))
     print(record_summary(sims.read_records(args.folder)))
+
+
+def _cmd_plot(args):
+    import sims
+
+    from .figures.explore import check_plot_path, plot_stored
+
+    out = args.output or args.folder / f"plot-{args.metric}.png"
+    check_plot_path(out)                                  # before reading anything
+    table = sims.read_store(args.folder)
+    path = plot_stored(table, out, metric=args.metric, title=str(args.folder))
+    print(path)
 
 
 def record_summary(records) -> str:
@@ -323,7 +398,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         _check_outputs(args)
-        {"reproduce": _cmd_reproduce, "sweep": _cmd_sweep, "show": _cmd_show,
+        {"reproduce": _cmd_reproduce, "sweep": _cmd_sweep, "show": _cmd_show, "plot": _cmd_plot,
          "realdata": _cmd_realdata}[args.command](args)
     except ValueError as err:
         first = str(err).splitlines()[0]

@@ -17,11 +17,15 @@ from ._landscape import descent_paths_table as descent_paths_table
 from ._landscape import recovery_phase_table as recovery_phase_table
 from ._landscape import saddle_slice_table as saddle_slice_table
 from ._landscape import solve_psd_relaxation as solve_psd_relaxation
+from ._linear import INT_FIELDS as INT_FIELDS
+from ._linear import KNOBS as KNOBS
 from ._linear import METHODS as METHODS
+from ._linear import VARIABLE as VARIABLE
 from ._linear import PRESETS as PRESETS
 from ._linear import SWEEPS as SWEEPS
 from ._linear import LinearConfig as LinearConfig
 from ._linear import linear_sweep as linear_sweep
+from ._linear import linear_truth as linear_truth
 from ._linear import simulate_chunk as simulate_chunk
 from ._linear import simulate_chunks as simulate_chunks
 from ._loraone import init_comparison_table as init_comparison_table
@@ -71,6 +75,9 @@ from ._theory_checks import finetune_rate_table as finetune_rate_table
 from ._theory_checks import retraining_samples_table as retraining_samples_table
 
 __all__ = [
+    "INT_FIELDS",
+    "KNOBS",
+    "VARIABLE",
     "BatchLoader",
     "CIFAR10_HELP",
     "CLARABEL_TOL",
@@ -117,6 +124,7 @@ __all__ = [
     "init_comparison_table",
     "kappa_iterations_table",
     "linear_sweep",
+    "linear_truth",
     "rate_prediction",
     "read_store",
     "recovery_phase_table",

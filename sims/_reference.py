@@ -35,6 +35,8 @@ def reference_trial(config: LinearConfig, value_index: int, trial: int) -> dict:
     shared = _shared_truth(config) if config.truth == "shared" else None
     rng = _trial_streams(config, value_index, [trial])[0]
     draw = _draw_trial(config, value, rng, shared, keep_data=True)
+    config = config.point(value)                   # every swept field set: the step counts and sizes at this value
+    Sigma = config.input_cov
     X, Y = draw["X"], draw["Y"]
     T, N, d = X.shape
 
@@ -74,26 +76,27 @@ def reference_trial(config: LinearConfig, value_index: int, trial: int) -> dict:
     losses = np.empty((len(METHODS), len(steps)))
     optimum = np.empty(len(METHODS))
     A_error = np.empty(len(METHODS))
-    r = config.ft_rank(value)
+    r = config.ft_rank()
     for m, base in enumerate((A_ml, A_sr)):
         Uf, Vf = draw["ft_U"][m].copy(), draw["ft_V"][m].copy()
         j = 0
         for step in range(config.ft_steps + 1):
             if step == steps[j]:
-                losses[m, j] = _score(target - base - Uf @ Vf.T, X_test, config.metric)
+                losses[m, j] = _score(target - base - Uf @ Vf.T, X_test, config.metric, Sigma)
                 j += 1
                 if j == len(steps):
                     break
             G = (X_test @ (base + Uf @ Vf.T).T - Y_test).T @ X_test / n
             Uf, Vf = Uf - config.ft_lr * G @ Vf, Vf - config.ft_lr * G.T @ Uf
         delta = reduced_rank_regression(X_test, Y_test - X_test @ base.T, r)
-        optimum[m] = _score(target - base - delta, X_test, config.metric)
+        optimum[m] = _score(target - base - delta, X_test, config.metric, Sigma)
         A_error[m] = float(np.sum((base - draw["A_star"]) ** 2))
     return {"steps": np.array(steps), "test_loss": losses, "A_error": A_error, "optimum": optimum}
 
 
-def _score(E, X_test, metric):
-    """Excess risk ‖E‖², or the paper's in-sample summed ‖E X_testᵀ‖² (Q4)."""
+def _score(E, X_test, metric, Sigma=None):
+    """Excess risk ‖E‖² (tr(E Σ Eᵀ) under the covariance knob), or the paper's in-sample summed
+    ‖E X_testᵀ‖² (Q4)."""
     if metric == "excess_risk":
-        return float(np.sum(E * E))
+        return float(np.sum(E * E)) if Sigma is None else float(np.trace(E @ Sigma @ E.T))
     return float(np.sum((E @ X_test.T) ** 2))

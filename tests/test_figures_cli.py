@@ -94,3 +94,20 @@ def test_reproduce_overlaps_groups_but_returns_paths_in_group_order(tmp_path, mo
     with cf.ThreadPoolExecutor(2) as ex, pytest.raises(RuntimeError, match="engine failed"):
         reproduce(tmp_path / "figs2", only=["linear", "theory"], fast=True, store=tmp_path / "r2", executor=ex,
                   progress=False, report=None)
+
+
+def test_reproduce_offpaper_figures_fast(tmp_path):
+    """The off-paper group (issue 17) through `loraml reproduce`: one non-blank figure per knob and the table,
+    every setting's row present (rules out a knob figure that silently drops settings)."""
+    import pandas as pd
+
+    from loraml.figures.offpaper import OFFPAPER_SETTINGS
+
+    assert main(["reproduce", "--only", "offpaper", "--fast", "--out", str(tmp_path / "figs"),
+                 "--store", str(tmp_path / "results"), "--executor", "serial", "--quiet"]) == 0
+    for knob in OFFPAPER_SETTINGS:
+        img = mpimg.imread(tmp_path / "figs" / "off-paper" / f"{knob}.png")
+        assert img.shape[1] > 600 and np.std(img) > 0.05
+    table = pd.read_csv(tmp_path / "figs" / "off-paper" / "table.csv")
+    assert len(table) == sum(len(v) for v in OFFPAPER_SETTINGS.values())
+    assert table["P4 floor"].gt(0).all() and table["P6 prediction"].gt(0).all()

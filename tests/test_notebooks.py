@@ -33,7 +33,8 @@ def _kernel_name():
 
 def test_every_notebook_is_here():
     assert [p.name for p in NOTEBOOKS] == ["01-two-task-landscape.py", "02-recovery-three-or-more-tasks.py",
-                                           "03-adaptation-rate.py", "04-lora-one-meets-lora-ml.py"]
+                                           "03-adaptation-rate.py", "04-lora-one-meets-lora-ml.py",
+                                           "05-off-the-paper.py"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -7,6 +7,13 @@ spec/theory.md §1 (samples as rows; batches of tasks on a leading axis).
 from . import landscape as landscape
 from . import loraone as loraone
 from . import validation as validation
+from ._knobs import COVARIANCES as COVARIANCES
+from ._knobs import NOISE_LAWS as NOISE_LAWS
+from ._knobs import adapter_scales as adapter_scales
+from ._knobs import draw_inputs as draw_inputs
+from ._knobs import draw_noise as draw_noise
+from ._knobs import input_covariance as input_covariance
+from ._knobs import rate_prediction_general as rate_prediction_general
 from ._lowrank import best_rank_approx as best_rank_approx
 from ._lowrank import procrustes_distance as procrustes_distance
 from ._lowrank import rate_prediction as rate_prediction
@@ -61,6 +68,13 @@ from ._retraining import standard_retraining_population as standard_retraining_p
 from ._retraining import task_statistics as task_statistics
 
 __all__ = [
+    "COVARIANCES",
+    "NOISE_LAWS",
+    "adapter_scales",
+    "draw_inputs",
+    "draw_noise",
+    "input_covariance",
+    "rate_prediction_general",
     "BatchFit",
     "Classification",
     "CriticalPoint",

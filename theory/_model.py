@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._knobs import COVARIANCES, NOISE_LAWS, adapter_scales, draw_inputs, draw_noise, input_covariance
 from ._results import ArrayFields
-from .validation import check_entries, check_array, check_int, check_real, check_rng
+from .validation import check_array, check_choice, check_entries, check_int, check_real, check_rng
 
 __all__ = [
     "GroundTruth",
@@ -102,7 +103,7 @@ class TaskData(ArrayFields):
 
 
 def sample_ground_truth(d, k, T, *, rng, symmetric_base: bool = True, scale: float = 1.0,
-                        size: int | None = None) -> GroundTruth | list[GroundTruth]:
+                        size: int | None = None, norm_ratio: float = 1.0) -> GroundTruth | list[GroundTruth]:
     """Draw a ground truth as the paper's code does (spec §2).
 
     ``A* = (G + Gᵀ)/2`` with ``G`` iid N(0, 1) when ``symmetric_base`` (else ``A* = G``), and
@@ -121,6 +122,10 @@ def sample_ground_truth(d, k, T, *, rng, symmetric_base: bool = True, scale: flo
     size : int >= 1, optional
         Draw ``size`` independent ground truths in one batch (every base first, then every set of
         adapters) and return them as a list; the default draws one and returns it.
+    norm_ratio : float > 0
+        Task heterogeneity (a knob off the paper's assumptions): retraining adapter t is scaled by
+        ``norm_ratio ** (t / (T - 1))`` (from 1 to ``norm_ratio``), the test task's by 1
+        (:func:`theory.adapter_scales`). The default 1 is the paper's model and draws the same numbers.
 
     Returns
     -------
@@ -143,6 +148,8 @@ def sample_ground_truth(d, k, T, *, rng, symmetric_base: bool = True, scale: flo
     k = check_int(k, "k", func, low=1, high=d)
     T = check_int(T, "T", func, low=1)
     scale = check_real(scale, "scale", func, low=0.0, low_open=True)
+    norm_ratio = check_real(norm_ratio, "norm_ratio", func, low=0.0, low_open=True, high=1e6)
+    scales = adapter_scales(T, norm_ratio) if norm_ratio != 1.0 else None
     if not isinstance(symmetric_base, (bool, np.bool_)):
         raise ValueError(f"The 'symmetric_base' parameter of {func} must be a bool. Got {symmetric_base!r} instead.")
     batch = () if size is None else (check_int(size, "size", func, low=1),)
@@ -151,16 +158,25 @@ def sample_ground_truth(d, k, T, *, rng, symmetric_base: bool = True, scale: flo
     G = rng.standard_normal(batch + (d, d))
     A = (G + np.swapaxes(G, -1, -2)) / 2 if symmetric_base else G
     U = scale * rng.standard_normal(batch + (T + 1, d, k))
+    if scales is not None:
+        U = U * scales[:, None, None]
     if size is None:
         return GroundTruth(A_star=A, U_star=U)
     return [GroundTruth(A_star=a, U_star=u) for a, u in zip(A, U)]
 
 
-def sample_tasks(truth: GroundTruth, N, n, sigma, *, rng) -> TaskData:
+def sample_tasks(truth: GroundTruth, N, n, sigma, *, rng, covariance: str = "isotropic", condition: float = 10.0,
+                 rho: float = 0.5, noise: str = "gaussian", nu: float = 5.0) -> TaskData:
     """Draw N samples for each retraining task and n for the test task.
 
     ``x ~ N(0, I_d)`` and ``y = A*_t x + ε`` with ``ε ~ N(0, σ² I_d)``; in arrays
     ``Y = X @ A*_tᵀ + noise`` (samples as rows).
+
+    The knobs off the paper's assumptions (``theory/_knobs.py``; defaults: the paper's model, the
+    same draws bit for bit): ``covariance`` ("isotropic", "spiked" with condition number
+    ``condition``, "toeplitz" with correlation ``rho``: x ~ N(0, Σ), :func:`theory.input_covariance`)
+    and ``noise`` ("gaussian", "student_t" with ``nu`` > 2 degrees of freedom, "heteroscedastic"),
+    every law with per-coordinate variance σ².
 
     Examples
     --------
@@ -175,14 +191,21 @@ def sample_tasks(truth: GroundTruth, N, n, sigma, *, rng) -> TaskData:
     N = check_int(N, "N", func, low=1)
     n = check_int(n, "n", func, low=1)
     sigma = check_real(sigma, "sigma", func, low=0.0)
+    covariance = check_choice(covariance, "covariance", func, COVARIANCES)
+    condition = check_real(condition, "condition", func, low=1.0, high=1e12)
+    rho = check_real(rho, "rho", func, low=0.0, high=0.999)
+    Sigma = input_covariance(truth.d, covariance, condition=condition, rho=rho)
+    Sigma = None if covariance == "isotropic" else Sigma
+    noise = check_choice(noise, "noise", func, NOISE_LAWS)
+    nu = check_real(nu, "nu", func, low=2.0, low_open=True, high=1e6)
     rng = check_rng(rng, func)
     d, T = truth.d, truth.T
     check_entries(max(T * N, n) * d, "'N' and 'n'", func)
     W = truth.task_weights
-    X = rng.standard_normal((T, N, d))
-    Y = X @ np.swapaxes(W[:T], -1, -2) + sigma * rng.standard_normal((T, N, d))
-    X_test = rng.standard_normal((n, d))
-    Y_test = X_test @ W[T].T + sigma * rng.standard_normal((n, d))
+    X = draw_inputs(rng, (T, N, d), Sigma)
+    Y = X @ np.swapaxes(W[:T], -1, -2) + draw_noise(rng, (T, N, d), sigma, noise, X=X, covariance=Sigma, nu=nu)
+    X_test = draw_inputs(rng, (n, d), Sigma)
+    Y_test = X_test @ W[T].T + draw_noise(rng, (n, d), sigma, noise, X=X_test, covariance=Sigma, nu=nu)
     return TaskData(X=X, Y=Y, X_test=X_test, Y_test=Y_test)
 
 

@@ -14,6 +14,8 @@ from .landscape import make_landscape_figures as make_landscape_figures
 from .linear import linear_configs as linear_configs
 from .linear import make_linear_figures as make_linear_figures
 from .loraone import make_loraone_figures as make_loraone_figures
+from .offpaper import make_offpaper_figures as make_offpaper_figures
+from .offpaper import offpaper_configs as offpaper_configs
 from .realdata import make_realdata_figures as make_realdata_figures
 from .realdata import realdata_configs as realdata_configs
 from .shallow import make_shallow_figures as make_shallow_figures
@@ -29,6 +31,7 @@ GROUPS = {
     "loraone": make_loraone_figures,
     "shallow": make_shallow_figures,
     "realdata": make_realdata_figures,
+    "offpaper": make_offpaper_figures,
 }
 
 #: The groups whose figures are stored sweeps, and their configs (``fast``, ``preset`` -> list).
@@ -36,6 +39,7 @@ SWEEP_CONFIGS = {
     "linear": lambda fast, preset: linear_configs(preset=preset, fast=fast),
     "shallow": lambda fast, preset: shallow_configs(fast=fast),
     "realdata": lambda fast, preset: realdata_configs(fast=fast, preset=preset),
+    "offpaper": lambda fast, preset: offpaper_configs(fast=fast),
 }
 
 
@@ -66,7 +70,7 @@ def reproduce(out, *, only=None, fast: bool = False, preset: str = "both", store
             sims.Pool(executor, "reproduce") as pool:
         shared = "serial" if pool.kind == "serial" else pool.executor
         # The sweeps that run on the CPU go to one pool together (a CUDA sweep stays in its group).
-        devices = {"linear": "cpu", "shallow": device or sims.default_device(), "realdata": device or "cpu"}
+        devices = {"linear": "cpu", "offpaper": "cpu", "shallow": device or sims.default_device(), "realdata": device or "cpu"}
         configs = [c for n in names if n in SWEEP_CONFIGS and devices[n] == "cpu"
                    for c in SWEEP_CONFIGS[n](fast, preset)]
         t0 = time.perf_counter()
@@ -108,5 +112,5 @@ def reproduce(out, *, only=None, fast: bool = False, preset: str = "both", store
 
 
 __all__ = ["COLORS", "GROUPS", "SWEEP_CONFIGS", "linear_configs", "make_landscape_figures", "make_linear_figures",
-           "make_loraone_figures", "make_realdata_figures", "make_shallow_figures", "make_theory_figures",
-           "realdata_configs", "reproduce", "shallow_configs"]
+           "make_loraone_figures", "make_offpaper_figures", "make_realdata_figures", "make_shallow_figures", "make_theory_figures",
+           "offpaper_configs", "realdata_configs", "reproduce", "shallow_configs"]
