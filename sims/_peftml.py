@@ -174,7 +174,9 @@ class ReptileSpec:
     def __post_init__(self):
         check_int(self.inner_steps, "inner_steps", "ReptileSpec", low=0)
         check_real(self.inner_lr, "inner_lr", "ReptileSpec", low=0.0)
-        if self.sign not in (1, -1):
+        # an int first: `array in (1, -1)` raises numpy's own ambiguity error instead of naming 'sign'
+        if isinstance(self.sign, (bool, np.bool_)) or not isinstance(self.sign, (int, np.integer)) \
+                or self.sign not in (1, -1):
             raise ValueError(f"The 'sign' parameter of ReptileSpec must be 1 or -1. Got {self.sign!r} instead.")
 
 
