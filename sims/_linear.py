@@ -96,7 +96,16 @@ class LinearConfig(SweepConfig):
 
     ``vary`` names one numeric field (a sweep over ``values``) or, as a tuple of two or more
     names, a grid: ``values`` then holds one tuple per grid point (see :func:`linear_sweep`'s
-    ``grid``). :meth:`point` is the config at one value, every field set."""
+    ``grid``). :meth:`point` is the config at one value, every field set.
+
+    Examples
+    --------
+    >>> cfg = LinearConfig(vary="T", values=(2, 3), runs=2, d=6, N=200, n=30)
+    >>> cfg.noise, cfg.sr, cfg.chunks()          # set by the paper preset; one chunk per value
+    ('sigma_squared', 'stray_adapters', [(0, (0, 1)), (1, (0, 1))])
+    >>> cfg.point(3).T, cfg.ft_rank(2)           # fine-tuning rank 3k when T = 2 (the paper's choice)
+    (3, 3)
+    """
 
     #: 2: fine-tuning in preallocated buffers and the affine stray-adapter SR step (d065523): the
     #: same numbers up to float64 rounding (≤ 2.5e-12 relative on the ten figure configs).
@@ -570,6 +579,13 @@ def simulate_chunk(config: LinearConfig, value_index: int, trials) -> pd.DataFra
     Lemma 1 fine-tuning optimum in the same metric), optimum_exact (the same from the exact
     retraining solvers; NaN if ``exact_reference`` is off), retrain_loss (the LoRA-ML / SR
     training objective at the end, without its constant), preset.
+
+    Examples
+    --------
+    >>> cfg = linear_sweep("T", (2, 3), runs=2, d=6, N=200, n=30, outer_steps=20, ft_steps=20)
+    >>> table = simulate_chunk(cfg, 1, (0, 1))               # T = 3, trials 0 and 1
+    >>> sorted(table["method"].unique()), table["trial"].unique().tolist(), table["value"].unique().tolist()
+    (['LoRA-ML', 'SR'], [0, 1], [3])
     """
     value_index, trials = LinearConfig.check_chunk(config, value_index, trials, "simulate_chunk")
     return simulate_chunks([(config, value_index, trials)])[0]
@@ -586,6 +602,13 @@ def simulate_chunks(jobs) -> list[pd.DataFrame]:
     inner steps, lr_A, lr_U; e.g. the default point, which nine of the fifteen values of a preset
     share) run one :func:`theory.paper_gd` call between them, and chunks whose fine-tuning has the
     same shapes and schedule (d, rank, n, steps, step size, stride, metric) one fine-tuning loop.
+
+    Examples
+    --------
+    >>> cfg = linear_sweep("T", (2, 3), runs=2, d=6, N=200, n=30, outer_steps=20, ft_steps=20)
+    >>> first, second = simulate_chunks([(cfg, 0, (0,)), (cfg, 1, (0, 1))])
+    >>> second.equals(simulate_chunk(cfg, 1, (0, 1)))         # the same table as alone, bit for bit
+    True
     """
     if isinstance(jobs, (str, bytes)) or not hasattr(jobs, "__iter__"):
         raise ValueError(f"The 'jobs' parameter of simulate_chunks must be a sequence of (config, value_index, "

@@ -91,6 +91,12 @@ class Pool:
     ``Pool(executor).map_unordered(fn, jobs)`` yields ``(index, result)`` as jobs finish, the jobs
     submitted in the order given (dask: that order as priority). Pools the call started are shut
     down on exit; on an exception or Ctrl-C their workers are stopped at once, not awaited.
+
+    Examples
+    --------
+    >>> with Pool("serial") as pool:
+    ...     sorted(pool.map_unordered(pow, [(2, 3), (3, 2)]))      # (job index, result)
+    [(0, 8), (1, 9)]
     """
 
     def __init__(self, executor, func: str = "run", *, workers: int | None = None):
@@ -390,6 +396,14 @@ def run(config, *, executor="serial", store=None, force: bool = False, progress:
     Returns
     -------
     pandas.DataFrame sorted by method, value, trial, step.
+
+    Examples
+    --------
+    >>> import sims
+    >>> cfg = sims.linear_sweep("k", (1, 2), runs=2, d=6, N=200, n=30, outer_steps=20, ft_steps=20)
+    >>> table = sims.run(cfg, progress=False)                  # in memory (store=None), this process
+    >>> table.groupby("value")["trial"].nunique().to_dict()    # every value, every trial
+    {1: 2, 2: 2}
     """
     name, _, accepted, _ = _kind_of(config, "run")
     force = check_bool(force, "force", "run")

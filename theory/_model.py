@@ -22,7 +22,16 @@ __all__ = [
 
 @dataclass(frozen=True, eq=False)
 class GroundTruth(ArrayFields):
-    """Base ``A_star`` (d, d) and adapters ``U_star`` (T+1, d, k); index T is the test task."""
+    """Base ``A_star`` (d, d) and adapters ``U_star`` (T+1, d, k); index T is the test task.
+
+    Task t's parameter is ``A_star + U_star[t] U_star[t]ᵀ`` (:meth:`task_weights`).
+
+    Examples
+    --------
+    >>> truth = sample_ground_truth(d=4, k=1, T=3, rng=0)
+    >>> truth.A_star.shape, truth.U_star.shape, (truth.d, truth.k, truth.T)
+    ((4, 4), (4, 4, 1), (4, 1, 3))
+    """
 
     A_star: np.ndarray
     U_star: np.ndarray
@@ -78,7 +87,14 @@ class GroundTruth(ArrayFields):
 
 @dataclass(frozen=True, eq=False)
 class TaskData(ArrayFields):
-    """Samples of the retraining tasks ``X``, ``Y`` (T, N, d) and of the test task (n, d)."""
+    """Samples of the retraining tasks ``X``, ``Y`` (T, N, d) and of the test task (n, d).
+
+    Examples
+    --------
+    >>> data = sample_tasks(sample_ground_truth(d=4, k=1, T=3, rng=0), N=50, n=20, sigma=0.1, rng=1)
+    >>> data.X.shape, data.Y.shape, data.X_test.shape, data.T
+    ((3, 50, 4), (3, 50, 4), (20, 4), 3)
+    """
 
     X: np.ndarray
     Y: np.ndarray
@@ -213,6 +229,13 @@ def excess_risk(W, target) -> np.ndarray:
     """‖W − target‖², the excess population risk of W on a task with parameter ``target`` (P1).
 
     Broadcasts over leading axes.
+
+    Examples
+    --------
+    >>> float(excess_risk(np.zeros((4, 4)), np.eye(4)))   # ‖I‖² = d
+    4.0
+    >>> excess_risk(np.zeros((2, 4, 4)), np.eye(4))       # one value per leading index
+    array([4., 4.])
     """
     W = check_array(W, "W", "excess_risk", ndim=(2, 3, 4))
     target = check_array(target, "target", "excess_risk", ndim=(2, 3, 4))
@@ -226,7 +249,13 @@ def excess_risk(W, target) -> np.ndarray:
 
 
 def population_risk(W, target, sigma) -> np.ndarray:
-    """E‖y − W x‖² = ‖W − target‖² + d σ² for x ~ N(0, I), y = target·x + N(0, σ² I) (P1)."""
+    """E‖y − W x‖² = ‖W − target‖² + d σ² for x ~ N(0, I), y = target·x + N(0, σ² I) (P1).
+
+    Examples
+    --------
+    >>> float(population_risk(np.zeros((4, 4)), np.eye(4), sigma=0.1))    # 4 + 4 · 0.01
+    4.04
+    """
     sigma = check_real(sigma, "sigma", "population_risk", low=0.0, high=1e100)   # sigma**2 stays finite
     W = check_array(W, "W", "population_risk", ndim=(2, 3, 4))
     return excess_risk(W, target) + W.shape[-2] * sigma**2
