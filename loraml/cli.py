@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     rd.add_argument("--n-finetune", type=int, nargs="+",
                     help="fine-tuning sample sizes (default: every image for vision, 10 20 40 80 120 digits)")
     rd.add_argument("--device", choices=("cpu", "cuda"),
-                    help="torch device (default: cuda when available for vision, cpu for digits); "
+                    help="torch device (default: cuda when available for vision and convai, cpu for digits); "
                          "bfloat16 mixed precision on cuda")
     rd.add_argument("--out", type=Path, help="folder of the table and figure (default figures/realdata/<dataset>-<preset>)")
     rd.add_argument("--chunk-trials", type=int, default=1,

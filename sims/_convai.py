@@ -247,7 +247,8 @@ def _map_paths(persona_map) -> tuple[Path, Path]:
             found.append(hit)
         return found[0], found[1]
     if not path.is_file():
-        raise ValueError(f"--persona-map (the 'persona_map' parameter) {path} is neither a persona-map file nor a folder of them. {CONVAI_HELP}.")
+        raise ValueError(f"--persona-map (the 'persona_map' parameter) {path} is neither a persona-map file nor "
+                         f"a folder of them. {CONVAI_HELP}.")
     return path, path
 
 
@@ -265,19 +266,23 @@ def _check_model_path(model) -> Path:
     path = _path(model, "model", "check_convai_inputs", "--model")
     cfg = path / "config.json"
     if not cfg.is_file():
-        raise ValueError(f"--model (the 'model' parameter) {path} is not a RoBERTa checkpoint folder (no config.json). {CONVAI_HELP}.")
+        raise ValueError(f"--model (the 'model' parameter) {path} is not a RoBERTa checkpoint folder (no "
+                         f"config.json). {CONVAI_HELP}.")
     try:
         kind = json.loads(cfg.read_text()).get("model_type")
     except (OSError, ValueError, AttributeError):
         kind = None
     if kind != "roberta":
-        raise ValueError(f"--model (the 'model' parameter) {path} is not a RoBERTa checkpoint: its config.json has model_type {kind!r}, "
+        raise ValueError(f"--model (the 'model' parameter) {path} is not a RoBERTa checkpoint: its config.json "
+                         f"has model_type {kind!r}, "
                          f"expected 'roberta'. {CONVAI_HELP}.")
     weights = [p for p in path.iterdir() if p.suffix in (".safetensors", ".bin")]
     if not weights:
-        raise ValueError(f"--model (the 'model' parameter) {path} has no weights (*.safetensors or *.bin). {CONVAI_HELP}.")
+        raise ValueError(f"--model (the 'model' parameter) {path} has no weights (*.safetensors or *.bin). "
+                         f"{CONVAI_HELP}.")
     if not any((path / n).is_file() for n in ("tokenizer.json", "vocab.json")):
-        raise ValueError(f"--model (the 'model' parameter) {path} has no tokenizer (tokenizer.json, or vocab.json and merges.txt). "
+        raise ValueError(f"--model (the 'model' parameter) {path} has no tokenizer (tokenizer.json, or vocab.json "
+                         f"and merges.txt). "
                          f"{CONVAI_HELP}.")
     return path
 
@@ -539,15 +544,18 @@ def _load(model_path: str):
         net = transformers.RobertaForSequenceClassification.from_pretrained(model_path, num_labels=2,
                                                                             local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"--model (the 'model' parameter) {model_path} could not be loaded as a RoBERTa checkpoint with its tokenizer "
+        raise ValueError(f"--model (the 'model' parameter) {model_path} could not be loaded as a RoBERTa "
+                         f"checkpoint with its tokenizer "
                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
                          f"{CONVAI_HELP}.") from None
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         if getattr(tok, name) is None:
-            raise ValueError(f"--model (the 'model' parameter) {model_path}: its tokenizer has no {name[:-3]} (RoBERTa uses <s>, </s>, "
+            raise ValueError(f"--model (the 'model' parameter) {model_path}: its tokenizer has no {name[:-3]} "
+                             f"(RoBERTa uses <s>, </s>, "
                              f"<pad>). {CONVAI_HELP}.")
     if tok.pad_token_id != net.config.pad_token_id:
-        raise ValueError(f"--model (the 'model' parameter) {model_path}: the tokenizer's pad id {tok.pad_token_id} differs from the "
+        raise ValueError(f"--model (the 'model' parameter) {model_path}: the tokenizer's pad id "
+                         f"{tok.pad_token_id} differs from the "
                          f"model's pad_token_id {net.config.pad_token_id}. {CONVAI_HELP}.")
     net.eval()
     return tok, net
@@ -640,13 +648,15 @@ _DATA_CACHE: dict = {}
 
 def _split(config, clusters, last, before, split, top):
     if len(clusters) < top:
-        raise ValueError(f"--data/--persona-map (the 'data' and 'persona_map' parameters): the {split} file has {len(clusters)} persona cluster(s) with more "
+        raise ValueError(f"--data/--persona-map (the 'data' and 'persona_map' parameters): the {split} file has "
+                         f"{len(clusters)} persona cluster(s) with more "
                          f"than one dialogue (cluster 0 dropped); the protocol needs {top} "
                          f"({'n_train_personas' if split == 'train' else 'n_test_personas'}).")
     need = last + before + 1
     small = [(cid, len(ds)) for cid, ds in clusters if len(ds) < need]
     if small:
-        raise ValueError(f"--data/--persona-map (the 'data' and 'persona_map' parameters): {split} cluster {small[0][0]} has {small[0][1]} dialogue(s); "
+        raise ValueError(f"--data/--persona-map (the 'data' and 'persona_map' parameters): {split} cluster "
+                         f"{small[0][0]} has {small[0][1]} dialogue(s); "
                          f"the protocol needs at least {need} (held-out dialogues + 1 to train).")
     out = []
     for cid, ds in clusters:

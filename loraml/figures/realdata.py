@@ -160,7 +160,7 @@ def plot_convai(summary, path: Path, *, title: str, pdf: bool = True) -> list[Pa
                 ax.set_xticks(ranks, [str(r) for r in ranks])
             ax.set_xlabel("LoRA rank r")
             ax.set_title(f"{which} epoch" + (" (chosen on validation)" if which == "best" else ""))
-        axes[0].set_ylabel("hits@1 of 20, average over test personas (%)")
+        axes[0].set_ylabel("average hits@1 of 20 (%)")
         finish_row(fig, axes, title)
         return save(fig, path, pdf=pdf)
 
