@@ -42,7 +42,8 @@ head: LoRA of rank r (head trainable) or the head alone.
 Values of the sweep (one chunk = one value × one (seed, persona) trial by default):
 ``"<method> lora r=<r>"`` for every rank and method other than last-layer-ML, and
 ``"<method> last-layer"`` for every method other than LoRA-ML. Retraining is computed once per
-(method, rank for LoRA-ML, seed) and process, and kept on disk under ``checkpoint_dir`` when one is
+(method, rank for LoRA-ML, seed) and process (the last ``len(seeds) + 1`` stay in memory; a method's
+ranks are consecutive values), and kept on disk under ``checkpoint_dir`` when one is
 given (the command line uses the store folder), so chunks of other personas and ranks reuse it.
 
 Table: ``dataset, preset, phase, retraining, finetuning, rank, seed, persona, cluster, epoch, split,
@@ -459,8 +460,8 @@ class ConvAIConfig(SweepConfig):
     @property
     def values(self) -> tuple:
         out = []
-        if "lora" in self.finetuning:
-            out += [f"{m} lora r={r}" for r in self.ranks for m in self.methods if m != "last-layer-ML"]
+        if "lora" in self.finetuning:       # method-major: a method's ranks in a row reuse its retraining
+            out += [f"{m} lora r={r}" for m in self.methods if m != "last-layer-ML" for r in self.ranks]
         if "last-layer" in self.finetuning:
             out += [f"{m} last-layer" for m in self.methods if m != "LoRA-ML"]
         return tuple(out)
@@ -737,6 +738,7 @@ def _retrained(config, method, rank, seed, device, amp):
     torch = _torch()
     key = config.retrain_key(method, rank, seed)
     if key in _RETRAIN_CACHE:
+        _RETRAIN_CACHE[key] = _RETRAIN_CACHE.pop(key)        # most recently used last
         return _RETRAIN_CACHE[key]
     scorer, streams = _base_model(config, seed, device)
     path = Path(config.checkpoint_dir) / f"retrain-{key}.pt" if config.checkpoint_dir else None
@@ -745,8 +747,7 @@ def _retrained(config, method, rank, seed, device, amp):
             saved = torch.load(path, map_location="cpu", weights_only=False)
             scorer.load_state_dict(saved["state"])
             out = (scorer, pd.DataFrame(saved["history"]))
-            _RETRAIN_CACHE.clear()
-            _RETRAIN_CACHE[key] = out
+            _remember(config, key, out)
             return out
         except Exception:                 # unreadable: recompute and overwrite
             scorer, streams = _base_model(config, seed, device)
@@ -778,9 +779,17 @@ def _retrained(config, method, rank, seed, device, amp):
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save({"state": model.state_dict(), "history": res.history.to_dict(orient="list")}, tmp)
         os.replace(tmp, path)
-    _RETRAIN_CACHE.clear()
-    _RETRAIN_CACHE[key] = out
+    _remember(config, key, out)
     return out
+
+
+def _remember(config, key, out):
+    """Keep a retrained model in this process: the last ``len(seeds) + 1`` of them (chunks run
+    value by value, and a method's ranks are consecutive values, so SR and Reptile are retrained
+    once per seed even without a checkpoint folder)."""
+    _RETRAIN_CACHE[key] = out
+    while len(_RETRAIN_CACHE) > len(config.seeds) + 1:
+        _RETRAIN_CACHE.pop(next(iter(_RETRAIN_CACHE)))
 
 
 _COLUMNS = ["dataset", "preset", "phase", "retraining", "finetuning", "rank", "seed", "persona", "cluster", "epoch",
