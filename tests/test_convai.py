@@ -250,10 +250,11 @@ def test_lora_ml_then_lora_finetuning_learns_the_generated_task(tmp_path):
     Threshold from a binomial bound: the evaluation holds n = 2 personas x 2 dialogues x 4 turns =
     16 contexts of 20 candidates. A model no better than chance (hits@1 probability 1/20 per context,
     independent) has P(X ≥ k) for X ~ Binomial(16, 1/20); k = 6 is the smallest count with
-    P(X ≥ 6) < 1e-4 (it is 8.1e-5; P(X ≥ 5) = 8.6e-4), so hits@1 ≥ 6/16 = 0.375 rules out chance at that level. Seen
-    to fail when the label is put on the wrong candidate (one_hot of (y + 1) mod 20 in the pair
-    loss). It does not rule out ranking by the class-0 logit: the 2-class cross-entropy leaves a
-    shift common to both logits free, and here the true pair's class-0 logit rose too."""
+    P(X ≥ 6) < 1e-4 (it is 8.1e-5; P(X ≥ 5) = 8.6e-4), so hits@1 ≥ 6/16 = 0.375 rules out chance
+    at that level. Seen to fail when the label is put on the wrong candidate (one_hot of
+    (y + 1) mod 20 in the pair loss). It does not rule out ranking by the class-0 logit: the
+    2-class cross-entropy leaves a shift common to both logits free, and here the true pair's
+    class-0 logit rose too."""
     from scipy.stats import binom
 
     n = 2 * 2 * 4
