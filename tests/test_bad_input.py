@@ -129,12 +129,15 @@ def _convai_files():
     """(data folder, model folder) of a tiny language experiment, written once per process."""
     global _CONVAI
     if _CONVAI is None:
+        import atexit
+        import shutil
         import tempfile
 
         from helpers import convai_files
 
-        _CONVAI = convai_files(Path(tempfile.mkdtemp(prefix="loraml-convai-")), vocab=5, train_sizes=(5, 5),
-                               valid_sizes=(5, 5), turns=1, n_candidates=3)
+        root = Path(tempfile.mkdtemp(prefix="loraml-convai-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        _CONVAI = convai_files(root, vocab=5, train_sizes=(5, 5), valid_sizes=(5, 5), turns=1, n_candidates=3)
     return _CONVAI
 
 
