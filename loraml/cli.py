@@ -14,6 +14,8 @@ EPILOG = "Examples:\n  loraml reproduce --only linear\n  loraml sweep linear --v
          "  loraml sweep shallow --vary d --values 5 10 --runs 10\n  loraml sweep finetune --runs 5\n" \
          "  loraml realdata digits --seeds 0 1\n" \
          "  loraml realdata vision --data-root ~/data/cifar-10-batches-py --device cuda\n" \
+         "  loraml realdata convai --data ~/data/ConvAI2 --persona-map ~/data/persona_map --model ~/roberta-base " \
+         "--device cuda\n" \
          "  loraml show results/linear-<hash> --format md\n" \
          "  loraml plot results/linear-<hash> -o sweep.png"
 
@@ -98,17 +100,30 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--sigma", type=float, default=0.1, help="noise level (default 0.1)")
     ft.add_argument("--csv", type=Path, help="also write the whole table (base, method, run, step, test_error) here")
 
-    rd = sub.add_parser("realdata", help="PEFT-ML on real data: digits (offline) or CIFAR-10 (spec realdata)",
+    rd = sub.add_parser("realdata", help="PEFT-ML on real data: digits (offline), CIFAR-10 or ConvAI2 (spec realdata)",
                         description="Retrain an MLP-Mixer with SR, LoRA-ML, last-layer-ML and Reptile on four binary "
-                                    "tasks, fine-tune on a new one with LoRA or a new head; results go to the Parquet "
-                                    "store (one chunk per method and seed, resumable), a table (Markdown, CSV) and a "
+                                    "tasks, fine-tune on a new one with LoRA or a new head; or (convai) RoBERTa on 10 "
+                                    "PersonaChat personas, fine-tuned on each of 10 unseen ones, for every LoRA rank. "
+                                    "Results go to the Parquet store (one chunk per method and seed, or per method, "
+                                    "rank, seed and persona for convai; resumable), tables (Markdown, CSV) and a "
                                     "figure go to --out.")
-    rd.add_argument("dataset", choices=("digits", "vision"),
-                    help="'digits': scikit-learn's bundled digits, runs anywhere; 'vision': CIFAR-10 from --data-root")
+    rd.add_argument("dataset", choices=("digits", "vision", "convai"),
+                    help="'digits': scikit-learn's bundled digits, runs anywhere; 'vision': CIFAR-10 from --data-root; "
+                         "'convai': PersonaChat from --data, --persona-map and --model")
     rd.add_argument("--data-root", type=Path,
                     help="vision: folder with the CIFAR-10 python batches (data_batch_1..5, test_batch)")
+    rd.add_argument("--data", type=Path,
+                    help="convai: folder with train_self_original.txt and valid_self_original.txt (PersonaChat)")
+    rd.add_argument("--persona-map", type=Path,
+                    help="convai: pickled dict cluster id -> set of persona descriptions, one file for both splits "
+                         "or a folder with train_persona_map.pkl and valid_persona_map.pkl")
+    rd.add_argument("--model", type=Path,
+                    help="convai: local RoBERTa checkpoint folder with its tokenizer (save_pretrained of roberta-base)")
+    rd.add_argument("--ranks", type=int, nargs="+",
+                    help="convai: LoRA ranks (default 1 4 8 12 16)")
     rd.add_argument("--preset", choices=("paper", "clean"), default="clean",
-                    help="'paper' keeps the authors'-code quirks V1-V3 (spec realdata 2), 'clean' fixes them (default)")
+                    help="'paper' keeps the authors'-code quirks (vision V1-V3; convai: SR visits the tasks in order), "
+                         "'clean' fixes them (default)")
     rd.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default 0 1 2 3 4)")
     rd.add_argument("--methods", nargs="+", choices=("SR", "LoRA-ML", "last-layer-ML", "Reptile"),
                     help="retraining methods (default: all four)")
@@ -118,10 +133,11 @@ def _parser() -> argparse.ArgumentParser:
     rd.add_argument("--n-finetune", type=int, nargs="+",
                     help="fine-tuning sample sizes (default: every image for vision, 10 20 40 80 120 digits)")
     rd.add_argument("--device", choices=("cpu", "cuda"),
-                    help="torch device (default: cuda when available for vision, cpu for digits); "
+                    help="torch device (default: cuda when available for vision and convai, cpu for digits); "
                          "bfloat16 mixed precision on cuda")
     rd.add_argument("--out", type=Path, help="folder of the table and figure (default figures/realdata/<dataset>-<preset>)")
-    rd.add_argument("--chunk-trials", type=int, default=1, help="seeds per stored chunk (default 1)")
+    rd.add_argument("--chunk-trials", type=int, default=1,
+                    help="seeds per stored chunk, (seed, persona) pairs for convai (default 1)")
     rd.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override any other config field, e.g. --set width=256 (repeatable)")
     rd.add_argument("--force", action="store_true", help="recompute chunks that are already stored")
@@ -323,6 +339,12 @@ def _cmd_sweep(args):
 def _cmd_realdata(args):
     import sims
 
+    if args.dataset == "convai":
+        return _cmd_convai(args)
+    for flag, option in (("data", "--data"), ("persona_map", "--persona-map"), ("model", "--model"),
+                         ("ranks", "--ranks")):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"The '{option}' option is for 'loraml realdata convai'. Got it with {args.dataset}.")
     overrides = _parse_set(args.set, sims.RealDataConfig)
     for flag, name in (("methods", "values"), ("epochs", "retrain_epochs"), ("reptile_epochs", "reptile_epochs"),
                        ("ft_epochs", "ft_epochs"), ("n_finetune", "n_finetune")):
@@ -346,6 +368,42 @@ def _cmd_realdata(args):
     title = f"{args.dataset}, {args.preset} preset, {len(cfg.seeds)} seed(s)"
     paths = write_realdata_outputs(table, out, title=title, name=args.dataset)
     print(realdata_markdown(sims.realdata_summary(table)), end="")
+    for path in paths:
+        print(f"  {path}")
+
+
+def _cmd_convai(args):
+    import sims
+
+    if args.data_root is not None:
+        raise ValueError("The '--data-root' option is for vision; convai takes --data, --persona-map and --model.")
+    if args.n_finetune is not None:
+        raise ValueError("The '--n-finetune' option is for digits and vision; convai fine-tunes on every dialogue "
+                         "of a test persona but its held-out ones.")
+    for flag, option in (("data", "--data"), ("persona_map", "--persona-map"), ("model", "--model")):
+        if getattr(args, flag) is None:
+            raise ValueError(f"The '{option}' option is required for convai: {sims.CONVAI_HELP}.")
+    overrides = _parse_set(args.set, sims.ConvAIConfig)
+    for flag, name in (("methods", "methods"), ("epochs", "retrain_epochs"), ("reptile_epochs", "reptile_epochs"),
+                       ("ft_epochs", "ft_epochs"), ("ranks", "ranks")):
+        if getattr(args, flag) is not None:
+            overrides[name] = tuple(getattr(args, flag)) if isinstance(getattr(args, flag), list) else getattr(args, flag)
+    device = args.device or sims.default_device()
+    cfg = sims.realdata_sweep("convai", preset=args.preset, seeds=tuple(args.seeds), data=args.data,
+                              persona_map=args.persona_map, model=args.model, chunk_trials=args.chunk_trials or 1,
+                              **overrides)
+    folder = args.store / f"convai-{cfg.key}"
+    cfg = sims.ConvAIConfig(**{**cfg.to_dict(), "checkpoint_dir": str((folder / "retrained").resolve())})
+    t0 = time.perf_counter()
+    table = sims.run(cfg, executor="serial" if device == "cuda" else _executor(args), store=args.store,
+                     force=args.force, progress=not args.quiet, device=device)
+    print(f"{len(table)} rows in {time.perf_counter() - t0:.1f} s -> {folder}")
+    from .figures.realdata import convai_markdown, write_convai_outputs
+
+    out = args.out or Path("figures") / "realdata" / f"convai-{args.preset}"
+    title = f"ConvAI2, {args.preset} preset, {len(cfg.seeds)} seed(s), {cfg.n_test_personas} test personas"
+    paths = write_convai_outputs(table, out, title=title)
+    print(convai_markdown(sims.convai_summary(table)), end="")
     for path in paths:
         print(f"  {path}")
 

@@ -41,6 +41,17 @@ from ._peftml import OptimSpec as OptimSpec
 from ._peftml import ReptileSpec as ReptileSpec
 from ._peftml import Retrained as Retrained
 from ._peftml import attach_lora as attach_lora
+from ._convai import CONVAI_HELP as CONVAI_HELP
+from ._convai import CONVAI_RANKS as CONVAI_RANKS
+from ._convai import ConvAIConfig as ConvAIConfig
+from ._convai import check_convai_inputs as check_convai_inputs
+from ._convai import convai_summary as convai_summary
+from ._convai import persona_clusters as persona_clusters
+from ._convai import read_persona_map as read_persona_map
+from ._convai import read_personachat as read_personachat
+from ._convai import simulate_convai_chunk as simulate_convai_chunk
+from ._convai import write_convai as write_convai
+from ._peftml import OBJECTIVES as OBJECTIVES
 from ._peftml import best_and_last as best_and_last
 from ._peftml import finetune as finetune
 from ._peftml import linear_names as linear_names
@@ -104,6 +115,17 @@ __all__ = [
     "simulate_realdata_chunks",
     "trainable_count",
     "write_cifar10",
+    "CONVAI_HELP",
+    "CONVAI_RANKS",
+    "ConvAIConfig",
+    "OBJECTIVES",
+    "check_convai_inputs",
+    "convai_summary",
+    "persona_clusters",
+    "read_persona_map",
+    "read_personachat",
+    "simulate_convai_chunk",
+    "write_convai",
     "JOINED_METHODS",
     "LinearConfig",
     "METHODS",

@@ -58,11 +58,19 @@ from theory.validation import check_choice, check_int, check_real, check_seed, c
 __all__ = [
     "RETRAINING_METHODS", "FINETUNING_SCHEMES", "LoraSpec", "OptimSpec", "ReptileSpec", "BatchLoader",
     "Retrained", "FineTuned", "retrain", "finetune", "attach_lora", "best_and_last", "linear_names", "trainable_count",
+    "OBJECTIVES",
 ]
 
 #: The four retraining methods and the two fine-tuning schemes of spec §1.
 RETRAINING_METHODS = ("SR", "LoRA-ML", "last-layer-ML", "Reptile")
 FINETUNING_SCHEMES = ("lora", "last-layer")
+#: What a batch's output is scored by (see :func:`_loss` and :func:`_accuracy`):
+#: ``"classify"``: output (B, classes), labels (B,): cross-entropy, argmax accuracy.
+#: ``"pairs"``: output (B, C, 2), two class logits for each of C (context, candidate) pairs, labels
+#: (B,) the index of the true candidate: cross-entropy over the 2 classes of every pair (true
+#: candidate class 1, the others class 0; the binary cross-entropy of the logit difference), mean
+#: over the B·C pairs; accuracy = hits@1, the candidate with the largest class-1 logit is the true one.
+OBJECTIVES = ("classify", "pairs")
 
 
 def _torch():
@@ -146,34 +154,44 @@ class LoraSpec:
 @dataclass(frozen=True)
 class OptimSpec:
     """Optimiser and schedule of one phase: Adam with L2 weight decay (``"adam"``) or AdamW,
-    learning rate on a cosine schedule over ``epochs`` (stepped per epoch) or constant."""
+    learning rate on a cosine schedule over ``epochs`` (stepped per epoch), constant, or
+    ``"linear"``: a linear warm-up over the first ``warmup`` fraction of the optimiser steps, then a
+    linear decay to 0 at the last step (stepped per optimiser step)."""
 
     epochs: int = 10
     lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: str = "adam"
     schedule: str = "cosine"
+    warmup: float = 0.0
 
     def __post_init__(self):
         check_int(self.epochs, "epochs", "OptimSpec", low=0)
         check_real(self.lr, "lr", "OptimSpec", low=0.0)
         check_real(self.weight_decay, "weight_decay", "OptimSpec", low=0.0)
         check_choice(self.optimizer, "optimizer", "OptimSpec", ("adam", "adamw"))
-        check_choice(self.schedule, "schedule", "OptimSpec", ("cosine", "constant"))
+        check_choice(self.schedule, "schedule", "OptimSpec", ("cosine", "constant", "linear"))
+        check_real(self.warmup, "warmup", "OptimSpec", low=0.0, high=1.0)
 
 
 @dataclass(frozen=True)
 class ReptileSpec:
-    """Reptile's inner loop: ``inner_steps`` SGD steps at ``inner_lr`` on a copy per task; the outer
-    pseudo-gradient is ``sign · (θ − θ_t) / T`` (+1 correct, −1 the authors' code, quirk V3)."""
+    """Reptile's inner loop: ``inner_steps`` steps of ``inner_optimizer`` (``"sgd"``, or
+    ``"adamw"`` with ``inner_weight_decay``, a fresh optimiser state per task) at ``inner_lr`` on a
+    copy per task; the outer pseudo-gradient is ``sign · (θ − θ_t) / T`` (+1 correct, −1 the
+    authors' vision code, quirk V3)."""
 
     inner_steps: int = 20
     inner_lr: float = 1e-2
     sign: int = 1
+    inner_optimizer: str = "sgd"
+    inner_weight_decay: float = 0.0
 
     def __post_init__(self):
         check_int(self.inner_steps, "inner_steps", "ReptileSpec", low=0)
         check_real(self.inner_lr, "inner_lr", "ReptileSpec", low=0.0)
+        check_choice(self.inner_optimizer, "inner_optimizer", "ReptileSpec", ("sgd", "adamw"))
+        check_real(self.inner_weight_decay, "inner_weight_decay", "ReptileSpec", low=0.0)
         # an int first: `array in (1, -1)` raises numpy's own ambiguity error instead of naming 'sign'
         if isinstance(self.sign, (bool, np.bool_)) or not isinstance(self.sign, (int, np.integer)) \
                 or self.sign not in (1, -1):
@@ -415,7 +433,23 @@ def _load_adapter(pm, name, state) -> None:
             m.lora_B[name].weight.copy_(B)
 
 
-def _optimizer(params, optim: OptimSpec):
+class _Schedule:
+    """The learning-rate schedule of one phase: ``epoch()`` after every epoch (cosine), ``batch()``
+    after every optimiser step (linear warm-up and decay over ``epochs × steps_per_epoch`` steps)."""
+
+    def __init__(self, sched, per_step):
+        self.sched, self.per_step = sched, per_step
+
+    def batch(self):
+        if self.per_step:
+            self.sched.step()
+
+    def epoch(self):
+        if self.sched is not None and not self.per_step:
+            self.sched.step()
+
+
+def _optimizer(params, optim: OptimSpec, steps_per_epoch: int = 1):
     torch = _torch()
     cls = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
     # One fused kernel per step on CUDA (the models are small: launches, not flops, set the pace).
@@ -426,10 +460,18 @@ def _optimizer(params, optim: OptimSpec):
     opt = cls(params, lr=optim.lr, weight_decay=optim.weight_decay,
               **({"fused": True} if fused else {"foreach": True} if foreach else {}))
     if optim.schedule == "cosine" and optim.epochs > 0:
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=optim.epochs)
-    else:
-        sched = None
-    return opt, sched
+        return opt, _Schedule(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=optim.epochs), False)
+    if optim.schedule == "linear" and optim.epochs > 0:
+        total = max(1, optim.epochs * steps_per_epoch)
+        warm = int(round(optim.warmup * total))
+
+        def factor(step):
+            if step < warm:
+                return (step + 1) / warm
+            return max(0.0, (total - step) / max(1, total - warm))
+
+        return opt, _Schedule(torch.optim.lr_scheduler.LambdaLR(opt, factor), True)
+    return opt, _Schedule(None, False)
 
 
 @contextlib.contextmanager
@@ -461,13 +503,23 @@ def _inner(net):
     return net.get_base_model() if type(net) is PeftModel else net
 
 
-def _loss(model, batch, device, amp):
+def _loss(model, batch, device, amp, objective="classify"):
     torch = _torch()
     x, y = batch
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     with _autocast(device, amp):
         out = model(x)
+    if objective == "pairs":                      # out (B, C, 2), y (B,): one binary label per pair
+        target = torch.nn.functional.one_hot(y, out.shape[1]).reshape(-1)
+        return torch.nn.functional.cross_entropy(out.float().reshape(-1, out.shape[-1]), target)
     return torch.nn.functional.cross_entropy(out.float(), y)
+
+
+def _right(out, y, objective):
+    """Right answers in a batch: argmax class, or (pairs) argmax over candidates of the class-1 logit."""
+    if objective == "pairs":
+        return (out[..., 1].argmax(-1) == y).sum()
+    return (out.argmax(-1) == y).sum()
 
 
 class _Modes:
@@ -496,7 +548,7 @@ class _Modes:
                 m.__dict__["training"] = flag       # what Module.train sets, without Module.__setattr__
 
 
-def _accuracy(model, loader, device, amp, modes=None, cache=None) -> float:
+def _accuracy(model, loader, device, amp, modes=None, cache=None, objective="classify") -> float:
     """Accuracy of ``model`` on ``loader`` in eval mode (the mode is restored). ``modes``: a
     :class:`_Modes` of ``model``. ``cache``: a :class:`_HeadCache` (frozen body: only the head runs
     once the inputs to the head are recorded)."""
@@ -512,7 +564,7 @@ def _accuracy(model, loader, device, amp, modes=None, cache=None) -> float:
             for h, y in cache.batches[id(loader)]:
                 with _autocast(device, amp):
                     out = cache.head(h)
-                right = right + (out.argmax(-1) == y).sum()
+                right = right + _right(out, y, objective)
                 total += len(y)
         else:
             record = cache is not None and cache.start(loader)
@@ -522,7 +574,7 @@ def _accuracy(model, loader, device, amp, modes=None, cache=None) -> float:
                     out = model(x)
                 if record:
                     cache.add(loader, out, y)
-                right = right + (out.argmax(-1) == y).sum()       # stays on the device until the end
+                right = right + _right(out, y, objective)        # stays on the device until the end
                 total += len(y)
             if record:
                 cache.finish(loader)
@@ -638,7 +690,8 @@ class Retrained:
 
 def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=None, lora: LoraSpec = LoraSpec(),
             optim: OptimSpec = OptimSpec(), reptile: ReptileSpec = ReptileSpec(), seed: int = 0,
-            device="cpu", amp: bool = False, select: str = "best", deadline=None) -> Retrained:
+            device="cpu", amp: bool = False, select: str = "best", deadline=None, objective: str = "classify",
+            task_heads: bool = False, step: str = "round") -> Retrained:
     """Retrain ``model`` on T tasks with one of the four methods (spec §1); ``model`` is not modified.
 
     Parameters
@@ -657,6 +710,14 @@ def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=N
     select : "best" (validation accuracy) or "last"
     deadline : float, optional
         A ``time.perf_counter()`` value; training stops after the epoch that passes it.
+    objective : "classify" or "pairs"
+        How outputs are scored (:data:`OBJECTIVES`).
+    task_heads : bool
+        LoRA-ML: per-task heads beside the per-task adapters (the language protocol); last-layer-ML
+        always has them.
+    step : "round" or "task"
+        LoRA-ML and last-layer-ML (and SR without ``pooled``): one optimiser step after a batch of
+        every task (``"round"``, vision) or after every task batch (``"task"``, language).
 
     Raises
     ------
@@ -667,6 +728,10 @@ def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=N
     func = "retrain"
     check_choice(method, "method", func, RETRAINING_METHODS)
     check_choice(select, "select", func, ("best", "last"))
+    check_choice(objective, "objective", func, OBJECTIVES)
+    check_choice(step, "step", func, ("round", "task"))
+    if not isinstance(task_heads, (bool, np.bool_)):
+        raise ValueError(f"The 'task_heads' parameter of {func} must be a bool. Got {task_heads!r} instead.")
     _check_name(head, "head", func)
     _check_spec(lora, LoraSpec, "lora", func)
     _check_spec(optim, OptimSpec, "optim", func)
@@ -688,21 +753,37 @@ def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=N
     with _seeded(seed, device):
         model = copy.deepcopy(model).to(device)
         return _retrain(model, train, val, pooled, method, head, lora, targets, optim, reptile, T, device, amp,
-                        select, deadline)
+                        select, deadline, objective, bool(task_heads), step)
+
+
+def _task_heads(model, head, T):
+    torch = _torch()
+    heads = torch.nn.ModuleList([copy.deepcopy(_get(model, head)) for _ in range(T)])
+    for h in heads:
+        _reset(h)
+    return heads
 
 
 def _retrain(model, train, val, pooled, method, head, lora, targets, optim, reptile, T, device, amp, select,
-             deadline):
+             deadline, objective="classify", task_heads=False, step="round"):
     torch = _torch()
     heads = None
-    if method == "LoRA-ML":
+    if method == "LoRA-ML" and task_heads:
+        heads = _task_heads(model, head, T)
+        _set(model, head, heads[0])
+        net, params = _attach(model, lora, targets, T)
+        switch = _adapter_switch(net, [f"task{t}" for t in range(T)])
+        params = [p for p in params if not any(p is q for q in heads[0].parameters())] + list(heads.parameters())
+
+        def activate(t):
+            switch(t)
+            _set(model, head, heads[t])
+    elif method == "LoRA-ML":
         net, params = _attach(model, lora, targets, T)
         activate = _adapter_switch(net, [f"task{t}" for t in range(T)])
     elif method == "last-layer-ML":
         net = model
-        heads = torch.nn.ModuleList([copy.deepcopy(_get(model, head)) for _ in range(T)])
-        for h in heads:
-            _reset(h)
+        heads = _task_heads(model, head, T)
         body = [p for n, p in model.named_parameters() if not (n == head or n.startswith(head + "."))]
         params = body + list(heads.parameters())
 
@@ -717,7 +798,14 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
     if method != "LoRA-ML":     # peft's set_adapter switches inactive adapters' flags off; keep them all
         params = [p for p in params if p.requires_grad]
     trainable = trainable_count(params)
-    opt, sched = _optimizer(params, optim)
+    if method == "Reptile":
+        m = reptile.inner_steps
+        per_epoch = T * (1 if m == 0 else max(-(-len(ld) // m) for ld in train))
+    elif method == "SR" and pooled is not None:
+        per_epoch = len(pooled)
+    else:
+        per_epoch = max(len(ld) for ld in train) * (T if step == "task" else 1)
+    opt, sched = _optimizer(params, optim, per_epoch)
 
     modes = _Modes(net, extra=heads if heads is not None else ())
     fwd = _inner(net)
@@ -726,7 +814,7 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
         accs = []
         for t in range(T):
             activate(t)
-            accs.append(_accuracy(fwd, val[t], device, amp, modes=modes))
+            accs.append(_accuracy(fwd, val[t], device, amp, modes=modes, objective=objective))
         return float(np.mean(accs))
 
     def snapshot():
@@ -741,14 +829,26 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
     for epoch in range(1, optim.epochs + 1):
         losses = []
         if method == "Reptile":
-            _reptile_epoch(net, train, opt, reptile, T, device, amp, losses)
+            _reptile_epoch(net, train, opt, reptile, T, device, amp, losses, objective, sched)
         elif method == "SR" and pooled is not None:
             for batch in pooled:
                 opt.zero_grad(set_to_none=True)
-                loss = _loss(fwd, batch, device, amp)
+                loss = _loss(fwd, batch, device, amp, objective)
                 loss.backward()
                 opt.step()
+                sched.batch()
                 losses.append(loss.detach())
+        elif step == "task":
+            iters = [_cycle(ld) for ld in train]
+            for _ in range(max(len(ld) for ld in train)):
+                for t in range(T):
+                    opt.zero_grad(set_to_none=True)
+                    activate(t)
+                    loss = _loss(fwd, next(iters[t]), device, amp, objective)
+                    loss.backward()
+                    opt.step()
+                    sched.batch()
+                    losses.append(loss.detach())
         else:
             iters = [_cycle(ld) for ld in train]
             for _ in range(max(len(ld) for ld in train)):
@@ -756,13 +856,13 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
                 total = 0.0
                 for t in range(T):
                     activate(t)
-                    loss = _loss(fwd, next(iters[t]), device, amp)
+                    loss = _loss(fwd, next(iters[t]), device, amp, objective)
                     loss.backward()
                     total = total + loss.detach()
                 opt.step()
+                sched.batch()
                 losses.append(total / T)
-        if sched is not None:
-            sched.step()
+        sched.epoch()
         acc = evaluate()
         # losses stay on the device until the epoch ends (no host sync per step)
         mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
@@ -776,6 +876,10 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
     if method == "LoRA-ML":
         net.set_adapter(f"task{T - 1}")     # peft's own bookkeeping, as the last evaluation left it
         adapter0 = _adapter_state(net, "task0")
+        if heads is not None:
+            heads.load_state_dict(best_state["heads"])
+            head_states = tuple(copy.deepcopy(h) for h in heads)
+            _set(model, head, copy.deepcopy(heads[0]))
         base = net.unload()
     elif method == "last-layer-ML":
         heads.load_state_dict(best_state["heads"])
@@ -791,7 +895,8 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
                      adapter0=adapter0, heads=head_states)
 
 
-def _reptile_epoch(net, train, opt, reptile: ReptileSpec, T, device, amp, losses):
+def _reptile_epoch(net, train, opt, reptile: ReptileSpec, T, device, amp, losses, objective="classify",
+                   sched=None):
     torch = _torch()
     m = reptile.inner_steps
     rounds = 1 if m == 0 else max(-(-len(ld) // m) for ld in train)
@@ -812,10 +917,13 @@ def _reptile_epoch(net, train, opt, reptile: ReptileSpec, T, device, amp, losses
                     for a, b in zip(inner_state, state):
                         a.copy_(b)
             fresh = False
-            sgd = torch.optim.SGD(inner_params, lr=reptile.inner_lr)
+            if reptile.inner_optimizer == "adamw":
+                sgd = torch.optim.AdamW(inner_params, lr=reptile.inner_lr, weight_decay=reptile.inner_weight_decay)
+            else:
+                sgd = torch.optim.SGD(inner_params, lr=reptile.inner_lr)
             for _ in range(m):
                 sgd.zero_grad(set_to_none=True)
-                loss = _loss(inner, next(iters[t]), device, amp)
+                loss = _loss(inner, next(iters[t]), device, amp, objective)
                 loss.backward()
                 sgd.step()
                 losses.append(loss.detach())
@@ -824,6 +932,8 @@ def _reptile_epoch(net, train, opt, reptile: ReptileSpec, T, device, amp, losses
                 for p, q in zip(params, inner_params):
                     p.grad = reptile.sign * (p.detach() - q.detach()) / T
             opt.step()
+            if sched is not None:
+                sched.batch()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -842,7 +952,8 @@ class FineTuned:
 
 def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: LoraSpec = LoraSpec(),
              optim: OptimSpec = OptimSpec(), seed: int = 0, device="cpu", amp: bool = False, init_adapter=None,
-             init_head=None, fresh_head: bool = False, deadline=None) -> FineTuned:
+             init_head=None, fresh_head: bool = False, deadline=None, objective: str = "classify",
+             train_head: bool = False) -> FineTuned:
     """Fine-tune a frozen copy of ``base`` on one new task; ``base`` is not modified.
 
     Parameters
@@ -859,6 +970,10 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
     init_head : torch.nn.Module, optional
         Use a copy of this module as the head (quirk V2 for ``"last-layer"``; for ``"lora"`` the
         frozen head under the adapter). ``fresh_head``: for ``"lora"``, a freshly initialised head.
+    train_head : bool
+        ``"lora"``: the head trains beside the adapter (the language protocol); otherwise frozen.
+    objective : "classify" or "pairs"
+        How outputs are scored (:data:`OBJECTIVES`).
 
     Raises
     ------
@@ -873,8 +988,10 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
     _check_spec(lora, LoraSpec, "lora", func)
     _check_spec(optim, OptimSpec, "optim", func)
     seed, device = _check_common(func, seed=seed, device=device, amp=amp, deadline=deadline)
-    if not isinstance(fresh_head, (bool, np.bool_)):
-        raise ValueError(f"The 'fresh_head' parameter of {func} must be a bool. Got {fresh_head!r} instead.")
+    check_choice(objective, "objective", func, OBJECTIVES)
+    for name, flag in (("fresh_head", fresh_head), ("train_head", train_head)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ValueError(f"The {name!r} parameter of {func} must be a bool. Got {flag!r} instead.")
     for name, ld in (("train", train), ("val", val), ("test", test)):
         _check_loader(ld, name, func)
     try:
@@ -897,13 +1014,15 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
             if init_adapter is not None:
                 _load_adapter(net, "finetune", init_adapter)
             params = _adapter_params(net, "finetune")
+            if train_head:
+                params = params + list(_get(model, head).parameters())
         else:
             net = model
             params = list(_get(model, head).parameters())
         for p in params:
             p.requires_grad_(True)
         trainable = trainable_count(params)
-        opt, sched = _optimizer(params, optim)
+        opt, sched = _optimizer(params, optim, len(train))
         rows = []
         modes = _Modes(net)
         fwd = _inner(net)
@@ -915,7 +1034,8 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
         def record(epoch):
             for split, ld in (("val", val), ("test", test)):
                 rows.append({"epoch": epoch, "split": split,
-                             "accuracy": _accuracy(fwd, ld, device, amp, modes=modes, cache=cache)})
+                             "accuracy": _accuracy(fwd, ld, device, amp, modes=modes, cache=cache,
+                                                   objective=objective)})
 
         try:
             record(0)
@@ -923,10 +1043,10 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
             for epoch in range(1, optim.epochs + 1):
                 for batch in train:
                     opt.zero_grad(set_to_none=True)
-                    _loss(fwd, batch, device, amp).backward()
+                    _loss(fwd, batch, device, amp, objective).backward()
                     opt.step()
-                if sched is not None:
-                    sched.step()
+                    sched.batch()
+                sched.epoch()
                 record(epoch)
                 if deadline is not None and time.perf_counter() > deadline:
                     break

@@ -402,11 +402,14 @@ _DIGITS = dict(image_size=8, patch_size=2, width=32, depth=1, dropout=0.1, augme
 _VISION = dict(n_finetune=(0,))
 
 
-def realdata_sweep(dataset: str, *, preset: str = "clean", seeds=(0, 1, 2, 3, 4), **overrides) -> RealDataConfig:
-    """The frozen config of a real-data experiment (``"digits"`` or ``"vision"``).
+def realdata_sweep(dataset: str, *, preset: str = "clean", seeds=(0, 1, 2, 3, 4), **overrides):
+    """The frozen config of a real-data experiment (``"digits"``, ``"vision"`` or ``"convai"``).
 
     ``digits`` defaults to the offline protocol of the README (a tiny Mixer, 30 retraining and 40
     fine-tuning epochs, n = 10 … 120 fine-tuning images); ``vision`` to the paper's sizes (spec §2).
+    ``convai`` is the language experiment (spec §3, a :class:`ConvAIConfig`): it needs ``data``,
+    ``persona_map`` and ``model`` (paths, checked here before any work) and defaults to the paper's
+    sizes (10 + 10 personas, ranks 1, 4, 8, 12, 16, 10 epochs).
 
     Examples
     --------
@@ -414,7 +417,9 @@ def realdata_sweep(dataset: str, *, preset: str = "clean", seeds=(0, 1, 2, 3, 4)
     >>> cfg.values, len(cfg.chunks())
     (('SR', 'LoRA-ML', 'last-layer-ML', 'Reptile'), 8)
     """
-    check_choice(dataset, "dataset", "realdata_sweep", ("digits", "vision"))
+    check_choice(dataset, "dataset", "realdata_sweep", ("digits", "vision", "convai"))
+    if dataset == "convai":
+        return _convai_sweep(preset, seeds, overrides)
     names = {f.name for f in dataclasses.fields(RealDataConfig)} - {"dataset", "preset", "seeds"}
     unknown = sorted(set(overrides) - names)
     if unknown:
@@ -423,6 +428,20 @@ def realdata_sweep(dataset: str, *, preset: str = "clean", seeds=(0, 1, 2, 3, 4)
     base = dict(_DIGITS if dataset == "digits" else _VISION)
     base.update(overrides)
     return RealDataConfig(dataset=dataset, preset=preset, seeds=seeds, **base)
+
+
+def _convai_sweep(preset, seeds, overrides):
+    from ._convai import ConvAIConfig, check_convai_inputs
+
+    names = {f.name for f in dataclasses.fields(ConvAIConfig)} - {"preset", "seeds", "fingerprint"}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"realdata_sweep got unknown option(s) {', '.join(map(repr, unknown))} for 'convai'; "
+                         f"allowed: {', '.join(sorted(names))}.")
+    paths = {k: overrides.get(k) for k in ("data", "persona_map", "model")}
+    fingerprint = check_convai_inputs(paths["data"], paths["persona_map"], paths["model"])
+    overrides = {**overrides, **{k: str(Path(v).resolve()) for k, v in paths.items()}}
+    return ConvAIConfig(preset=preset, seeds=seeds, fingerprint=fingerprint, **overrides)
 
 
 # ------------------------------------------------------------------------------------------------

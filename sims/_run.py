@@ -29,6 +29,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from ._linear import LinearConfig, simulate_chunk, simulate_chunks
+from ._convai import ConvAIConfig, simulate_convai_chunk
 from ._realdata import RealDataConfig, simulate_realdata_chunk, simulate_realdata_chunks
 from ._shallow import ShallowConfig, simulate_shallow_chunk
 from theory.validation import check_bool, check_int
@@ -46,6 +47,7 @@ _KINDS = {
     LinearConfig: ("linear", simulate_chunk, (), simulate_chunks),
     ShallowConfig: ("shallow", simulate_shallow_chunk, ("device",), None),
     RealDataConfig: ("realdata", simulate_realdata_chunk, ("device", "amp"), simulate_realdata_chunks),
+    ConvAIConfig: ("convai", simulate_convai_chunk, ("device", "amp"), None),
 }
 
 #: Packs per worker for a batchable kind: enough that the packs balance over the workers and an
@@ -193,8 +195,8 @@ class Pool:
 def _kind_of(config, func, name="config"):
     kind = next((v for k, v in _KINDS.items() if isinstance(config, k)), None)
     if kind is None:
-        what = "hold LinearConfig, ShallowConfig or RealDataConfig objects" if name == "configs" else \
-            "be a LinearConfig, a ShallowConfig or a RealDataConfig"
+        what = "hold LinearConfig, ShallowConfig, RealDataConfig or ConvAIConfig objects" if name == "configs" \
+            else "be a LinearConfig, a ShallowConfig, a RealDataConfig or a ConvAIConfig"
         raise ValueError(f"The {name!r} parameter of {func} must {what}. Got {type(config).__name__}.")
     return kind
 

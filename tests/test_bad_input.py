@@ -112,7 +112,53 @@ def _materialize(value, tmp_path: Path):
         return folder
     elif value.kind == "cifar":
         sims.write_cifar10(path, n_train=5, n_test=2)
+    elif value.kind == "convai-data":
+        sims.write_convai(path, train_sizes=(3, 2), valid_sizes=(4,), turns=1, n_candidates=3, vocab=5)
+    elif value.kind == "convai-train":
+        return sims.write_convai(path, train_sizes=(3, 2), valid_sizes=(4,), turns=1) / "train_self_original.txt"
+    elif value.kind == "convai-map":
+        return sims.write_convai(path, train_sizes=(3, 2), valid_sizes=(4,), turns=1) / "train_persona_map.pkl"
+    elif value.kind == "convai-model":
+        return _convai_files()[1]
     return path
+
+
+_CONVAI = None
+
+
+def _convai_files():
+    """(data folder, model folder) of a tiny language experiment, written once per process."""
+    global _CONVAI
+    if _CONVAI is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        from helpers import convai_files
+
+        root = Path(tempfile.mkdtemp(prefix="loraml-convai-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        _CONVAI = convai_files(root, vocab=5, train_sizes=(5, 5), valid_sizes=(5, 5), turns=1, n_candidates=3)
+    return _CONVAI
+
+
+def _tiny_convai():
+    data, model = _convai_files()
+    return sims.realdata_sweep("convai", seeds=(0,), data=data, persona_map=data, model=model, ranks=(1,),
+                               methods=("SR",), finetuning=("last-layer",), n_train_personas=2, n_test_personas=2,
+                               n_candidates=3, retrain_epochs=1, ft_epochs=1)
+
+
+def _convai_table():
+    rows = []
+    for seed in (0, 1):
+        for persona in (0, 1):
+            for epoch in (0, 1):
+                for split in ("val", "test"):
+                    rows.append({"phase": "finetune", "retraining": "SR", "finetuning": "lora", "rank": 1,
+                                 "seed": seed, "persona": persona, "epoch": epoch, "split": split,
+                                 "accuracy": 0.05 + 0.1 * epoch})
+    return pd.DataFrame(rows)
 
 
 def _torch_bases():
@@ -316,6 +362,21 @@ def _bases():
                                      dict(chunks=[(_tiny_realdata(), 0, (0,))], device="cpu")),
         "trainable_count": (sims.trainable_count, dict(params=list(model.parameters()))),
         "write_cifar10": (sims.write_cifar10, dict(root=TmpPath("new-cifar"), n_train=5, n_test=2, rng=0)),
+        # the language experiment
+        "ConvAIConfig": (sims.ConvAIConfig, dict(preset="clean", seeds=(0,), ranks=(1,), n_test_personas=2,
+                                                 batch_size=2)),
+        "check_convai_inputs": (sims.check_convai_inputs, dict(data=TmpPath("convai-data"),
+                                                               persona_map=TmpPath("convai-data"),
+                                                               model=TmpPath("convai-model"))),
+        "convai_summary": (sims.convai_summary, dict(table=_convai_table())),
+        "persona_clusters": (sims.persona_clusters, dict(dialogues=[{"persona": ("a.",), "turns": ()}] * 2,
+                                                         persona_map={1: {"a."}}, top=2)),
+        "read_persona_map": (sims.read_persona_map, dict(path=TmpPath("convai-map"))),
+        "read_personachat": (sims.read_personachat, dict(path=TmpPath("convai-train"))),
+        "simulate_convai_chunk": (sims.simulate_convai_chunk, dict(config=_tiny_convai(), value_index=0, trials=(0,),
+                                                                   device="cpu")),
+        "write_convai": (sims.write_convai, dict(root=TmpPath("new-convai"), train_sizes=(3, 2), valid_sizes=(3,),
+                                                 turns=1, n_candidates=3, vocab=5, rng=0)),
     }
     table = sims.finetune_comparison(d=3, k=1, T=2, N=10, n=8, runs=1, max_steps=2)
     b["finetune_summary"][1]["table"] = table
@@ -733,6 +794,26 @@ CLI_CASES = [
     (["realdata", "vision"], "--data-root"),
     (["realdata", "digits", "--seeds", "0", "--store", "@FILE/sub"], "--store"),
     (["realdata", "digits", "--seeds", "0", "--out", "@FILE/sub"], "--out"),
+    (["realdata", "convai"], "--data"),
+    (["realdata", "convai", "--data", "@MISSING", "--persona-map", "@MISSING", "--model", "@MISSING"], "--data"),
+    (["realdata", "convai", "--data", "@CONVAI", "--persona-map", "@MISSING", "--model", "@ROBERTA"], "--persona-map"),
+    (["realdata", "convai", "--data", "@CONVAI", "--persona-map", "@GARBAGE", "--model", "@ROBERTA"], "--persona-map"),
+    (["realdata", "convai", "--data", "@CONVAI", "--persona-map", "@CONVAI", "--model", "@MISSING"], "--model"),
+    (["realdata", "convai", "--data", "@CONVAI", "--persona-map", "@CONVAI", "--model", "@GARBAGE"], "--model"),
+    (["realdata", "convai", "--data", "@CONVAI", "--persona-map", "@CONVAI", "--model", "@CONVAI"], "--model"),
+    (["realdata", "convai", "--data", "@GARBAGE", "--persona-map", "@CONVAI", "--model", "@ROBERTA"], "--data"),
+    (["realdata", "convai", "--data", "@CONVAI", "--persona-map", "@CONVAI", "--model", "@ROBERTA", "--ranks", "0"],
+     "ranks"),
+    (["realdata", "convai", "--data", "@CONVAI", "--persona-map", "@CONVAI", "--model", "@ROBERTA", "--ranks", "x"],
+     "--ranks"),
+    (["realdata", "convai", "--data", "@CONVAI", "--persona-map", "@CONVAI", "--model", "@ROBERTA", "--set",
+      "max_length=2"], "max_length"),
+    (["realdata", "convai", "--data", "@CONVAI", "--persona-map", "@CONVAI", "--model", "@ROBERTA", "--methods",
+      "last-layer-ML", "--set", "finetuning=lora"], "methods"),
+    (["realdata", "convai", "--data", "@CONVAI", "--persona-map", "@CONVAI", "--model", "@ROBERTA", "--device",
+      "tpu"], "--device"),
+    (["realdata", "convai", "--data-root", "@MISSING"], "--data-root"),
+    (["realdata", "digits", "--model", "@MISSING"], "--model"),
     # no command / unknown command
     ([], "COMMAND"),
     (["frobnicate"], "frobnicate"),
@@ -749,6 +830,9 @@ def _cli_argv(argv, tmp_path):
     (garbage / "chunk-v000-t0000-0000.parquet").write_text("garbage")
     (garbage / "data_batch_1").write_text("garbage")
     subs = {"@FILE": str(f), "@MISSING": str(tmp_path / "missing"), "@GARBAGE": str(garbage)}
+    if any(a.startswith(("@CONVAI", "@ROBERTA")) for a in argv):
+        data, model = _convai_files()
+        subs.update({"@CONVAI": str(data), "@ROBERTA": str(model)})
     out = []
     for a in argv:
         for k, v in subs.items():

@@ -147,7 +147,7 @@ def test_cpu_shortcuts_compute_what_the_plain_paths_compute(monkeypatch):
         if variant == "plain":
             monkeypatch.setattr(P, "_adapter_switch", lambda pm, names: lambda t: pm.set_adapter(names[t]))
             real = P._optimizer
-            monkeypatch.setattr(P, "_optimizer", lambda params, optim: _no_foreach(real, params, optim))
+            monkeypatch.setattr(P, "_optimizer", lambda params, optim, *steps: _no_foreach(real, params, optim, *steps))
             monkeypatch.setattr(P, "_reptile_epoch", _reptile_epoch_deepcopy)
         runs[variant] = {m: sims.retrain(base, _loaders(), method=m, lora=lora, optim=opt, seed=2,
                                          reptile=sims.ReptileSpec(inner_steps=2, inner_lr=0.1))
@@ -160,14 +160,14 @@ def test_cpu_shortcuts_compute_what_the_plain_paths_compute(monkeypatch):
             assert all(torch.equal(x, y) for k in a.adapter0 for x, y in zip(a.adapter0[k], b.adapter0[k]))
 
 
-def _no_foreach(real, params, optim):
-    opt, sched = real(params, optim)
+def _no_foreach(real, params, optim, *steps):
+    opt, sched = real(params, optim, *steps)
     for g in opt.param_groups:
         g["foreach"] = False
     return opt, sched
 
 
-def _reptile_epoch_deepcopy(net, train, opt, reptile, T, device, amp, losses):
+def _reptile_epoch_deepcopy(net, train, opt, reptile, T, device, amp, losses, objective="classify", sched=None):
     """Reptile's epoch as first written: a fresh deep copy of θ per task."""
     from sims._peftml import _cycle, _loss
 

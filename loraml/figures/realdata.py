@@ -11,7 +11,8 @@ import sims
 
 from ._style import COLORS, RC, finish_row, panel_row, plt, save
 
-__all__ = ["make_realdata_figures", "realdata_configs", "write_realdata_outputs", "plot_realdata", "realdata_markdown"]
+__all__ = ["make_realdata_figures", "realdata_configs", "write_realdata_outputs", "plot_realdata", "realdata_markdown",
+           "convai_markdown", "plot_convai", "write_convai_outputs"]
 
 _COLORS = {"SR": COLORS["SR"], "LoRA-ML": COLORS["LoRA-ML"], "last-layer-ML": "#2ca02c", "Reptile": "#9467bd"}
 _SCHEME_TITLE = {"lora": "LoRA fine-tuning (base frozen)", "last-layer": "last-layer fine-tuning (new head)"}
@@ -88,3 +89,89 @@ def make_realdata_figures(out: Path, *, fast: bool = False, store="results", exe
         folder = Path(out) / "realdata" / ("paper" if cfg.preset == "paper" else "")
         paths += write_realdata_outputs(table, folder, title=title, name="digits", pdf=not fast)
     return paths
+
+
+# ------------------------------------------------------------------------------------------------
+# The language experiment (ConvAI2, spec realdata §3)
+
+_LORA_METHODS = ("LoRA-ML", "SR", "Reptile")
+_HEAD_METHODS = ("last-layer-ML", "SR", "Reptile")
+
+
+def _cell(mean, se):
+    se_text = "–" if not np.isfinite(se) else f"{100 * se:.1f}"
+    return f"{100 * mean:.1f} ± {se_text}"
+
+
+def convai_markdown(summary) -> str:
+    """The averaged ConvAI2 tables in Markdown: hits@1 (%) mean ± SE over seeds, last epoch and best
+    epoch (chosen on the validation dialogues). LoRA: rank × {LoRA-ML, SR, Reptile}; last layer:
+    {last-layer-ML, SR, Reptile}. Per-persona numbers are in the CSV."""
+    avg = summary[summary["persona"] == "average"]
+    lines = []
+    lora = avg[avg["finetuning"] == "lora"]
+    if not lora.empty:
+        methods = [m for m in _LORA_METHODS if m in set(lora["retraining"])]
+        lines += ["LoRA fine-tuning, hits@1 (%) averaged over the test personas: last epoch / best epoch", "",
+                  "| rank | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+        for r, g in lora.groupby("rank", sort=True):
+            cells = []
+            for m in methods:
+                row = g[g["retraining"] == m]
+                cells.append("–" if row.empty else
+                             f"{_cell(row['last_mean'].iloc[0], row['last_se'].iloc[0])} / "
+                             f"{_cell(row['best_mean'].iloc[0], row['best_se'].iloc[0])}")
+            lines.append(f"| {r} | " + " | ".join(cells) + " |")
+        lines.append("")
+    head = avg[avg["finetuning"] == "last-layer"]
+    if not head.empty:
+        lines += ["Last-layer fine-tuning, hits@1 (%) averaged over the test personas", "",
+                  "| retraining | last epoch | best epoch |", "|---|---|---|"]
+        for m in _HEAD_METHODS:
+            row = head[head["retraining"] == m]
+            if not row.empty:
+                lines.append(f"| {m} | {_cell(row['last_mean'].iloc[0], row['last_se'].iloc[0])} | "
+                             f"{_cell(row['best_mean'].iloc[0], row['best_se'].iloc[0])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_convai(summary, path: Path, *, title: str, pdf: bool = True) -> list[Path]:
+    """Average hits@1 against the LoRA rank, one line per retraining method (last epoch, then best
+    epoch); the last-layer fine-tuning results as dashed horizontal lines of the same colours."""
+    avg = summary[summary["persona"] == "average"]
+    lora, head = avg[avg["finetuning"] == "lora"], avg[avg["finetuning"] == "last-layer"]
+    with plt.rc_context(RC):
+        fig, axes = panel_row(2, width=3.2, height=2.9)
+        for ax, which in zip(axes, ("last", "best")):
+            for method in sims.RETRAINING_METHODS:
+                g = lora[lora["retraining"] == method].sort_values("rank")
+                if not g.empty:
+                    r, mean = g["rank"].to_numpy(), 100 * g[f"{which}_mean"].to_numpy()
+                    se = 100 * np.nan_to_num(g[f"{which}_se"].to_numpy())
+                    ax.plot(r, mean, "o-", ms=3, lw=1.3, color=_COLORS[method], label=f"{method} (LoRA)")
+                    ax.fill_between(r, mean - se, mean + se, color=_COLORS[method], alpha=0.15, lw=0)
+                h = head[head["retraining"] == method]
+                if not h.empty:
+                    ax.axhline(100 * h[f"{which}_mean"].iloc[0], color=_COLORS[method], ls="--", lw=1.0,
+                               label=f"{method} (last layer)")
+            if not lora.empty:
+                ranks = sorted(lora["rank"].unique())
+                ax.set_xticks(ranks, [str(r) for r in ranks])
+            ax.set_xlabel("LoRA rank r")
+            ax.set_title(f"{which} epoch" + (" (chosen on validation)" if which == "best" else ""))
+        axes[0].set_ylabel("average hits@1 of 20 (%)")
+        finish_row(fig, axes, title)
+        return save(fig, path, pdf=pdf)
+
+
+def write_convai_outputs(table, folder: Path, *, title: str, pdf: bool = True) -> list[Path]:
+    """table.csv (every persona and the average), table.md (the averaged tables) and the figure of
+    one ConvAI2 run under ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = sims.convai_summary(table)
+    csv, md = folder / "table.csv", folder / "table.md"
+    summary.to_csv(csv, index=False, float_format="%.6g")
+    md.write_text(convai_markdown(summary))
+    return plot_convai(summary, folder / "convai.png", title=title, pdf=pdf) + [csv, md]

@@ -1,0 +1,885 @@
+"""The paper's language experiment (spec/realdata.md §3): ConvAI2 / PersonaChat personas as tasks,
+RoBERTa for sequence classification scoring (context, candidate) pairs, LoRA from peft, the four
+retraining methods of :mod:`sims._peftml` with the ``"pairs"`` objective.
+
+Data
+----
+- :func:`read_personachat` reads the "self_original" text format: numbered lines, the number
+  restarting at 1 with each dialogue; ``your persona: …`` lines, then turns
+  ``partner utterance<TAB>response<TAB><TAB>cand1|cand2|…`` (the response is among the candidates).
+- :func:`read_persona_map` reads a persona map: a pickled dict cluster id → set of persona
+  descriptions. A dialogue's description is its persona sentences joined by one space (whitespace
+  runs collapsed; :func:`persona_description`); a map may also hold tuples of sentences.
+- :func:`persona_clusters`: dialogues grouped by cluster (a dialogue whose description is in no
+  cluster is left out), cluster 0 dropped, clusters with more than one dialogue kept, sorted by
+  size, largest first (ties: the smaller cluster id first), the first ``top``; each cluster's
+  dialogues stay in file order.
+- Retraining: the ``n_train_personas`` (10) largest clusters of the train file; the last
+  ``val_dialogues`` (3) dialogues of each are its validation set. Test: the ``n_test_personas`` (10)
+  largest clusters of the valid file; the last ``eval_dialogues`` (2) dialogues of each are its
+  evaluation set, the ``ft_val_dialogues`` (1) before them choose the best fine-tuning epoch (the
+  spec names only an evaluation set; choosing the best epoch on it would be quirk V4 of the vision
+  code, so a validation dialogue is held out in both presets), the rest train.
+- Every turn is one example: the context is the previous utterances of both speakers up to the
+  partner's current one, joined by spaces, without persona text; paired with each of
+  ``n_candidates`` (20) candidates: the true response and the first 19 others in file order. A
+  pair is ``<s> context </s></s> candidate </s>``, the context cut from the left (the most recent
+  words kept) so the pair fits ``max_length`` tokens (the candidate keeps at most half of them).
+
+Model: ``RobertaForSequenceClassification`` (2 labels) from a local folder (``local_files_only``),
+wrapped so that a batch (B, C, L) of token ids gives (B, C, 2) logits (padding masked, trailing
+padding trimmed per batch: RoBERTa's positions come from the padding mask, so trimming changes no
+number). The head is ``model.classifier``; LoRA targets every Linear of the encoder.
+
+Protocol (presets ``paper`` / ``clean`` differ only in SR's order, the spec's L1): SR visits the
+tasks one after another within each epoch (``paper``: all batches of task 0, then task 1, …) or
+shuffles the pooled batches (``clean``); LoRA-ML (per-task adapters and heads) and last-layer-ML
+(per-task heads) go round-robin with one AdamW step per task batch; Reptile takes inner AdamW steps
+on a copy per task and one outer AdamW step per task on (θ − θ_t)/T. The retraining checkpoint is
+chosen by mean validation hits@1. Each test persona is fine-tuned separately with a new random
+head: LoRA of rank r (head trainable) or the head alone.
+
+Values of the sweep (one chunk = one value × one (seed, persona) trial by default):
+``"<method> lora r=<r>"`` for every rank and method other than last-layer-ML, and
+``"<method> last-layer"`` for every method other than LoRA-ML. Retraining is computed once per
+(method, rank for LoRA-ML, seed) and process (the last ``len(seeds) + 1`` stay in memory; a method's
+ranks are consecutive values), and kept on disk under ``checkpoint_dir`` when one is
+given (the command line uses the store folder), so chunks of other personas and ranks reuse it.
+
+Table: ``dataset, preset, phase, retraining, finetuning, rank, seed, persona, cluster, epoch, split,
+accuracy`` (accuracy = hits@1). Retraining rows (``phase == "retrain"``, ``persona == -1``) are
+stored once per (value, seed), in the chunk of persona 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from theory.validation import MAX_COUNT, check_choice, check_int, check_real, check_rng, check_values
+
+from ._config import SweepConfig
+from ._peftml import (
+    FINETUNING_SCHEMES,
+    RETRAINING_METHODS,
+    BatchLoader,
+    LoraSpec,
+    OptimSpec,
+    ReptileSpec,
+    _check_device,
+    _check_history,
+    _reset,
+    _seeded,
+    _torch,
+    best_and_last,
+    finetune,
+    retrain,
+)
+
+__all__ = ["ConvAIConfig", "CONVAI_HELP", "CONVAI_RANKS", "read_personachat", "read_persona_map",
+           "persona_description", "persona_clusters", "write_convai", "simulate_convai_chunk", "convai_summary",
+           "check_convai_inputs"]
+
+CONVAI_RANKS = (1, 4, 8, 12, 16)
+DATA_FILES = ("train_self_original.txt", "valid_self_original.txt")
+MAP_FILES = ("train_persona_map.pkl", "valid_persona_map.pkl")
+CONVAI_HELP = ("--data is the ConvAI2 folder holding train_self_original.txt and valid_self_original.txt "
+               "(PersonaChat 'self_original' text: numbered lines, 'your persona: ...' lines, then "
+               "'utterance<TAB>response<TAB><TAB>cand1|...|cand20' turns); --persona-map is a pickled dict "
+               "cluster id -> set of persona descriptions, one file for both splits or a folder with "
+               "train_persona_map.pkl and valid_persona_map.pkl; --model is a local folder of a RoBERTa "
+               "checkpoint with its tokenizer (config.json with model_type 'roberta', e.g. roberta-base "
+               "saved by save_pretrained)")
+_LINE = re.compile(r"^(\d+) (.*)$")
+_PERSONA = "your persona:"
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _path(value, name, func, flag):
+    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+        raise ValueError(f"{flag} (the {name!r} parameter of {func}) must be a path. Got {value!r} instead.")
+    return Path(value)
+
+
+def read_personachat(path) -> list[dict]:
+    """The dialogues of one PersonaChat "self_original" file, in file order.
+
+    Each dialogue is ``{"persona": (sentence, …), "turns": ((utterance, response, (candidate, …)), …)}``
+    (persona sentences without the ``your persona:`` prefix).
+
+    Raises
+    ------
+    ValueError
+        The file is missing, or a line is not in the format (the message names the line).
+    """
+    func = "read_personachat"
+    path = _path(path, "path", func, "--data")
+    if not path.is_file():
+        raise ValueError(f"--data (the 'path' parameter of {func}): {path} is not a file. {CONVAI_HELP}.")
+    dialogues = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--data (the 'path' parameter of {func}): {path} cannot be read as UTF-8 text "
+                         f"({type(err).__name__}). {CONVAI_HELP}.") from None
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        m = _LINE.match(line)
+        if m is None:
+            raise ValueError(f"--data (the 'path' parameter of {func}): {path} line {i} does not start with a "
+                             f"line number. {CONVAI_HELP}.")
+        number, body = int(m.group(1)), m.group(2)
+        if number == 1 or not dialogues:
+            dialogues.append({"persona": [], "turns": []})
+        d = dialogues[-1]
+        if body.startswith(_PERSONA):
+            d["persona"].append(body[len(_PERSONA):].strip())
+            continue
+        parts = body.split("\t")
+        if len(parts) < 4 or not parts[3]:
+            raise ValueError(f"--data (the 'path' parameter of {func}): {path} line {i} is neither a persona line "
+                             f"nor a turn 'utterance<TAB>response<TAB><TAB>candidates'. {CONVAI_HELP}.")
+        cands = tuple(parts[3].split("|"))
+        if parts[1] not in cands:
+            raise ValueError(f"--data (the 'path' parameter of {func}): {path} line {i}: the response is not among "
+                             f"its candidates. {CONVAI_HELP}.")
+        d["turns"].append((parts[0], parts[1], cands))
+    return [{"persona": tuple(d["persona"]), "turns": tuple(d["turns"])} for d in dialogues]
+
+
+def persona_description(sentences) -> str:
+    """A persona's description as persona maps hold it: the sentences joined by one space, runs of
+    whitespace collapsed (a string is normalised the same way)."""
+    if isinstance(sentences, str):
+        text = sentences
+    elif isinstance(sentences, (tuple, list, frozenset, set)) and all(isinstance(s, str) for s in sentences):
+        text = " ".join(sentences)
+    else:
+        raise ValueError(f"The 'sentences' parameter of persona_description must be a string or a sequence of "
+                         f"strings. Got {type(sentences).__name__}.")
+    return " ".join(text.split())
+
+
+def read_persona_map(path) -> dict[int, frozenset]:
+    """A persona map: a pickled dict cluster id (int) → set of persona descriptions, returned with
+    normalised descriptions (:func:`persona_description`).
+
+    Raises
+    ------
+    ValueError
+        The file is missing or does not hold such a dict.
+    """
+    func = "read_persona_map"
+    path = _path(path, "path", func, "--persona-map")
+    if not path.is_file():
+        raise ValueError(f"--persona-map (the 'path' parameter of {func}): {path} is not a file. {CONVAI_HELP}.")
+    try:
+        with open(path, "rb") as fh:
+            raw = pickle.load(fh)
+        if not isinstance(raw, dict):
+            raise TypeError
+        out = {}
+        for k, v in raw.items():
+            if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+                raise TypeError
+            if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
+                raise TypeError
+            out[int(k)] = frozenset(persona_description(s) for s in v)
+    except Exception:
+        raise ValueError(f"--persona-map (the 'path' parameter of {func}): {path} is not a pickled dict of int "
+                         f"cluster ids to sets of persona descriptions. {CONVAI_HELP}.") from None
+    return out
+
+
+def persona_clusters(dialogues, persona_map, *, top: int = 10) -> list[tuple[int, list]]:
+    """(cluster id, dialogues in file order) of the ``top`` largest clusters with more than one
+    dialogue, cluster 0 dropped, largest first (ties: smaller id first); fewer when fewer qualify."""
+    func = "persona_clusters"
+    if isinstance(dialogues, (str, bytes, dict)) or not hasattr(dialogues, "__iter__"):
+        raise ValueError(f"The 'dialogues' parameter of {func} must be a list of dialogues (read_personachat). "
+                         f"Got {type(dialogues).__name__}.")
+    if not isinstance(persona_map, dict):
+        raise ValueError(f"The 'persona_map' parameter of {func} must be a dict (read_persona_map). "
+                         f"Got {type(persona_map).__name__}.")
+    top = check_int(top, "top", func, low=1, high=MAX_COUNT)
+    where = {}
+    for cid, descriptions in sorted(persona_map.items()):
+        if isinstance(descriptions, (str, bytes)) or not hasattr(descriptions, "__iter__"):
+            raise ValueError(f"The 'persona_map' parameter of {func} must map cluster ids to sets of descriptions. "
+                             f"Got {type(descriptions).__name__} for cluster {cid!r}.")
+        for desc in descriptions:
+            where.setdefault(persona_description(desc), cid)
+    groups: dict = {}
+    for d in dialogues:
+        if not isinstance(d, dict) or "persona" not in d or "turns" not in d:
+            raise ValueError(f"The 'dialogues' parameter of {func} must hold dialogues of read_personachat. "
+                             f"Got an item of type {type(d).__name__}.")
+        cid = where.get(persona_description(d["persona"]))
+        if cid is not None and cid != 0:
+            groups.setdefault(cid, []).append(d)
+    kept = [(cid, ds) for cid, ds in groups.items() if len(ds) > 1]
+    kept.sort(key=lambda item: (-len(item[1]), item[0]))
+    return kept[:top]
+
+
+def _map_paths(persona_map) -> tuple[Path, Path]:
+    path = _path(persona_map, "persona_map", "check_convai_inputs", "--persona-map")
+    if path.is_dir():
+        found = []
+        for name in MAP_FILES:
+            cands = [path / name, path / name[:-4]]
+            hit = next((c for c in cands if c.is_file()), None)
+            if hit is None:
+                raise ValueError(f"--persona-map (the 'persona_map' parameter) {path} lacks {name}. {CONVAI_HELP}.")
+            found.append(hit)
+        return found[0], found[1]
+    if not path.is_file():
+        raise ValueError(f"--persona-map (the 'persona_map' parameter) {path} is neither a persona-map file nor "
+                         f"a folder of them. {CONVAI_HELP}.")
+    return path, path
+
+
+def _data_paths(data) -> tuple[Path, Path]:
+    path = _path(data, "data", "check_convai_inputs", "--data")
+    if not path.is_dir():
+        raise ValueError(f"--data (the 'data' parameter) {path} is not a folder. {CONVAI_HELP}.")
+    missing = [n for n in DATA_FILES if not (path / n).is_file()]
+    if missing:
+        raise ValueError(f"--data (the 'data' parameter) {path} lacks {', '.join(missing)}. {CONVAI_HELP}.")
+    return path / DATA_FILES[0], path / DATA_FILES[1]
+
+
+def _check_model_path(model) -> Path:
+    path = _path(model, "model", "check_convai_inputs", "--model")
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise ValueError(f"--model (the 'model' parameter) {path} is not a RoBERTa checkpoint folder (no "
+                         f"config.json). {CONVAI_HELP}.")
+    try:
+        kind = json.loads(cfg.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind != "roberta":
+        raise ValueError(f"--model (the 'model' parameter) {path} is not a RoBERTa checkpoint: its config.json "
+                         f"has model_type {kind!r}, "
+                         f"expected 'roberta'. {CONVAI_HELP}.")
+    weights = [p for p in path.iterdir() if p.suffix in (".safetensors", ".bin")]
+    if not weights:
+        raise ValueError(f"--model (the 'model' parameter) {path} has no weights (*.safetensors or *.bin). "
+                         f"{CONVAI_HELP}.")
+    if not any((path / n).is_file() for n in ("tokenizer.json", "vocab.json")):
+        raise ValueError(f"--model (the 'model' parameter) {path} has no tokenizer (tokenizer.json, or vocab.json "
+                         f"and merges.txt). "
+                         f"{CONVAI_HELP}.")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing files in the real formats (tests, offline demos)
+
+
+def write_convai(root, *, train_sizes=(6, 5, 5, 4), valid_sizes=(6, 5, 4), turns: int = 3, n_candidates: int = 20,
+                 vocab: int = 40, rng=0) -> Path:
+    """Write PersonaChat "self_original" files and persona maps under ``root`` (``train_self_original.txt``,
+    ``valid_self_original.txt``, ``train_persona_map.pkl``, ``valid_persona_map.pkl``).
+
+    Cluster ``c`` (ids 1, 2, …) of a split holds ``sizes[c - 1]`` dialogues, written interleaved
+    across clusters; each cluster has two persona descriptions (its dialogues alternate between
+    them). Beside them each file has 2 dialogues of cluster 0, 1 dialogue of a cluster of its own
+    (one dialogue: dropped) and 1 dialogue whose persona is in no cluster. Every dialogue has
+    ``turns`` turns of ``n_candidates`` candidates. A learnable task: utterances use words ``aK``,
+    distractors words ``bK``, and the true response is three words ``cK`` and one word of the
+    partner's utterance (so it repeats a word of the context, and its words differ in kind from the
+    distractors': a bag of words ranks it first).
+    """
+    func = "write_convai"
+    root = _path(root, "root", func, "root")
+    for name, sizes in (("train_sizes", train_sizes), ("valid_sizes", valid_sizes)):
+        check_values(sizes, name, func, lambda v: check_int(v, name, func, low=1, high=10_000), least=1)
+    turns = check_int(turns, "turns", func, low=1, high=1000)
+    n_candidates = check_int(n_candidates, "n_candidates", func, low=2, high=1000)
+    vocab = check_int(vocab, "vocab", func, low=2, high=100_000)
+    rng = check_rng(rng, func)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"The 'root' parameter of {func} must be a folder that can be created and written. "
+                         f"Got {str(root)!r}: {err.strerror}.") from None
+
+    def words(prefix, n):
+        return " ".join(f"{prefix}{k}" for k in rng.integers(0, vocab, size=n))
+
+    for split, sizes in (("train", tuple(train_sizes)), ("valid", tuple(valid_sizes))):
+        K = len(sizes)
+        personas = {c: [tuple(f"{split} persona {c} {v} likes {words('p', 2)}." for _ in range(2))
+                        for v in range(2)] for c in range(1, K + 1)}
+        extra = {0: [(f"{split} zero persona {v}.",) for v in range(2)], K + 1: [(f"{split} lonely persona.",)]}
+        stray = (f"{split} stray persona.",)
+        order = []
+        left = dict(enumerate(sizes, start=1))
+        while any(left.values()):
+            for c in range(1, K + 1):
+                if left[c]:
+                    order.append(personas[c][left[c] % 2])
+                    left[c] -= 1
+        order[1:1] = [extra[0][0], extra[K + 1][0]]
+        order += [extra[0][1], stray]
+        lines = []
+        for persona in order:
+            n = 1
+            for sentence in persona:
+                lines.append(f"{n} your persona: {sentence}")
+                n += 1
+            for _ in range(turns):
+                utterance = words("a", 4)
+                true = words("c", 3) + " " + rng.choice(utterance.split())
+                cands = [words("b", 4) for _ in range(n_candidates - 1)] + [true]
+                lines.append(f"{n} {utterance}\t{true}\t\t{'|'.join(cands)}")
+                n += 1
+        (root / f"{split}_self_original.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        cmap = {c: {persona_description(p) for p in ps} for c, ps in {**personas, **extra}.items()}
+        with open(root / f"{split}_persona_map.pkl", "wb") as fh:
+            pickle.dump(cmap, fh)
+    return root
+
+
+# ------------------------------------------------------------------------------------------------
+# The config
+
+
+def _doc(text, default=dataclasses.MISSING):
+    return field(default=default, metadata={"doc": text})
+
+
+_PATHS = ("data", "persona_map", "model", "checkpoint_dir")
+
+
+@dataclass(frozen=True)
+class ConvAIConfig(SweepConfig):
+    """The language experiment, frozen and validated; chunks are one value (method × fine-tuning ×
+    rank) × ``chunk_trials`` (seed, persona) trials."""
+
+    data: str = _doc("folder with train_self_original.txt and valid_self_original.txt (not part of the key)", "")
+    persona_map: str = _doc("persona-map pickle, or a folder of train_/valid_persona_map.pkl (not part of the key)",
+                            "")
+    model: str = _doc("local RoBERTa checkpoint folder with its tokenizer (not part of the key)", "")
+    fingerprint: str = _doc("sizes of the data, map and model files (part of the key: other files, other results)",
+                            "")
+    preset: str = _doc("'paper' (SR visits tasks in order, spec L1) or 'clean' (SR shuffles the pooled batches)",
+                       "clean")
+    methods: tuple = _doc("retraining methods (a subset of SR, LoRA-ML, last-layer-ML, Reptile)", RETRAINING_METHODS)
+    ranks: tuple = _doc("LoRA ranks (retraining adapters of LoRA-ML and the fine-tuning adapter)", CONVAI_RANKS)
+    finetuning: tuple = _doc("fine-tuning schemes ('lora', 'last-layer')", FINETUNING_SCHEMES)
+    seeds: tuple = _doc("seeds", (0, 1, 2, 3, 4))
+    n_train_personas: int = _doc("retraining personas T (largest train clusters)", 10)
+    n_test_personas: int = _doc("test personas (largest valid clusters)", 10)
+    val_dialogues: int = _doc("last dialogues of each retraining persona used for validation", 3)
+    eval_dialogues: int = _doc("last dialogues of each test persona used for evaluation", 2)
+    ft_val_dialogues: int = _doc("dialogues before the evaluation ones that choose the best fine-tuning epoch", 1)
+    n_candidates: int = _doc("candidates per context (the true one and the first others)", 20)
+    max_length: int = _doc("tokens per (context, candidate) pair", 128)
+    batch_size: int = _doc("contexts per batch (x n_candidates pairs), retraining and fine-tuning", 8)
+    retrain_epochs: int = _doc("retraining epochs (SR, LoRA-ML, last-layer-ML)", 10)
+    retrain_lr: float = _doc("retraining AdamW learning rate (linear schedule with warm-up)", 5e-5)
+    retrain_wd: float = _doc("AdamW weight decay of retraining and Reptile", 0.01)
+    warmup: float = _doc("fraction of retraining steps of linear warm-up", 0.1)
+    reptile_epochs: int = _doc("Reptile outer epochs", 10)
+    reptile_lr: float = _doc("Reptile outer AdamW learning rate", 1e-4)
+    reptile_inner_steps: int = _doc("Reptile inner AdamW steps per task", 20)
+    reptile_inner_lr: float = _doc("Reptile inner AdamW learning rate", 5e-5)
+    lora_alpha: float = _doc("LoRA alpha (scaling alpha / r)", 16.0)
+    lora_dropout: float = _doc("LoRA dropout", 0.1)
+    ft_epochs: int = _doc("fine-tuning epochs", 10)
+    ft_lr: float = _doc("fine-tuning AdamW learning rate (constant)", 1e-4)
+    ft_wd: float = _doc("fine-tuning AdamW weight decay", 0.01)
+    chunk_trials: int = _doc("(seed, persona) trials per stored chunk (1: one chunk per method, rank, seed, persona)",
+                             1)
+    checkpoint_dir: str = _doc("folder where retrained models are kept for reuse across chunks (not part of the key)",
+                               "")
+
+    def __post_init__(self):
+        func = "ConvAIConfig"
+        check_choice(self.preset, "preset", func, ("paper", "clean"))
+        for name, allowed in (("methods", RETRAINING_METHODS), ("finetuning", FINETUNING_SCHEMES)):
+            items = getattr(self, name)
+            items = (items,) if isinstance(items, str) else tuple(items) if hasattr(items, "__iter__") else items
+            if not isinstance(items, tuple) or not items or len(set(map(str, items))) != len(items):
+                raise ValueError(f"The {name!r} parameter of {func} must be a non-empty sequence without repeats. "
+                                 f"Got {items!r}.")
+            for item in items:
+                check_choice(item, name, func, allowed)
+            object.__setattr__(self, name, tuple(sorted(items, key=allowed.index)))
+        for name, lo, hi in (("seeds", 0, 2**63 - 1), ("ranks", 1, 4096)):
+            items = getattr(self, name)
+            items = (items,) if isinstance(items, (int, np.integer)) else check_values(items, name, func, lambda v: v)
+            items = tuple(check_int(v, name, func, low=lo, high=hi) for v in items)
+            if not items or len(set(items)) != len(items):
+                raise ValueError(f"The {name!r} parameter of {func} must be a non-empty sequence of distinct ints. "
+                                 f"Got {items!r}.")
+            object.__setattr__(self, name, items)
+        for name, lo, hi in (("n_train_personas", 1, 10_000), ("n_test_personas", 1, 10_000),
+                             ("val_dialogues", 1, 10_000), ("eval_dialogues", 1, 10_000),
+                             ("ft_val_dialogues", 1, 10_000), ("n_candidates", 2, 10_000), ("max_length", 8, 65_536),
+                             ("batch_size", 1, 1_000_000), ("retrain_epochs", 0, 100_000),
+                             ("reptile_epochs", 0, 100_000), ("reptile_inner_steps", 0, 100_000),
+                             ("ft_epochs", 0, 100_000), ("chunk_trials", 0, MAX_COUNT)):
+            object.__setattr__(self, name, check_int(getattr(self, name), name, func, low=lo, high=hi))
+        for name, hi in (("retrain_lr", None), ("retrain_wd", None), ("warmup", 1.0), ("reptile_lr", None),
+                         ("reptile_inner_lr", None), ("lora_alpha", None), ("lora_dropout", 1.0), ("ft_lr", None),
+                         ("ft_wd", None)):
+            object.__setattr__(self, name, check_real(getattr(self, name), name, func, low=0.0, high=hi))
+        if self.lora_alpha == 0:
+            raise ValueError(f"The 'lora_alpha' parameter of {func} must be a real number > 0. Got 0.0 instead.")
+        for name in _PATHS + ("fingerprint",):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                value = str(value)
+            if not isinstance(value, str):
+                raise ValueError(f"The {name!r} parameter of {func} must be a path (str). Got {value!r} instead.")
+            object.__setattr__(self, name, value)
+        if not self.values:
+            raise ValueError(f"The 'methods' parameter of {func} gives no table with the fine-tuning schemes "
+                             f"{self.finetuning!r}: LoRA tables need SR, LoRA-ML or Reptile, the last-layer table "
+                             f"SR, last-layer-ML or Reptile. Got {self.methods!r}.")
+
+    # SweepConfig's protocol: values (method × scheme × rank) × runs (seed × persona).
+    @property
+    def values(self) -> tuple:
+        out = []
+        if "lora" in self.finetuning:       # method-major: a method's ranks in a row reuse its retraining
+            out += [f"{m} lora r={r}" for m in self.methods if m != "last-layer-ML" for r in self.ranks]
+        if "last-layer" in self.finetuning:
+            out += [f"{m} last-layer" for m in self.methods if m != "LoRA-ML"]
+        return tuple(out)
+
+    @property
+    def runs(self) -> int:
+        return len(self.seeds) * self.n_test_personas
+
+    @property
+    def vary(self) -> str:
+        return "retraining"
+
+    def value_spec(self, value_index: int) -> tuple[str, str, int]:
+        """(retraining method, fine-tuning scheme, rank; 0 for last-layer) of one value."""
+        label = self.values[value_index]
+        method, scheme, *rest = label.split(" ")
+        return method, scheme, int(rest[0][2:]) if rest else 0
+
+    def trial(self, t: int) -> tuple[int, int]:
+        """(seed, persona index) of trial ``t``."""
+        return self.seeds[t // self.n_test_personas], t % self.n_test_personas
+
+    def chunk_cost(self, value_index: int, trials) -> float:
+        return float(len(trials)) * self.ft_epochs
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return d
+
+    @property
+    def key(self) -> str:
+        """Content hash of what determines the numbers (not the chunking, not where the files are)."""
+        d = self.to_dict()
+        for name in ("chunk_trials",) + _PATHS:
+            d.pop(name)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+    def retrain_key(self, method: str, rank: int, seed: int) -> str:
+        """Names one retraining: what it depends on (not the fine-tuning, not the other methods)."""
+        d = self.to_dict()
+        for name in ("chunk_trials", "methods", "ranks", "finetuning", "seeds", "n_test_personas", "eval_dialogues",
+                     "ft_val_dialogues", "ft_epochs", "ft_lr", "ft_wd") + _PATHS:
+            d.pop(name)
+        d.update(method=method, rank=rank if method == "LoRA-ML" else 0, seed=int(seed),
+                 engine=self.engine_version)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:24]
+
+
+def check_convai_inputs(data, persona_map, model) -> str:
+    """Check the three inputs of the language experiment before any work (the files exist and have
+    the expected form: the model folder is a RoBERTa checkpoint with weights and a tokenizer);
+    return their fingerprint (file names and sizes), which :class:`ConvAIConfig` keys on.
+
+    Raises
+    ------
+    ValueError
+        One line naming the flag (``--data``, ``--persona-map``, ``--model``) and the expected format.
+    """
+    files = list(_data_paths(data)) + sorted(set(_map_paths(persona_map)))
+    mpath = _check_model_path(model)
+    files += sorted(p for p in mpath.iterdir() if p.is_file())
+    blob = json.dumps([[p.name, p.stat().st_size] for p in files]).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------
+# Model and tokenised data
+
+
+@functools.lru_cache(maxsize=2)
+def _load(model_path: str):
+    """(tokenizer, RobertaForSequenceClassification with 2 labels) from a local folder, read once
+    per process; callers deep-copy the model."""
+    import transformers
+
+    _check_model_path(model_path)
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        net = transformers.RobertaForSequenceClassification.from_pretrained(model_path, num_labels=2,
+                                                                            local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"--model (the 'model' parameter) {model_path} could not be loaded as a RoBERTa "
+                         f"checkpoint with its tokenizer "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+                         f"{CONVAI_HELP}.") from None
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if getattr(tok, name) is None:
+            raise ValueError(f"--model (the 'model' parameter) {model_path}: its tokenizer has no {name[:-3]} "
+                             f"(RoBERTa uses <s>, </s>, "
+                             f"<pad>). {CONVAI_HELP}.")
+    if tok.pad_token_id != net.config.pad_token_id:
+        raise ValueError(f"--model (the 'model' parameter) {model_path}: the tokenizer's pad id "
+                         f"{tok.pad_token_id} differs from the "
+                         f"model's pad_token_id {net.config.pad_token_id}. {CONVAI_HELP}.")
+    net.eval()
+    return tok, net
+
+
+@functools.lru_cache(maxsize=1)
+def _pair_scorer_class():
+    torch = _torch()
+
+    class PairScorer(torch.nn.Module):
+        """RoBERTa scoring (context, candidate) pairs: ids (B, C, L) → logits (B, C, 2)."""
+
+        def __init__(self, model, pad_id):
+            super().__init__()
+            self.model = model
+            self.pad_id = int(pad_id)
+
+        def forward(self, ids):
+            B, C, L = ids.shape
+            flat = ids.reshape(B * C, L)
+            mask = flat != self.pad_id
+            width = int(mask.sum(1).max())
+            flat, mask = flat[:, :width], mask[:, :width]
+            return self.model(input_ids=flat, attention_mask=mask.long()).logits.reshape(B, C, -1)
+
+    return PairScorer
+
+
+def _scorer(net, pad_id):
+    return _pair_scorer_class()(net, pad_id)
+
+
+HEAD = "model.classifier"
+
+
+def _targets(scorer) -> tuple:
+    torch = _torch()
+    return tuple(n for n, m in scorer.named_modules() if isinstance(m, torch.nn.Linear) and ".encoder." in n)
+
+
+def _examples(dialogues, n_candidates):
+    """(contexts, candidate lists with the true one first, true index) of every turn."""
+    contexts, cands = [], []
+    for d in dialogues:
+        history = []
+        for utterance, response, candidates in d["turns"]:
+            history.append(utterance)
+            others = [c for c in candidates if c != response]
+            if len(others) < n_candidates - 1:
+                raise ValueError(f"The 'n_candidates' parameter of ConvAIConfig must be at most "
+                                 f"{len(others) + 1} (a turn of the data has that many candidates). "
+                                 f"Got {n_candidates}.")
+            # the true response keeps its place among the first candidates of the file
+            pos = candidates.index(response)
+            chosen = others[:n_candidates - 1]
+            at = min(pos, n_candidates - 1)
+            contexts.append(" ".join(history))
+            cands.append((chosen[:at] + [response] + chosen[at:], at))
+            history.append(response)
+    return contexts, cands
+
+
+def _encode(tok, dialogues, n_candidates, max_length):
+    """Token ids (N, C, L) of every turn's pairs (padded to the longest pair) and the true index (N,)."""
+    torch = _torch()
+    contexts, cands = _examples(dialogues, n_candidates)
+    texts = sorted(set(contexts) | {c for cs, _ in cands for c in cs})
+    ids = dict(zip(texts, tok(texts, add_special_tokens=False)["input_ids"])) if texts else {}
+    bos, eos, pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    rows, labels = [], []
+    for ctx, (cs, at) in zip(contexts, cands):
+        c_ids = ids[ctx]
+        row = []
+        for c in cs:
+            cand = ids[c][:max(0, max_length // 2 - 2)]
+            room = max(0, max_length - len(cand) - 4)
+            row.append([bos] + (c_ids[-room:] if room else []) + [eos, eos] + cand + [eos])
+        rows.append(row)
+        labels.append(at)
+    L = max((len(p) for row in rows for p in row), default=1)
+    x = torch.full((len(rows), n_candidates, L), pad, dtype=torch.long)
+    for i, row in enumerate(rows):
+        for j, p in enumerate(row):
+            x[i, j, :len(p)] = torch.tensor(p, dtype=torch.long)
+    return x, torch.tensor(labels, dtype=torch.long)
+
+
+_DATA_CACHE: dict = {}
+
+
+def _split(config, clusters, last, before, split, top):
+    if len(clusters) < top:
+        raise ValueError(f"--data/--persona-map (the 'data' and 'persona_map' parameters): the {split} file has "
+                         f"{len(clusters)} persona cluster(s) with more "
+                         f"than one dialogue (cluster 0 dropped); the protocol needs {top} "
+                         f"({'n_train_personas' if split == 'train' else 'n_test_personas'}).")
+    need = last + before + 1
+    small = [(cid, len(ds)) for cid, ds in clusters if len(ds) < need]
+    if small:
+        raise ValueError(f"--data/--persona-map (the 'data' and 'persona_map' parameters): {split} cluster "
+                         f"{small[0][0]} has {small[0][1]} dialogue(s); "
+                         f"the protocol needs at least {need} (held-out dialogues + 1 to train).")
+    out = []
+    for cid, ds in clusters:
+        held = ds[len(ds) - last:]
+        mid = ds[len(ds) - last - before:len(ds) - last]
+        out.append((cid, ds[:len(ds) - last - before], mid, held))
+    return out
+
+
+def _data(config):
+    """Tokenised tasks of the config's files: (train tasks [(cluster, train, val)], test tasks
+    [(cluster, train, val, eval)]) as (x, y) tensors on the CPU, cached per process."""
+    key = (config.data, config.persona_map, config.model, config.fingerprint, config.n_train_personas,
+           config.n_test_personas, config.val_dialogues, config.eval_dialogues, config.ft_val_dialogues,
+           config.n_candidates, config.max_length)
+    if key in _DATA_CACHE:
+        return _DATA_CACHE[key]
+    train_file, valid_file = _data_paths(config.data)
+    train_map, valid_map = (read_persona_map(p) for p in _map_paths(config.persona_map))
+    tok, _ = _load(str(config.model))
+    tr = persona_clusters(read_personachat(train_file), train_map, top=config.n_train_personas)
+    te = persona_clusters(read_personachat(valid_file), valid_map, top=config.n_test_personas)
+    enc = functools.partial(_encode, tok, n_candidates=config.n_candidates, max_length=config.max_length)
+    train = [(cid, enc(a), enc(c)) for cid, a, _, c in _split(config, tr, config.val_dialogues, 0, "train",
+                                                              config.n_train_personas)]
+    test = [(cid, enc(a), enc(b), enc(c)) for cid, a, b, c in _split(config, te, config.eval_dialogues,
+                                                                     config.ft_val_dialogues, "valid",
+                                                                     config.n_test_personas)]
+    _DATA_CACHE.clear()
+    _DATA_CACHE[key] = (train, test)
+    return train, test
+
+
+# ------------------------------------------------------------------------------------------------
+# One chunk
+
+
+def _gen(stream, i):
+    torch = _torch()
+    return torch.Generator().manual_seed(int(stream.generate_state(1, dtype=np.uint64)[0] % (2**63)) + i)
+
+
+class _Sequential:
+    """SR in the paper's order: every batch of task 0, then of task 1, …"""
+
+    def __init__(self, loaders):
+        self.loaders = loaders
+
+    def __len__(self):
+        return sum(len(ld) for ld in self.loaders)
+
+    def __iter__(self):
+        for ld in self.loaders:
+            yield from ld
+
+
+_RETRAIN_CACHE: dict = {}
+
+
+def _base_model(config, seed, device):
+    torch = _torch()
+    tok, net = _load(str(config.model))
+    streams = np.random.SeedSequence(seed).spawn(4)
+    with _seeded(int(streams[1].generate_state(1)[0]), torch.device("cpu")):
+        scorer = _scorer(__import__("copy").deepcopy(net), tok.pad_token_id)
+        _reset(scorer.get_submodule(HEAD))               # a fresh head, drawn from the seed
+    return scorer, streams
+
+
+def _specs(config, rank):
+    lora = LoraSpec(r=max(rank, 1), lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
+    return lora
+
+
+def _retrained(config, method, rank, seed, device, amp):
+    """(θ̂ on the CPU, retraining history) of one (method, rank, seed): from this process's cache,
+    the checkpoint folder, or computed (and kept in both)."""
+    torch = _torch()
+    key = config.retrain_key(method, rank, seed)
+    if key in _RETRAIN_CACHE:
+        _RETRAIN_CACHE[key] = _RETRAIN_CACHE.pop(key)        # most recently used last
+        return _RETRAIN_CACHE[key]
+    scorer, streams = _base_model(config, seed, device)
+    path = Path(config.checkpoint_dir) / f"retrain-{key}.pt" if config.checkpoint_dir else None
+    if path is not None and path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+            scorer.load_state_dict(saved["state"])
+            out = (scorer, pd.DataFrame(saved["history"]))
+            _remember(config, key, out)
+            return out
+        except Exception:                 # unreadable: recompute and overwrite
+            scorer, streams = _base_model(config, seed, device)
+    train_tasks, _ = _data(config)
+    bs = config.batch_size
+    train = [BatchLoader(x.to(device), y.to(device), bs, shuffle=True, generator=_gen(streams[2], i))
+             for i, (_, (x, y), _) in enumerate(train_tasks)]
+    val = [BatchLoader(x.to(device), y.to(device), bs) for _, _, (x, y) in train_tasks]
+    pooled = None
+    if method == "SR":
+        pooled = _Sequential(train) if config.preset == "paper" else BatchLoader.pooled(train)
+    targets = _targets(scorer)
+    lora = dataclasses.replace(_specs(config, rank), target_modules=targets)
+    if method == "Reptile":
+        optim = OptimSpec(epochs=config.reptile_epochs, lr=config.reptile_lr, weight_decay=config.retrain_wd,
+                          optimizer="adamw", schedule="constant")
+    else:
+        optim = OptimSpec(epochs=config.retrain_epochs, lr=config.retrain_lr, weight_decay=config.retrain_wd,
+                          optimizer="adamw", schedule="linear", warmup=config.warmup)
+    reptile = ReptileSpec(inner_steps=config.reptile_inner_steps, inner_lr=config.reptile_inner_lr, sign=1,
+                          inner_optimizer="adamw", inner_weight_decay=config.retrain_wd)
+    res = retrain(scorer, train, method=method, head=HEAD, val=val, pooled=pooled, lora=lora, optim=optim,
+                  reptile=reptile, seed=int(streams[2].generate_state(1)[0]), device=device, amp=amp,
+                  objective="pairs", task_heads=True, step="task")
+    model = res.model.to("cpu")
+    out = (model, res.history)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"state": model.state_dict(), "history": res.history.to_dict(orient="list")}, tmp)
+        os.replace(tmp, path)
+    _remember(config, key, out)
+    return out
+
+
+def _remember(config, key, out):
+    """Keep a retrained model in this process: the last ``len(seeds) + 1`` of them (chunks run
+    value by value, and a method's ranks are consecutive values, so SR and Reptile are retrained
+    once per seed even without a checkpoint folder)."""
+    _RETRAIN_CACHE[key] = out
+    while len(_RETRAIN_CACHE) > len(config.seeds) + 1:
+        _RETRAIN_CACHE.pop(next(iter(_RETRAIN_CACHE)))
+
+
+_COLUMNS = ["dataset", "preset", "phase", "retraining", "finetuning", "rank", "seed", "persona", "cluster", "epoch",
+            "split", "accuracy"]
+
+
+def simulate_convai_chunk(config: ConvAIConfig, value_index: int, trials, device: str | None = None,
+                          amp: bool | None = None) -> pd.DataFrame:
+    """Retrain with one value's method (once per seed, reused), fine-tune on each trial's test
+    persona; return the tidy table (see the module docstring). ``device`` defaults to CUDA when
+    available; ``amp`` (bfloat16 autocast) to on for CUDA."""
+    torch = _torch()
+    func = "simulate_convai_chunk"
+    value_index, trials = ConvAIConfig.check_chunk(config, value_index, trials, func)
+    device = _check_device(("cuda" if torch.cuda.is_available() else "cpu") if device is None else device, func)
+    if amp is not None and not isinstance(amp, (bool, np.bool_)):
+        raise ValueError(f"The 'amp' parameter of {func} must be a bool or None. Got {amp!r} instead.")
+    amp = device.type == "cuda" if amp is None else bool(amp)
+    method, scheme, rank = config.value_spec(value_index)
+    frames = []
+    for t in trials:
+        seed, p = config.trial(int(t))
+        base, history = _retrained(config, method, rank, seed, device, amp)
+        row = {"dataset": "convai", "preset": config.preset, "retraining": method, "finetuning": scheme,
+               "rank": np.int64(rank), "seed": np.int64(seed)}
+        if p == 0:
+            frames.append(pd.DataFrame({**row, "phase": "retrain", "persona": np.int64(-1), "cluster": np.int64(-1),
+                                        "epoch": history["epoch"].astype(np.int64), "split": "val",
+                                        "accuracy": history["val_accuracy"].astype(np.float64)}))
+        _, test_tasks = _data(config)
+        cid, (xa, ya), (xb, yb), (xc, yc) = test_tasks[p]
+        streams = np.random.SeedSequence(seed).spawn(4)
+        bs = config.batch_size
+        tr = BatchLoader(xa.to(device), ya.to(device), bs, shuffle=True, generator=_gen(streams[3], p))
+        va = BatchLoader(xb.to(device), yb.to(device), bs)
+        te = BatchLoader(xc.to(device), yc.to(device), bs)
+        lora = dataclasses.replace(_specs(config, rank), target_modules=_targets(base))
+        optim = OptimSpec(epochs=config.ft_epochs, lr=config.ft_lr, weight_decay=config.ft_wd, optimizer="adamw",
+                          schedule="constant")
+        ft = finetune(base, tr, scheme=scheme, val=va, test=te, head=HEAD, lora=lora, optim=optim,
+                      seed=int(streams[3].generate_state(1)[0]) + p, device=device, amp=amp, fresh_head=True,
+                      train_head=True, objective="pairs")
+        h = ft.history
+        frames.append(pd.DataFrame({**row, "phase": "finetune", "persona": np.int64(p), "cluster": np.int64(cid),
+                                    "epoch": h["epoch"].astype(np.int64), "split": h["split"],
+                                    "accuracy": h["accuracy"].astype(np.float64)}))
+    frame = pd.concat(frames, ignore_index=True)[_COLUMNS]
+    for name, cats in (("retraining", RETRAINING_METHODS), ("finetuning", FINETUNING_SCHEMES)):
+        frame[name] = pd.Categorical(frame[name], categories=list(cats))
+    return frame
+
+
+# ------------------------------------------------------------------------------------------------
+# Summary
+
+
+def _mean_se(v):
+    v = np.asarray(v, dtype=float)
+    return float(v.mean()), (float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan"))
+
+
+def convai_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per retraining method × fine-tuning scheme × rank × persona, and averaged over the personas
+    (``persona == "average"``: each seed's mean over personas, then over seeds): mean and standard
+    error (ddof 1) over seeds of the last-epoch and the best-epoch (chosen on the validation
+    dialogues) hits@1."""
+    columns = ("phase", "retraining", "finetuning", "rank", "seed", "persona", "epoch", "split", "accuracy")
+    _check_history(table, "table", "convai_summary", columns)
+    ft = table[table["phase"] == "finetune"]
+    if ft.empty:
+        raise ValueError("The 'table' parameter of convai_summary must hold fine-tuning rows (phase 'finetune'). "
+                         "Got none.")
+    per = []
+    for (m, s, r, seed, p), g in ft.groupby(["retraining", "finetuning", "rank", "seed", "persona"], observed=True):
+        bl = best_and_last(g)
+        per.append({"retraining": m, "finetuning": s, "rank": int(r), "seed": int(seed), "persona": int(p),
+                    "last": bl["last"], "best": bl["best"]})
+    per = pd.DataFrame(per)
+    rows = []
+    for (m, s, r), g in per.groupby(["retraining", "finetuning", "rank"], observed=True, sort=False):
+        groups = [(str(p), gp) for p, gp in g.groupby("persona")]
+        avg = g.groupby("seed")[["last", "best"]].mean()
+        for persona, gp in [("average", avg)] + groups:
+            row = {"retraining": m, "finetuning": s, "rank": int(r), "persona": persona, "seeds": len(gp)}
+            for which in ("last", "best"):
+                row[f"{which}_mean"], row[f"{which}_se"] = _mean_se(gp[which])
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    order = {m: i for i, m in enumerate(RETRAINING_METHODS)}
+    sorder = {s: i for i, s in enumerate(FINETUNING_SCHEMES)}
+    out = out.assign(_m=out["retraining"].map(order), _s=out["finetuning"].map(sorder),
+                     _p=out["persona"].map(lambda p: -1 if p == "average" else int(p)))
+    return out.sort_values(["_s", "rank", "_p", "_m"]).drop(columns=["_m", "_s", "_p"]).reset_index(drop=True)
