@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: reproduce test bench clean
+.PHONY: reproduce test docs docs-check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,15 @@ reproduce: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest
 
+# The documentation site: docs/_build/html/index.html. The notebooks are executed once (at the
+# reduced size LORAML_FAST=1) and cached in docs/_build/.jupyter_cache; a rebuild reuses them.
+SPHINX := $(BIN)/python -m sphinx -W --keep-going -q -j 1
+docs: $(VENV)/.installed-test
+	$(SPHINX) -b html docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
+
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/exact_solver.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis results
+	rm -rf $(VENV) .pytest_cache .hypothesis results docs/_build docs/api/generated

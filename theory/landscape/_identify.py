@@ -83,6 +83,8 @@ _GENERIC = 1e-8
 class Identifiability(ArrayFields):
     """Is A* the only zero-loss base of one instance? (:func:`identifiability`)
 
+    Attributes
+    ----------
     status : "identified", "isolated" (finitely many other zero-loss bases; those found are in
         ``alternatives``) or "continuum" (the zero-loss set through A* has positive dimension
         beyond the gauge).
