@@ -107,6 +107,14 @@ class Identifiability(ArrayFields):
     n_starts : search starts run for this instance (0 when no search was needed).
     n_zero_loss_starts : how many of them ended at zero loss, at A* or elsewhere (the search's
         evidence: "identified" by a search whose starts rarely reach zero loss is weak).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> r = th.identifiability(th.sample_ground_truth(6, 2, 3, rng=0), rng=0)
+    >>> r.status, r.method, r.nullity == r.gauge_dim
+    ('identified', 'theorem', True)
     """
 
     status: str
@@ -135,7 +143,19 @@ class IdentifiabilityBatch(ArrayFields):
     (B,) arrays (``gauge_dim`` and ``expected_rank`` are ints: they depend on T, d, k only), with
     the alternatives of every instance stacked in ``alternative_bases`` (n, d, d) and
     ``alternative_owner`` (n,) the index of the instance each belongs to. ``instance(i)`` returns
-    the :class:`Identifiability` of one instance."""
+    the :class:`Identifiability` of one instance.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truths = th.sample_ground_truth(4, 2, 3, rng=0, size=3)
+    >>> A_star = np.stack([t.A_star for t in truths])
+    >>> U_star = np.stack([t.U_star[:-1] for t in truths])
+    >>> b = th.identifiability_batch(A_star, U_star, rng=0)
+    >>> b.status.tolist()
+    ['continuum', 'continuum', 'continuum']
+    """
 
     status: np.ndarray
     method: np.ndarray
@@ -454,6 +474,16 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
     Returns
     -------
     IdentifiabilityBatch
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truths = th.sample_ground_truth(6, 2, 3, rng=0, size=3)   # d = 3k: identified
+    >>> A_star = np.stack([t.A_star for t in truths])
+    >>> U_star = np.stack([t.U_star[:-1] for t in truths])
+    >>> th.identifiability_batch(A_star, U_star, rng=0).status.tolist()
+    ['identified', 'identified', 'identified']
     """
     func = "identifiability_batch"
     U = check_array(U_star, "U_star", func, ndim=4)
