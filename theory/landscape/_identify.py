@@ -216,6 +216,8 @@ def zero_loss_residual(A_hat, truth, *, adapters="symmetric") -> float:
     the eigenvalues (or singular values) beyond the k-th, the negative eigenvalues and the
     asymmetry. It is at rounding level (≲ 1e-12) for a zero-loss base, O(1) otherwise.
 
+    Examples
+    --------
     >>> from theory import sample_ground_truth
     >>> truth = sample_ground_truth(4, 1, 3, rng=0)
     >>> zero_loss_residual(truth.A_star, truth) < 1e-14, zero_loss_residual(truth.A_star + 0.1, truth) > 0.01
