@@ -58,7 +58,9 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": [],
 }
-html_sidebars = {"index": []}
+html_css_files = ["custom.css"]
+# Pages without children get no (empty) section navigation.
+html_sidebars = {"index": [], "claims/*": [], "gallery": []}
 
 # A reference to a missing target is a warning (an error under -W).
 nitpicky = True
@@ -192,6 +194,7 @@ nb_execution_in_temp = True          # the notebooks write figures-notebook/ int
 nb_execution_timeout = 300
 nb_execution_raise_on_error = True   # a failing cell fails the build
 nb_merge_streams = True
+nb_output_stderr = "remove"          # progress bars and library warnings, not results
 myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".py": "myst-nb"}

@@ -168,10 +168,11 @@ def write_source_pages(dest: Path):
     out = dest / "_source" / "tests"
     out.mkdir(parents=True, exist_ok=True)
     fmt = HtmlFormatter(linenos="inline", lineanchors="L", anchorlinenos=True, full=True,
-                        style="default", title="")
+                        style="default", title="", encoding="utf-8")
     for path in sorted((ROOT / "tests").glob("*.py")):
         fmt.title = f"tests/{path.name}"
         html = highlight(path.read_text(), PythonLexer(), fmt)
+        html = html.decode("utf-8") if isinstance(html, bytes) else html
         target = out / f"{path.name}.html"
         if not target.exists() or target.read_text() != html:
             target.write_text(html)
