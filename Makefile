@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: reproduce test bench clean
+.PHONY: reproduce test docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
-	touch $@ $(VENV)/.installed
+	touch $@ $(VENV)/.installed $(VENV)/.installed-docs
+
+# The docs extra alone (no torch): what make docs needs. The test extra includes it.
+$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	touch $@
 
 reproduce: $(VENV)/.installed
 	$(BIN)/loraml reproduce
@@ -26,8 +31,15 @@ reproduce: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest
 
+# The documentation site: docs/_build/html/index.html, warnings as errors. The notebooks are
+# executed once (at the reduced size LORAML_FAST=1) and cached in docs/_build/.jupyter_cache; a
+# rebuild reuses them. make test builds the same site (tests/test_docs.py).
+docs: $(VENV)/.installed-docs
+	$(BIN)/python -m sphinx -E -W --keep-going -q -b html -d docs/_build/doctrees docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
+
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/exact_solver.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis results
+	rm -rf $(VENV) .pytest_cache .hypothesis results docs/_build docs/api/generated

@@ -47,6 +47,16 @@ def finetune_comparison(*, d=10, k=1, T=3, N=5000, n=100, sigma=0.1, runs=5, see
     DataFrame with columns ``base`` ("SR", "LoRA-ML"), ``method``, ``run``, ``step``,
     ``test_error`` = ‖Â + Δ_step − A*_{T+1}‖². The rank is r = k (r = 3k when T = 2, the paper's
     protocol). ``attrs`` records the settings.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> table = sims.finetune_comparison(d=6, N=300, n=60, runs=1, max_steps=20)
+    >>> sorted(table['base'].unique()), sorted(table['method'].unique())
+    (['LoRA-ML', 'SR'], ['Lemma 1', 'spectral + GD', 'spectral + precGD', 'vanilla LoRA + GD'])
+    >>> sorted(table.columns)
+    ['base', 'method', 'run', 'step', 'test_error']
     """
     func = "finetune_comparison"
     d = check_int(d, "d", func, low=2, high=MAX_DIM)
@@ -119,6 +129,17 @@ def finetune_summary(table: pd.DataFrame, *, factor: float = 1.01) -> pd.DataFra
 
     Columns: ``base``, ``method``, ``initial_error``, ``final_error``, ``lemma1_error`` (means over
     runs), ``steps_median``, ``steps_max`` and ``reached`` (runs that reached it, of ``runs``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> table = sims.finetune_comparison(d=6, N=300, n=60, runs=1, max_steps=20)
+    >>> summary = sims.finetune_summary(table)
+    >>> sorted(summary.columns)
+    ['base', 'final_error', 'initial_error', 'lemma1_error', 'method', 'reached', 'runs', 'steps_max', 'steps_median']
+    >>> len(summary)
+    6
     """
     factor = check_real(factor, "factor", "finetune_summary", low=1.0)
     columns = ("base", "method", "run", "step", "test_error")

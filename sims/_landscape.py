@@ -92,6 +92,16 @@ def saddle_slice_table(*, d=4, seed=0, n_grid=121, extent=1.6) -> pd.DataFrame:
     direction to the global minimum U* = (u*₁, u*₂), made orthogonal to e. The grid spans
     ±``extent`` · max(|⟨U*, e⟩|, |⟨U*, g⟩|). Columns: ``x``, ``y``, ``G``. ``attrs`` hold the
     coordinates of U* (``star``), the escape eigenvalue (``lambda_min``) and ‖M‖_op.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> table = sims.saddle_slice_table(n_grid=5)
+    >>> len(table), sorted(table.columns)
+    (25, ['G', 'x', 'y'])
+    >>> bool(table['G'].min() >= 0)
+    True
     """
     func = "saddle_slice_table"
     d = check_int(d, "d", func, low=2, high=MAX_DIM)
@@ -123,6 +133,16 @@ def descent_paths_table(*, d=4, seed=0, n_paths=6, n_steps=4000, init_scale=0.05
     Starts are U = 0 plus iid N(0, init_scale² ‖M‖_op) entries in the whole space (not only in the
     plane); the step is 0.25 / (‖M‖_op + ‖U*‖²). Columns: ``path``, ``step``, ``x``, ``y`` (the
     projections on e and g), ``off_plane`` (norm of the rest) and ``G``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> table = sims.descent_paths_table(n_paths=2, n_steps=200, record_every=100)
+    >>> sorted(table.columns)
+    ['G', 'off_plane', 'path', 'step', 'x', 'y']
+    >>> sorted(int(p) for p in table['path'].unique())
+    [0, 1]
     """
     func = "descent_paths_table"
     d = check_int(d, "d", func, low=2, high=MAX_DIM)
@@ -162,6 +182,16 @@ def critical_spectra_table(*, d=4, seed=0, scales=(0.5, 2.0)) -> pd.DataFrame:
     Columns: ``point`` (index), ``family``, ``label``, ``predicted`` ("global minimum" or
     "strict saddle"), ``index`` (eigenvalue rank, ascending), ``eigenvalue``, ``grad_norm``
     and ``value`` (F at the point).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> table = sims.critical_spectra_table(d=4)
+    >>> sorted(table.columns)
+    ['eigenvalue', 'family', 'grad_norm', 'index', 'label', 'point', 'predicted', 'value']
+    >>> bool((table.groupby('label')['eigenvalue'].min() < 0).any())
+    True
     """
     func = "critical_spectra_table"
     d = check_int(d, "d", func, low=2, high=MAX_DIM)
@@ -241,6 +271,16 @@ def recovery_phase_table(*, Ts=(2, 3, 4, 5), ds=range(2, 13), ks=range(1, 5), re
     "processes" or an object with ``submit``, as in :func:`sims.run`) spreads the cells over
     processes, the most expensive first. Every cell is seeded by (seed, T, d, k, adapters) alone,
     so the table does not depend on the executor.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> table = sims.recovery_phase_table(Ts=(3,), ds=(3, 2), ks=(1,), reps=2, adapters=('symmetric',))
+    >>> print(table[['T', 'd', 'k', 'status']].drop_duplicates().to_string(index=False))
+     T  d  k     status
+     3  3  1 identified
+     3  2  1   isolated
     """
     func = "recovery_phase_table"
     reps = check_int(reps, "reps", func, low=1, high=MAX_COUNT)
@@ -388,6 +428,16 @@ def convex_certificate_margin(U_star) -> float:
     span(U*_t), so Δ = 0 and the relaxation returns A* (and only A*); a negative margin means no
     certificate, and the relaxation returns another base. Solved with cvxpy and Clarabel at
     ``CERTIFICATE_TOL``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(6, 2, 3, rng=0)
+    >>> margin = sims.convex_certificate_margin(truth.U_star[:-1])
+    >>> isinstance(margin, float)
+    True
     """
     from theory.validation import check_array
 
@@ -423,6 +473,16 @@ def solve_psd_relaxation(task_weights, *, lam=0.0):
     task_weights : (T, d, d) the targets A*_t.
     lam : float >= 0
         Trace penalty; 0 solves the λ → 0⁺ limit (see :class:`_PSDRelaxation`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(6, 1, 3, rng=0)
+    >>> A, M, status = sims.solve_psd_relaxation(truth.task_weights[:3])
+    >>> status, A.shape, M.shape
+    ('optimal', (6, 6), (3, 6, 6))
     """
     W = check_array(task_weights, "task_weights", "solve_psd_relaxation", ndim=3)
     if W.shape[0] < 1 or W.shape[1] < 1 or W.shape[1] != W.shape[2] or W.shape[2] > MAX_DIM:
@@ -444,6 +504,16 @@ def convex_recovery_table(*, Ts=(2, 3, 5), ds=range(2, 9), ks=range(1, 4), reps=
     :func:`convex_certificate_margin` and ``certified`` whether it is positive: the relaxation
     returns A* exactly when ``certified``. Columns as in :func:`recovery_phase_table`, with
     ``adapters`` = "convex PSD", the solver's ``status`` and the certificate's ``certificate_status``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> table = sims.convex_recovery_table(Ts=(3,), ds=(6,), ks=(2,), reps=2)
+    >>> len(table), sorted(table.columns)[:4]
+    (2, ['A_error', 'T', 'adapters', 'certificate_margin'])
+    >>> bool(((table['recovered']) == (table['certificate_margin'] > 0)).all())
+    True
     """
     func = "convex_recovery_table"
     reps = check_int(reps, "reps", func, low=1, high=MAX_COUNT)

@@ -24,6 +24,19 @@ def reference_trial(config: LinearConfig, value_index: int, trial: int) -> dict:
 
     Returns a dict with ``steps``, ``test_loss`` (method, step), ``A_error`` and ``optimum``
     (each per method, in the order of ``METHODS``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> cfg = sims.linear_sweep('T', values=(3,), runs=1, preset='clean', outer_steps=20, ft_steps=20, N=200, n=40, d=4)
+    >>> ref = sims.reference_trial(cfg, 0, 0)
+    >>> sorted(ref)
+    ['A_error', 'optimum', 'steps', 'test_loss']
+    >>> fast = sims.simulate_chunk(cfg, 0, (0,))      # the batched engine on the same trial
+    >>> engine = fast.groupby('method', sort=False)['A_error'].first()
+    >>> list(engine.index), bool(np.allclose(ref['A_error'], engine.to_numpy(), rtol=1e-10))
+    (['LoRA-ML', 'SR'], True)
     """
     func = "reference_trial"
     if not isinstance(config, LinearConfig):

@@ -78,14 +78,35 @@ def _torch():
 
 
 def default_device() -> str:
-    """'cuda' when a GPU is visible to torch, else 'cpu'."""
+    """'cuda' when a GPU is visible to torch, else 'cpu'.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> sims.default_device() in ('cpu', 'cuda')
+    True
+    """
     torch = _torch()
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)
 class ShallowConfig(SweepConfig):
-    """One shallow-network sweep, frozen and validated; its content hash names its results."""
+    """One shallow-network sweep, frozen and validated; its content hash names its results.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> cfg = sims.shallow_sweep('d', values=(4,), trials=2, N=40, n=12, retrain_steps=30, ft_steps=20, record_every=10)
+    >>> type(cfg).__name__, cfg.vary, cfg.values, cfg.trials
+    ('ShallowConfig', 'd', (4,), 2)
+    >>> cfg.chunks()                       # (value index, trials) of each stored chunk
+    [(0, (0, 1))]
+    >>> print(cfg.describe().splitlines()[0])
+    vary: the swept parameter: d or T
+    """
 
     #: 2: LoRA-ML and SR in one loop, fused AdamW (99cee6b): the same numbers up to float32 rounding.
     engine_version: ClassVar[int] = 2
@@ -458,6 +479,17 @@ def simulate_shallow_chunk(config: ShallowConfig, value_index: int, trials, devi
     """Train the trials of one chunk (one swept value) at once; return the tidy table.
 
     Columns: method ("LoRA-ML", "SR"), vary, value, trial, rank, step, test_mse, retrain_loss.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> cfg = sims.shallow_sweep('d', values=(4,), trials=2, N=40, n=12, retrain_steps=30, ft_steps=20, record_every=10)
+    >>> table = sims.simulate_shallow_chunk(cfg, 0, (0, 1), device='cpu')
+    >>> sorted(table['method'].unique()), sorted(int(t) for t in table['trial'].unique())
+    (['LoRA-ML', 'SR'], [0, 1])
+    >>> bool((table['test_mse'] > 0).all())
+    True
     """
     torch = _torch()
     func = "simulate_shallow_chunk"

@@ -168,6 +168,22 @@ class ChunkStore:
 
     ``kind`` names the engine (the folder prefix) and ``engine_version`` (default: the config's) its
     current version: a chunk computed by another version is stale and is recomputed, never served.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> import tempfile
+    >>> cfg = sims.linear_sweep('T', values=(3,), runs=1, preset='clean', outer_steps=20, ft_steps=20, N=200, n=40, d=4)
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> root = tmp.name
+    >>> table = sims.run(cfg, executor='serial', store=root, progress=False)
+    >>> store = sims.ChunkStore(root, 'linear', cfg)
+    >>> store.has(0, (0,)), store.folder.name == f'linear-{cfg.key}'
+    (True, True)
+    >>> bool(store.read(0, (0,)).equals(table))
+    True
+    >>> tmp.cleanup()
     """
 
     def __init__(self, root, kind: str, config, engine_version: int | None = None):
@@ -313,7 +329,22 @@ def read_store(folder) -> pd.DataFrame:
     Each trial's rows appear once even where two chunkings of the config left overlapping files;
     a chunk file that does not parse or whose rows fail their checksum is skipped with a one-line
     warning naming it (rerunning the sweep recomputes it). Files an older loraml wrote, without a
-    record, are read as they are (nothing to check them against)."""
+    record, are read as they are (nothing to check them against).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> import tempfile
+    >>> cfg = sims.linear_sweep('T', values=(3,), runs=1, preset='clean', outer_steps=20, ft_steps=20, N=200, n=40, d=4)
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> root = tmp.name
+    >>> table = sims.run(cfg, executor='serial', store=root, progress=False)
+    >>> folder = sims.ChunkStore(root, 'linear', cfg).folder
+    >>> bool(sims.read_store(folder).equals(table))
+    True
+    >>> tmp.cleanup()
+    """
     folder = _check_folder(folder, "read_store")
     frames = []
     for f in _chunk_files(folder):
@@ -330,7 +361,23 @@ def read_store(folder) -> pd.DataFrame:
 
 def read_records(folder) -> list[dict]:
     """The record of every chunk file in a store folder, in file order (unreadable files give
-    ``{"file": name, "problem": ...}``)."""
+    ``{"file": name, "problem": ...}``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> import tempfile
+    >>> cfg = sims.linear_sweep('T', values=(3,), runs=1, preset='clean', outer_steps=20, ft_steps=20, N=200, n=40, d=4)
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> root = tmp.name
+    >>> table = sims.run(cfg, executor='serial', store=root, progress=False)
+    >>> folder = sims.ChunkStore(root, 'linear', cfg).folder
+    >>> records = sims.read_records(folder)
+    >>> len(records), records[0]['engine_version'], records[0]['rows'] == len(table)
+    (1, 2, True)
+    >>> tmp.cleanup()
+    """
     folder = _check_folder(folder, "read_records")
     out = []
     for f in _chunk_files(folder):

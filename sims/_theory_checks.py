@@ -32,6 +32,16 @@ def finetune_rate_table(*, d=10, ks=(1, 2, 3), ns=(30, 60, 120, 250, 500, 1000, 
     tested separately); SR's base is the population A* + R̄* (P2). All repetitions of one
     (k, n) cell are fitted in one batched call. Columns: ``method``, ``k``, ``n``, ``rep``,
     ``error`` (‖Â + Δ̂ − A*_{T+1}‖²), ``prediction`` (P6 for LoRA-ML, the P4 floor for SR).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> table = sims.finetune_rate_table(d=4, ks=(1,), ns=(30, 60), reps=2)
+    >>> sorted(table.columns)
+    ['error', 'k', 'method', 'n', 'prediction', 'rep']
+    >>> len(table)
+    8
     """
     func = "finetune_rate_table"
     d = check_int(d, "d", func, low=2, high=MAX_DIM)
@@ -71,6 +81,16 @@ def retraining_samples_table(*, d=8, k=1, T=3, sigma=0.5, Ns=(250, 1000, 4000, 1
 
     One ground truth per repetition, shared across N. Columns: ``method``, ``N``, ``rep``,
     ``A_error`` and ``R_bar_sq`` (‖R̄*‖², SR's limit).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sims
+    >>> table = sims.retraining_samples_table(d=4, Ns=(100, 400), reps=1)
+    >>> sorted(table.columns)
+    ['A_error', 'N', 'R_bar_sq', 'method', 'rep']
+    >>> len(table)
+    4
     """
     func = "retraining_samples_table"
     d = check_int(d, "d", func, low=1, high=MAX_DIM)

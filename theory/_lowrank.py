@@ -106,6 +106,16 @@ def subspace_sin(U1, U2) -> np.ndarray:
     """Largest principal-angle sine between the column spans: ‖(I − Q2 Q2ᵀ) Q1‖_op.
 
     The columns are orthonormalised first, so any bases may be passed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> e = np.eye(3)
+    >>> float(th.subspace_sin(e[:, :1], e[:, :2]))                # e1 lies in span(e1, e2)
+    0.0
+    >>> round(float(th.subspace_sin(e[:, :1] + e[:, 2:], e[:, :2])), 4)   # 45 degrees out of the plane
+    0.7071
     """
     U1 = check_array(U1, "U1", "subspace_sin", ndim=(2, 3))
     U2 = check_array(U2, "U2", "subspace_sin", ndim=(2, 3))
@@ -133,6 +143,18 @@ def procrustes_distance(U1, U2) -> np.ndarray:
 
     This is the natural metric on the quotient U Uᵀ ~ U Q (pymanopt's PSDFixedRank). The
     optimal Q comes from the SVD of U2ᵀ U1 (orthogonal Procrustes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> rng = np.random.default_rng(0)
+    >>> U = rng.standard_normal((5, 2))
+    >>> Q, _ = np.linalg.qr(rng.standard_normal((2, 2)))      # an orthogonal 2 x 2 matrix
+    >>> bool(th.procrustes_distance(U @ Q, U) < 1e-12)          # the same factor up to rotation
+    True
+    >>> bool(th.procrustes_distance(2 * U, U) > 1)
+    True
     """
     U1 = check_array(U1, "U1", "procrustes_distance", ndim=(2, 3, 4))
     U2 = check_array(U2, "U2", "procrustes_distance", ndim=(2, 3, 4))

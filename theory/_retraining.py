@@ -69,6 +69,17 @@ class LoraMLFit(ArrayFields):
     grad_norm : Frobenius norm of the objective's gradient at (A, U).
     method : "exact" or "paper".
     message : a sentence on how the solver stopped.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(6, 1, 3, rng=0)
+    >>> fit = th.fit_loraml_population(truth, 1, rng=1)
+    >>> fit.converged, fit.A.shape, fit.U.shape
+    (True, (6, 6), (3, 6, 1))
+    >>> bool(np.allclose(fit.A, truth.A_star))
+    True
     """
 
     A: np.ndarray
@@ -88,7 +99,17 @@ class LoraMLFit(ArrayFields):
 
 @dataclass(frozen=True, eq=False)
 class Objective(ArrayFields):
-    """Value and gradient of the LoRA-ML objective at (A, U)."""
+    """Value and gradient of the LoRA-ML objective at (A, U).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(6, 1, 3, rng=0)
+    >>> obj = th.loraml_objective(truth.A_star, truth.U_star[:-1], truth=truth)
+    >>> float(obj.value), obj.grad_A.shape, obj.grad_U.shape
+    (0.0, (6, 6), (3, 6, 1))
+    """
 
     value: float
     grad_A: np.ndarray
@@ -116,6 +137,18 @@ def task_statistics(X, Y):
     """Per-task second moments S_t = X_tᵀX_t/N, C_t = Y_tᵀX_t/N and e_t = ‖Y_t‖²/(2N).
 
     Returns ``(S, C, e)`` with shapes (T, d, d), (T, d, d), (T,).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(6, 1, 3, rng=0)
+    >>> data = th.sample_tasks(truth, N=100, n=20, sigma=0.1, rng=1)
+    >>> S, C, e = th.task_statistics(data.X, data.Y)
+    >>> S.shape, C.shape, e.shape
+    ((3, 6, 6), (3, 6, 6), (3,))
+    >>> bool(np.allclose(S[0], data.X[0].T @ data.X[0] / 100))
+    True
     """
     X, Y = _check_task_arrays(X, Y, "task_statistics")
     N = X.shape[1]
@@ -261,6 +294,16 @@ def standard_retraining_from_statistics(S, C) -> np.ndarray:
     """:func:`standard_retraining` from per-task statistics S_t = X_tᵀX_t/N, C_t = Y_tᵀX_t/N.
 
     Batched: S, C (..., T, d, d) give Â_SR (..., d, d). The engines keep only S and C.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(6, 1, 3, rng=0)
+    >>> data = th.sample_tasks(truth, N=100, n=20, sigma=0.1, rng=1)
+    >>> S, C, _ = th.task_statistics(data.X, data.Y)
+    >>> bool(np.allclose(th.standard_retraining_from_statistics(S, C), th.standard_retraining(data.X, data.Y)))
+    True
     """
     func = "standard_retraining_from_statistics"
     S = check_array(S, "S", func, ndim=(3, 4, 5))
@@ -271,7 +314,19 @@ def standard_retraining_from_statistics(S, C) -> np.ndarray:
 
 
 def standard_retraining_population(truth: GroundTruth) -> np.ndarray:
-    """The population SR solution A* + R̄* (P2)."""
+    """The population SR solution A* + R̄* (P2).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(6, 1, 3, rng=0)
+    >>> A_sr = th.standard_retraining_population(truth)
+    >>> bool(np.allclose(A_sr, truth.A_star + truth.R_bar))
+    True
+    >>> int(np.linalg.matrix_rank(A_sr - truth.A_star))      # P2: rank min(Tk, d) = 3
+    3
+    """
     if not isinstance(truth, GroundTruth):
         raise ValueError(
             "The 'truth' parameter of standard_retraining_population must be a GroundTruth. "
@@ -302,6 +357,17 @@ def loraml_objective(A, U, *, X=None, Y=None, truth=None) -> Objective:
     Returns
     -------
     Objective with ``value``, ``grad_A`` (d, d) and ``grad_U`` (T, d, k).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(6, 1, 3, rng=0)
+    >>> float(th.loraml_objective(truth.A_star, truth.U_star[:-1], truth=truth).value)   # zero at the truth
+    0.0
+    >>> A_sr = th.standard_retraining_population(truth)
+    >>> bool(th.loraml_objective(A_sr, np.zeros((3, 6, 1)), truth=truth).value > 0)
+    True
     """
     func = "loraml_objective"
     if truth is not None:
@@ -371,6 +437,20 @@ def fit_loraml(X, Y, k, *, rng, method: str = "exact", **options) -> LoraMLFit:
     ------
     ValueError
         On bad shapes, non-finite data, k outside [1, d], an unknown method or option.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(6, 1, 3, rng=0)
+    >>> data = th.sample_tasks(truth, N=2000, n=50, sigma=0.1, rng=1)
+    >>> fit = th.fit_loraml(data.X, data.Y, 1, rng=2)
+    >>> fit.converged, fit.method
+    (True, 'exact')
+    >>> bool(np.sum((fit.A - truth.A_star) ** 2) < 1e-2)      # close to A*, unlike SR
+    True
+    >>> bool(np.sum((th.standard_retraining(data.X, data.Y) - truth.A_star) ** 2) > 1)
+    True
     """
     func = "fit_loraml"
     X, Y = _check_task_arrays(X, Y, func)
@@ -394,6 +474,17 @@ def fit_loraml_from_statistics(S, C, k, *, rng, method: str = "exact", **options
     S, C : arrays (T, d, d)
     k : int in [1, d]
     rng, method, **options : as in :func:`fit_loraml`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(6, 1, 3, rng=0)
+    >>> data = th.sample_tasks(truth, N=500, n=50, sigma=0.1, rng=1)
+    >>> S, C, _ = th.task_statistics(data.X, data.Y)
+    >>> fit = th.fit_loraml_from_statistics(S, C, 1, rng=2)
+    >>> bool(np.allclose(fit.A, th.fit_loraml(data.X, data.Y, 1, rng=2).A))
+    True
     """
     func = "fit_loraml_from_statistics"
     S = check_array(S, "S", func, ndim=3)
@@ -510,6 +601,20 @@ def paper_gd(S, C, A, U, *, outer_steps, inner_steps, lr_A, lr_U, n_tasks=None):
 
     The inner step is computed in O(T d² k) rather than O(T d³): with P_t = A S_t − C_t fixed
     while A is, (G_t + G_tᵀ) U_t = (P_t + P_tᵀ) U_t + U_t (U_tᵀ S_t U_t) + S_t U_t (U_tᵀ U_t).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(6, 1, 3, rng=0)
+    >>> data = th.sample_tasks(truth, N=500, n=50, sigma=0.1, rng=1)
+    >>> S, C, _ = th.task_statistics(data.X, data.Y)
+    >>> U0 = 0.1 * np.random.default_rng(2).standard_normal((3, 6, 1))
+    >>> A, U = th.paper_gd(S, C, np.zeros((6, 6)), U0, outer_steps=300, inner_steps=10, lr_A=0.03, lr_U=0.003)
+    >>> A.shape, U.shape
+    ((6, 6), (3, 6, 1))
+    >>> bool(th.loraml_objective(A, U, X=data.X, Y=data.Y).value < th.loraml_objective(np.zeros((6, 6)), U0, X=data.X, Y=data.Y).value)
+    True
     """
     func = "paper_gd"
     S = check_array(S, "S", func, ndim=tuple(range(3, 8)))
@@ -702,6 +807,18 @@ def finetune_lora(A_hat, X, Y, rank) -> np.ndarray:
     Returns
     -------
     Delta : (d, d) of rank at most ``rank`` minimising ‖Y − X(Â + Δ)ᵀ‖².
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(6, 1, 3, rng=0)
+    >>> data = th.sample_tasks(truth, N=100, n=200, sigma=0.1, rng=1)
+    >>> delta = th.finetune_lora(truth.A_star, data.X_test, data.Y_test, 1)   # from the true base
+    >>> int(np.linalg.matrix_rank(delta))
+    1
+    >>> bool(th.excess_risk(truth.A_star + delta, truth.test_weight) < 0.01)
+    True
     """
     func = "finetune_lora"
     A_hat = check_array(A_hat, "A_hat", func, ndim=2)

@@ -48,7 +48,19 @@ def _fail(func: str, name: str, allowed: str, value) -> ValueError:
 
 
 def check_int(value, name: str, func: str, *, low: int | None = None, high: int | None = None) -> int:
-    """Return ``value`` as an int if it is an integer in ``[low, high]``; raise otherwise."""
+    """Return ``value`` as an int if it is an integer in ``[low, high]``; raise otherwise.
+
+    Examples
+    --------
+    >>> from theory import validation as v
+    >>> v.check_int(3, 'rank', 'reduced_rank_regression', low=1, high=6)
+    3
+    >>> try:
+    ...     v.check_int(9, 'rank', 'reduced_rank_regression', low=1, high=6)
+    ... except ValueError as e:
+    ...     print(e)
+    The 'rank' parameter of reduced_rank_regression must be an int in [1, 6]. Got 9 instead.
+    """
     lo = "-inf" if low is None else str(low)
     hi = "inf" if high is None else str(high)
     allowed = f"an int in [{lo}, {hi}]"
@@ -69,7 +81,19 @@ def check_real(
     high: float | None = None,
     low_open: bool = False,
 ) -> float:
-    """Return ``value`` as a finite float in ``[low, high]`` (``(low, high]`` if ``low_open``)."""
+    """Return ``value`` as a finite float in ``[low, high]`` (``(low, high]`` if ``low_open``).
+
+    Examples
+    --------
+    >>> from theory import validation as v
+    >>> v.check_real(0.5, 'sigma', 'sample_tasks', low=0.0)
+    0.5
+    >>> try:
+    ...     v.check_real(float('nan'), 'sigma', 'sample_tasks', low=0.0)
+    ... except ValueError as e:
+    ...     print(e)
+    The 'sigma' parameter of sample_tasks must be a finite real number in [0, inf]. Got nan instead.
+    """
     left = "(" if low_open else "["
     lo = "-inf" if low is None else f"{low:g}"
     hi = "inf" if high is None else f"{high:g}"
@@ -90,6 +114,18 @@ def check_array(value, name: str, func: str, *, ndim: int | tuple[int, ...], sha
     """Return ``value`` as a finite float64 array with the given number of dimensions.
 
     ``shape`` may fix some axes: a tuple with ``None`` where any length is allowed.
+
+    Examples
+    --------
+    >>> from theory import validation as v
+    >>> import numpy as np
+    >>> v.check_array([[1, 2], [3, 4]], 'M', 'best_rank_approx', ndim=2).dtype
+    dtype('float64')
+    >>> try:
+    ...     v.check_array(np.ones(3), 'M', 'best_rank_approx', ndim=2)
+    ... except ValueError as e:
+    ...     print(e)
+    The 'M' parameter of best_rank_approx must be an array with 2 dimensions. Got an array of shape (3,) instead.
     """
     ndims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
     try:
@@ -125,7 +161,20 @@ def _ndim_text(ndims: tuple[int, ...]) -> str:
 
 
 def check_rng(rng, func: str) -> np.random.Generator:
-    """SPEC 7: accept a Generator, an int seed, a SeedSequence or None."""
+    """SPEC 7: accept a Generator, an int seed, a SeedSequence or None.
+
+    Examples
+    --------
+    >>> from theory import validation as v
+    >>> rng = v.check_rng(0, 'sample_tasks')
+    >>> type(rng).__name__
+    'Generator'
+    >>> try:
+    ...     v.check_rng(-1, 'sample_tasks')
+    ... except ValueError as e:
+    ...     print(e)
+    The 'rng' parameter of sample_tasks must be a numpy.random.Generator, a SeedSequence, a non-negative int or None. Got -1 instead.
+    """
     if isinstance(rng, np.random.Generator):
         return rng
     if rng is None or isinstance(rng, np.random.SeedSequence) or (
@@ -136,7 +185,19 @@ def check_rng(rng, func: str) -> np.random.Generator:
 
 
 def check_choice(value, name: str, func: str, choices) -> str:
-    """Return ``value`` if it is one of ``choices``."""
+    """Return ``value`` if it is one of ``choices``.
+
+    Examples
+    --------
+    >>> from theory import validation as v
+    >>> v.check_choice('exact', 'method', 'fit_loraml', ('exact', 'paper'))
+    'exact'
+    >>> try:
+    ...     v.check_choice('fast', 'method', 'fit_loraml', ('exact', 'paper'))
+    ... except ValueError as e:
+    ...     print(e)
+    The 'method' parameter of fit_loraml must be one of 'exact', 'paper'. Got 'fast' instead.
+    """
     choices = tuple(choices)
     if not isinstance(value, str) or value not in choices:
         allowed = "one of " + ", ".join(repr(c) for c in choices)
@@ -149,6 +210,17 @@ def check_bool(value, name: str, func: str) -> bool:
 
     >>> check_bool(True, "force", "run")
     True
+
+    Examples
+    --------
+    >>> from theory import validation as v
+    >>> v.check_bool(True, 'landing', 'recovery_phase_table')
+    True
+    >>> try:
+    ...     v.check_bool(1, 'landing', 'recovery_phase_table')
+    ... except ValueError as e:
+    ...     print(e)
+    The 'landing' parameter of recovery_phase_table must be a bool. Got 1 instead.
     """
     if not isinstance(value, (bool, np.bool_)):
         raise _fail(func, name, "a bool", value)
@@ -157,7 +229,19 @@ def check_bool(value, name: str, func: str) -> bool:
 
 def check_values(values, name: str, func: str, check, *, least: int = 1) -> tuple:
     """Return ``values`` as a tuple after ``check(v)`` on each; it must be a sequence (not a string)
-    of at least ``least`` values. ``check`` raises naming ``name`` for a bad entry."""
+    of at least ``least`` values. ``check`` raises naming ``name`` for a bad entry.
+
+    Examples
+    --------
+    >>> from theory import validation as v
+    >>> v.check_values([2, 3], 'values', 'linear_sweep', lambda x: v.check_int(x, 'values', 'linear_sweep', low=1))
+    (2, 3)
+    >>> try:
+    ...     v.check_values('23', 'values', 'linear_sweep', int)
+    ... except ValueError as e:
+    ...     print(e)
+    The 'values' parameter of linear_sweep must be a sequence of at least 1 value(s). Got '23' instead.
+    """
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or isinstance(values, dict):
         raise _fail(func, name, f"a sequence of at least {least} value(s)", values)
     values = tuple(values)
@@ -167,13 +251,37 @@ def check_values(values, name: str, func: str, check, *, least: int = 1) -> tupl
 
 
 def check_seed(value, name: str, func: str) -> int:
-    """Return ``value`` if it is a seed: an int in [0, 2**63)."""
+    """Return ``value`` if it is a seed: an int in [0, 2**63).
+
+    Examples
+    --------
+    >>> from theory import validation as v
+    >>> v.check_seed(7, 'seed', 'linear_sweep')
+    7
+    >>> try:
+    ...     v.check_seed(-7, 'seed', 'linear_sweep')
+    ... except ValueError as e:
+    ...     print(e)
+    The 'seed' parameter of linear_sweep must be an int in [0, 9223372036854775807]. Got -7 instead.
+    """
     return check_int(value, name, func, low=0, high=2**63 - 1)
 
 
 def check_entries(count, names: str, func: str, *, limit: int | None = None) -> int:
     """Refuse a call whose largest array would hold more than ``limit`` (MAX_ENTRIES) entries,
-    before it is allocated; ``names`` says which arguments set the size (e.g. "'T', 'N' and 'd'")."""
+    before it is allocated; ``names`` says which arguments set the size (e.g. "'T', 'N' and 'd'").
+
+    Examples
+    --------
+    >>> from theory import validation as v
+    >>> v.check_entries(10 ** 6, "'N' and 'd'", 'sample_tasks')
+    1000000
+    >>> try:
+    ...     v.check_entries(10 ** 12, "'N' and 'd'", 'sample_tasks')
+    ... except ValueError as e:
+    ...     print(e)
+    The 'N' and 'd' parameters of sample_tasks ask for an array of 1e+12 entries; at most 2.68e+08 are allowed (memory). Use smaller sizes.
+    """
     limit = MAX_ENTRIES if limit is None else limit
     count = check_int(count, "count", func, low=0)
     if count > limit:

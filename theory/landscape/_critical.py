@@ -52,6 +52,17 @@ class CriticalPoint(ArrayFields):
     predicted : "global minimum" or "strict saddle", the classification the math predicts
         (None for the finder's output).
     a, b : the scalars of u1 = a v, u2 = b v (NaN where not applicable).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(4, 1, 2, rng=1)      # T = 2 tasks, k = 1
+    >>> points = th.critical_points_two_tasks(truth)
+    >>> sorted({p.family for p in points})[:3]
+    ['U = 0', 'global minimum', 'kernel family']
+    >>> points[0].A.shape, points[0].U.shape
+    ((4, 4), (2, 4, 1))
     """
 
     A: np.ndarray
@@ -69,6 +80,18 @@ class EscapeDirection(ArrayFields):
     """Smallest eigenvalue of a Hessian and its unit eigenvector, split into blocks.
 
     ``dA`` is None for the reduced objective; ``dV`` is None for symmetric adapters.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(4, 1, 2, rng=1)      # T = 2 tasks, k = 1
+    >>> point = th.sr_saddle(truth)
+    >>> esc = th.hessian_min_eigenpair(truth, point.A, point.U)
+    >>> bool(np.isclose(esc.eigenvalue, th.sr_saddle_min_eigenvalue(truth)))
+    True
+    >>> esc.dA.shape, esc.dU.shape
+    ((4, 4), (2, 4, 1))
     """
 
     eigenvalue: float
@@ -86,6 +109,16 @@ class Classification(ArrayFields):
         "strict saddle" (critical, smallest Hessian eigenvalue below −tol·scale), or "other"
         (not critical, or a critical point whose Hessian is PSD within tolerance but whose
         value is above the minimum: a degenerate or spurious point).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(4, 1, 2, rng=1)      # T = 2 tasks, k = 1
+    >>> point = th.sr_saddle(truth)
+    >>> c = th.classify_critical_point(truth, point.A, point.U)
+    >>> c.kind, c.critical, c.n_negative >= 1
+    ('strict saddle', True, True)
     """
 
     kind: str
@@ -104,6 +137,16 @@ class DescentPath(ArrayFields):
 
     U : (..., T, d, k) end points; values : (n_record, ...) values of G at the recorded steps;
     steps : (n_record,) the step numbers recorded; path : (n_record, ..., T, d, k) or None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(4, 1, 2, rng=1)      # T = 2 tasks, k = 1
+    >>> U0 = 0.05 * np.random.default_rng(0).standard_normal((2, 4, 1))
+    >>> path = th.reduced_gradient_descent(truth, U0, step=0.05, n_steps=4000, record_every=1000)
+    >>> path.steps.tolist(), bool(path.values[-1] < 1e-10)
+    ([0, 1000, 2000, 3000, 4000], True)
     """
 
     U: np.ndarray
@@ -147,6 +190,16 @@ def sr_saddle_min_eigenvalue(truth) -> float:
 
     At U = 0 the Hessian is block diagonal: T·I on A, and 2(R̄* − R*_t) acting on each column of
     U_t (the residual of task t at A_SR is R̄* − R*_t and the A–U coupling vanishes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(6, 1, 3, rng=0)
+    >>> point = th.sr_saddle(truth)
+    >>> lam = th.sr_saddle_min_eigenvalue(truth)
+    >>> bool(lam < 0), bool(np.isclose(lam, th.hessian_min_eigenpair(truth, point.A, point.U).eigenvalue))
+    (True, True)
     """
     truth = _check_truth(truth, "sr_saddle_min_eigenvalue")
     R = truth.R_star[: truth.T]
@@ -188,6 +241,15 @@ def critical_points_two_tasks(truth, *, scales=(0.5, 2.0)) -> list[CriticalPoint
     Returns
     -------
     list of CriticalPoint, with ``family``, ``predicted`` and the scalars ``a``, ``b``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(4, 1, 2, rng=1)      # T = 2 tasks, k = 1
+    >>> kinds = {p.family: th.classify_critical_point(truth, p.A, p.U).kind for p in th.critical_points_two_tasks(truth)}
+    >>> all(kind in ('global minimum', 'strict saddle') for kind in kinds.values())
+    True
     """
     func = "critical_points_two_tasks"
     truth = _check_truth(truth, func)
@@ -235,6 +297,17 @@ def hessian_min_eigenpair(truth, A, U, *, V=None, reduced=False) -> EscapeDirect
 
     At a strict saddle the eigenvector is an escape direction: moving along it lowers the
     objective to second order by ½ λ_min t². ``A`` is ignored when ``reduced``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(4, 1, 2, rng=1)      # T = 2 tasks, k = 1
+    >>> point = th.sr_saddle(truth)
+    >>> esc = th.hessian_min_eigenpair(truth, point.A, point.U)
+    >>> M = truth.R_star[0] - truth.R_star[1]
+    >>> bool(np.isclose(esc.eigenvalue, -np.linalg.norm(M, 2)))      # P8 at T = 2: -||M||_op
+    True
     """
     func = "hessian_min_eigenpair"
     if not isinstance(reduced, (bool, np.bool_)):
@@ -288,6 +361,17 @@ def classify_critical_point(truth, A, U, *, V=None, tol=1e-8, min_value=0.0) -> 
         Relative tolerance.
     min_value : float
         The global minimum value of F.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(4, 1, 2, rng=1)      # T = 2 tasks, k = 1
+    >>> th.classify_critical_point(truth, truth.A_star, truth.U_star[:2]).kind
+    'global minimum'
+    >>> point = th.sr_saddle(truth)
+    >>> th.classify_critical_point(truth, point.A, point.U).kind
+    'strict saddle'
     """
     func = "classify_critical_point"
     truth = _check_truth(truth, func)
@@ -337,6 +421,17 @@ def find_critical_points(truth, k=None, *, rng, n_starts=20, init_scale=1.0, tol
     -------
     list of CriticalPoint (family "found"), one per converged start; starts that stall at a
     non-critical local minimum of ‖∇G‖² are dropped.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(4, 1, 2, rng=1)      # T = 2 tasks, k = 1
+    >>> points = th.find_critical_points(truth, rng=0, n_starts=4)
+    >>> all(th.landscape_objective(truth, p.A, p.U).grad_norm < 1e-8 for p in points)
+    True
+    >>> all(th.classify_critical_point(truth, p.A, p.U).kind != 'other' for p in points)
+    True
     """
     func = "find_critical_points"
     truth = _check_truth(truth, func)
@@ -398,6 +493,16 @@ def reduced_gradient_descent(truth, U0, *, step, n_steps, V0=None, record_every=
     Returns
     -------
     DescentPath
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(4, 1, 2, rng=1)      # T = 2 tasks, k = 1
+    >>> U0 = 0.05 * np.random.default_rng(0).standard_normal((2, 4, 1))
+    >>> path = th.reduced_gradient_descent(truth, U0, step=0.05, n_steps=4000)
+    >>> bool(path.values[-1] < 1e-10)                     # P9: no spurious local minimum
+    True
     """
     func = "reduced_gradient_descent"
     truth = _check_truth(truth, func)

@@ -83,6 +83,8 @@ _GENERIC = 1e-8
 class Identifiability(ArrayFields):
     """Is A* the only zero-loss base of one instance? (:func:`identifiability`)
 
+    Attributes
+    ----------
     status : "identified", "isolated" (finitely many other zero-loss bases; those found are in
         ``alternatives``) or "continuum" (the zero-loss set through A* has positive dimension
         beyond the gauge).
@@ -105,6 +107,14 @@ class Identifiability(ArrayFields):
     n_starts : search starts run for this instance (0 when no search was needed).
     n_zero_loss_starts : how many of them ended at zero loss, at A* or elsewhere (the search's
         evidence: "identified" by a search whose starts rarely reach zero loss is weak).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> r = th.identifiability(th.sample_ground_truth(6, 2, 3, rng=0), rng=0)
+    >>> r.status, r.method, r.nullity == r.gauge_dim
+    ('identified', 'theorem', True)
     """
 
     status: str
@@ -133,7 +143,19 @@ class IdentifiabilityBatch(ArrayFields):
     (B,) arrays (``gauge_dim`` and ``expected_rank`` are ints: they depend on T, d, k only), with
     the alternatives of every instance stacked in ``alternative_bases`` (n, d, d) and
     ``alternative_owner`` (n,) the index of the instance each belongs to. ``instance(i)`` returns
-    the :class:`Identifiability` of one instance."""
+    the :class:`Identifiability` of one instance.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truths = th.sample_ground_truth(4, 2, 3, rng=0, size=3)
+    >>> A_star = np.stack([t.A_star for t in truths])
+    >>> U_star = np.stack([t.U_star[:-1] for t in truths])
+    >>> b = th.identifiability_batch(A_star, U_star, rng=0)
+    >>> b.status.tolist()
+    ['continuum', 'continuum', 'continuum']
+    """
 
     status: np.ndarray
     method: np.ndarray
@@ -194,6 +216,8 @@ def zero_loss_residual(A_hat, truth, *, adapters="symmetric") -> float:
     the eigenvalues (or singular values) beyond the k-th, the negative eigenvalues and the
     asymmetry. It is at rounding level (≲ 1e-12) for a zero-loss base, O(1) otherwise.
 
+    Examples
+    --------
     >>> from theory import sample_ground_truth
     >>> truth = sample_ground_truth(4, 1, 3, rng=0)
     >>> zero_loss_residual(truth.A_star, truth) < 1e-14, zero_loss_residual(truth.A_star + 0.1, truth) > 0.01
@@ -452,6 +476,16 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
     Returns
     -------
     IdentifiabilityBatch
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truths = th.sample_ground_truth(6, 2, 3, rng=0, size=3)   # d = 3k: identified
+    >>> A_star = np.stack([t.A_star for t in truths])
+    >>> U_star = np.stack([t.U_star[:-1] for t in truths])
+    >>> th.identifiability_batch(A_star, U_star, rng=0).status.tolist()
+    ['identified', 'identified', 'identified']
     """
     func = "identifiability_batch"
     U = check_array(U_star, "U_star", func, ndim=4)

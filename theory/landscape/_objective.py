@@ -39,6 +39,15 @@ class LandscapeValue(ArrayFields):
     """Value and gradient of F (or of G, where ``grad_A`` is None).
 
     ``grad_V`` is None for symmetric adapters.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(6, 1, 3, rng=0)
+    >>> out = th.landscape_objective(truth, truth.A_star, truth.U_star[:-1])
+    >>> float(out.value), out.grad_A.shape, out.grad_U.shape, out.grad_V is None
+    (0.0, (6, 6), (3, 6, 1), True)
     """
 
     value: float
@@ -228,6 +237,19 @@ def landscape_hvp(truth, A, U, dA, dU, *, V=None, dV=None):
     Returns
     -------
     (hA, hU, hV) : arrays shaped like (A, U, V); ``hV`` is None for symmetric adapters.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(6, 1, 3, rng=0)
+    >>> rng = np.random.default_rng(1)
+    >>> A, U = rng.standard_normal((6, 6)), rng.standard_normal((3, 6, 1))
+    >>> dA, dU = rng.standard_normal((6, 6)), rng.standard_normal((3, 6, 1))
+    >>> hA, hU = th.landscape_hvp(truth, A, U, dA, dU)[:2]
+    >>> H = th.loraml_hessian(truth, A, U)
+    >>> bool(np.allclose(np.concatenate([hA.ravel(), hU.ravel()]), H @ np.concatenate([dA.ravel(), dU.ravel()])))
+    True
     """
     func = "landscape_hvp"
     truth = _check_truth(truth, func)
@@ -277,7 +299,18 @@ def loraml_hessian(truth, A, U, *, V=None) -> np.ndarray:
 
 
 def optimal_base(truth, U, *, V=None) -> np.ndarray:
-    """A(U) = A* + (1/T) Σ_s (R*_s − U_sU_sᵀ), the minimiser of F over A for fixed adapters."""
+    """A(U) = A* + (1/T) Σ_s (R*_s − U_sU_sᵀ), the minimiser of F over A for fixed adapters.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(6, 1, 3, rng=0)
+    >>> bool(np.allclose(th.optimal_base(truth, truth.U_star[:-1]), truth.A_star))
+    True
+    >>> bool(np.allclose(th.optimal_base(truth, np.zeros((3, 6, 1))), th.standard_retraining_population(truth)))
+    True
+    """
     func = "optimal_base"
     truth = _check_truth(truth, func)
     U, V = _check_adapters(truth, U, V, func)
@@ -309,7 +342,19 @@ def reduced_objective(truth, U, *, V=None) -> LandscapeValue:
 
 
 def reduced_hvp(truth, U, dU, *, V=None, dV=None):
-    """Hessian of G at U[, V] applied to (dU[, dV]); returns (hU, hV), hV None if symmetric."""
+    """Hessian of G at U[, V] applied to (dU[, dV]); returns (hU, hV), hV None if symmetric.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(4, 1, 2, rng=1)      # T = 2 tasks, k = 1
+    >>> rng = np.random.default_rng(1)
+    >>> U, dU = rng.standard_normal((2, 4, 1)), rng.standard_normal((2, 4, 1))
+    >>> hU, hV = th.reduced_hvp(truth, U, dU)
+    >>> hV is None, bool(np.allclose(hU.ravel(), th.reduced_hessian(truth, U) @ dU.ravel()))
+    (True, True)
+    """
     func = "reduced_hvp"
     truth = _check_truth(truth, func)
     U, V = _check_adapters(truth, U, V, func)
@@ -320,7 +365,20 @@ def reduced_hvp(truth, U, dU, *, V=None, dV=None):
 
 
 def reduced_hessian(truth, U, *, V=None) -> np.ndarray:
-    """Dense Hessian of G at U[, V]; variables U flattened, then V (asymmetric)."""
+    """Dense Hessian of G at U[, V]; variables U flattened, then V (asymmetric).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import theory as th
+    >>> truth = th.sample_ground_truth(4, 1, 2, rng=1)      # T = 2 tasks, k = 1
+    >>> H = th.reduced_hessian(truth, np.zeros((2, 4, 1)))
+    >>> H.shape
+    (8, 8)
+    >>> M = truth.R_star[0] - truth.R_star[1]
+    >>> bool(np.isclose(np.linalg.eigvalsh(H)[0], -np.linalg.norm(M, 2)))   # P9 at U = 0
+    True
+    """
     func = "reduced_hessian"
     truth = _check_truth(truth, func)
     U, V = _check_adapters(truth, U, V, func)

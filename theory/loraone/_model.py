@@ -15,7 +15,22 @@ from ._common import _T, _check_data, _check_factors, _check_model, _check_W0, _
 
 @dataclass(frozen=True, eq=False)
 class LoraObjective(ArrayFields):
-    """Value and gradients of the LoRA loss at (A, B)."""
+    """Value and gradients of the LoRA loss at (A, B).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from theory import loraone as lo
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((400, 6))
+    >>> dW = lo.sample_low_rank(6, 5, 2, kappa=10.0, rng=1)
+    >>> W0 = np.zeros((6, 5))
+    >>> Y = X @ dW
+    >>> A, B = lo.vanilla_init(6, 5, 2, alpha=0.1, rng=2)
+    >>> obj = lo.lora_objective(X, Y, W0, A, B)
+    >>> obj.grad_A.shape, obj.grad_B.shape, bool(obj.value > 0)
+    ((6, 2), (2, 5), True)
+    """
 
     value: float | np.ndarray
     grad_A: np.ndarray

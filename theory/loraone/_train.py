@@ -42,6 +42,22 @@ class FinetuneResult(ArrayFields):
         ``align_to`` (k its number of columns), or None.
     method, order, model : the options used.
     message : a sentence on how the run stopped.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from theory import loraone as lo
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((400, 6))
+    >>> dW = lo.sample_low_rank(6, 5, 2, kappa=10.0, rng=1)
+    >>> W0 = np.zeros((6, 5))
+    >>> Y = X @ dW
+    >>> A0, B0 = lo.spectral_init(lo.one_step_gradient(X, Y, W0), 2)
+    >>> res = lo.finetune(X, Y, W0, A0, B0, method='precgd', lr=0.5, max_iter=200, target=dW)
+    >>> res.A.shape, res.B.shape, bool(res.converged)
+    ((6, 2), (2, 5), True)
+    >>> bool(res.rel_error[-1] < 1e-6)        # ‖A B − ΔW‖/‖ΔW‖ along the run
+    True
     """
 
     A: np.ndarray
@@ -149,6 +165,22 @@ def finetune_moments(S, C, W0, A0, B0, *, method: str = "gd", lr, lam: float = 0
 
     The loss is ½ tr(Wᵀ S W) − ⟨W, C⟩ + const at W = W0 + A B; ``S = I``, ``C = W♮`` is the
     population. C must lie in the range of S (true for data). Same options as :func:`finetune`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from theory import loraone as lo
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((400, 6))
+    >>> dW = lo.sample_low_rank(6, 5, 2, kappa=10.0, rng=1)
+    >>> W0 = np.zeros((6, 5))
+    >>> Y = X @ dW
+    >>> S, C = X.T @ X / 400, X.T @ Y / 400
+    >>> A0, B0 = lo.spectral_init(lo.one_step_gradient(X, Y, W0), 2)
+    >>> res = lo.finetune_moments(S, C, W0, A0, B0, method='precgd', lr=0.5, max_iter=200)
+    >>> full = lo.finetune(X, Y, W0, A0, B0, method='precgd', lr=0.5, max_iter=200)   # the same run on the data
+    >>> bool(np.allclose(res.A @ res.B, full.A @ full.B)), bool(np.allclose(res.A @ res.B, dW))
+    (True, True)
     """
     return _finetune_moments("finetune_moments", S, C, W0, A0, B0, method=method, lr=lr, lam=lam, tol=tol,
                              max_iter=max_iter, target=target, order=order, align_to=align_to)
