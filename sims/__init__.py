@@ -47,10 +47,12 @@ from ._convai import ConvAIConfig as ConvAIConfig
 from ._convai import check_convai_inputs as check_convai_inputs
 from ._convai import convai_summary as convai_summary
 from ._convai import persona_clusters as persona_clusters
+from ._convai import persona_description as persona_description
 from ._convai import read_persona_map as read_persona_map
 from ._convai import read_personachat as read_personachat
 from ._convai import simulate_convai_chunk as simulate_convai_chunk
 from ._convai import write_convai as write_convai
+from ._convai import write_tiny_roberta as write_tiny_roberta
 from ._peftml import OBJECTIVES as OBJECTIVES
 from ._peftml import best_and_last as best_and_last
 from ._peftml import finetune as finetune
@@ -122,10 +124,12 @@ __all__ = [
     "check_convai_inputs",
     "convai_summary",
     "persona_clusters",
+    "persona_description",
     "read_persona_map",
     "read_personachat",
     "simulate_convai_chunk",
     "write_convai",
+    "write_tiny_roberta",
     "JOINED_METHODS",
     "LinearConfig",
     "METHODS",

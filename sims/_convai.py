@@ -86,7 +86,7 @@ from ._peftml import (
     retrain,
 )
 
-__all__ = ["ConvAIConfig", "CONVAI_HELP", "CONVAI_RANKS", "read_personachat", "read_persona_map",
+__all__ = ["write_tiny_roberta", "ConvAIConfig", "CONVAI_HELP", "CONVAI_RANKS", "read_personachat", "read_persona_map",
            "persona_description", "persona_clusters", "write_convai", "simulate_convai_chunk", "convai_summary",
            "check_convai_inputs"]
 
@@ -124,6 +124,14 @@ def read_personachat(path) -> list[dict]:
     ------
     ValueError
         The file is missing, or a line is not in the format (the message names the line).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> data = write_convai(tempfile.mkdtemp(), train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
+    >>> dialogues = read_personachat(data / "train_self_original.txt")
+    >>> len(dialogues), len(dialogues[0]["turns"]), len(dialogues[0]["turns"][0][2])   # 3 + 2 + 4 extra; 20 candidates
+    (9, 1, 20)
     """
     func = "read_personachat"
     path = _path(path, "path", func, "--data")
@@ -163,7 +171,13 @@ def read_personachat(path) -> list[dict]:
 
 def persona_description(sentences) -> str:
     """A persona's description as persona maps hold it: the sentences joined by one space, runs of
-    whitespace collapsed (a string is normalised the same way)."""
+    whitespace collapsed (a string is normalised the same way).
+
+    Examples
+    --------
+    >>> persona_description(("i like dogs.", "my  favourite colour is blue. "))
+    'i like dogs. my favourite colour is blue.'
+    """
     if isinstance(sentences, str):
         text = sentences
     elif isinstance(sentences, (tuple, list, frozenset, set)) and all(isinstance(s, str) for s in sentences):
@@ -182,6 +196,14 @@ def read_persona_map(path) -> dict[int, frozenset]:
     ------
     ValueError
         The file is missing or does not hold such a dict.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> data = write_convai(tempfile.mkdtemp(), train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
+    >>> clusters = read_persona_map(data / "train_persona_map.pkl")
+    >>> sorted(clusters), len(clusters[1])      # cluster 0, the two clusters, a one-dialogue cluster
+    ([0, 1, 2, 3], 2)
     """
     func = "read_persona_map"
     path = _path(path, "path", func, "--persona-map")
@@ -207,7 +229,17 @@ def read_persona_map(path) -> dict[int, frozenset]:
 
 def persona_clusters(dialogues, persona_map, *, top: int = 10) -> list[tuple[int, list]]:
     """(cluster id, dialogues in file order) of the ``top`` largest clusters with more than one
-    dialogue, cluster 0 dropped, largest first (ties: smaller id first); fewer when fewer qualify."""
+    dialogue, cluster 0 dropped, largest first (ties: smaller id first); fewer when fewer qualify.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> data = write_convai(tempfile.mkdtemp(), train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
+    >>> dialogues = read_personachat(data / "train_self_original.txt")
+    >>> clusters = persona_clusters(dialogues, read_persona_map(data / "train_persona_map.pkl"))
+    >>> [(cid, len(ds)) for cid, ds in clusters]      # cluster 0 and the one-dialogue cluster 3 dropped
+    [(1, 3), (2, 2)]
+    """
     func = "persona_clusters"
     if isinstance(dialogues, (str, bytes, dict)) or not hasattr(dialogues, "__iter__"):
         raise ValueError(f"The 'dialogues' parameter of {func} must be a list of dialogues (read_personachat). "
@@ -305,6 +337,13 @@ def write_convai(root, *, train_sizes=(6, 5, 5, 4), valid_sizes=(6, 5, 4), turns
     distractors words ``bK``, and the true response is three words ``cK`` and one word of the
     partner's utterance (so it repeats a word of the context, and its words differ in kind from the
     distractors': a bag of words ranks it first).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> data = write_convai(tempfile.mkdtemp(), train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
+    >>> sorted(p.name for p in data.iterdir())
+    ['train_persona_map.pkl', 'train_self_original.txt', 'valid_persona_map.pkl', 'valid_self_original.txt']
     """
     func = "write_convai"
     root = _path(root, "root", func, "root")
@@ -357,6 +396,54 @@ def write_convai(root, *, train_sizes=(6, 5, 5, 4), valid_sizes=(6, 5, 4), turns
     return root
 
 
+def write_tiny_roberta(folder, *, vocab: int = 40, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """Save a random RoBERTa for sequence classification (2 labels; ``layers`` layers of width
+    ``hidden``) with a word-level tokenizer that knows every word :func:`write_convai` writes for the
+    same ``vocab`` (built offline with the ``tokenizers`` library; RoBERTa's special ids <s> 0,
+    <pad> 1, </s> 2), loadable as ``--model folder``: the offline stand-in for roberta-base.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> model = write_tiny_roberta(tempfile.mkdtemp(), vocab=5)
+    >>> sorted(p.name for p in model.iterdir())
+    ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']
+    """
+    func = "write_tiny_roberta"
+    folder = _path(folder, "folder", func, "folder")
+    vocab = check_int(vocab, "vocab", func, low=2, high=100_000)
+    hidden = check_int(hidden, "hidden", func, low=2, high=4096)
+    if hidden % 2:
+        raise ValueError(f"The 'hidden' parameter of {func} must be even (2 attention heads). Got {hidden}.")
+    layers = check_int(layers, "layers", func, low=1, high=64)
+    seed = check_int(seed, "seed", func, low=0, high=2**63 - 1)
+    torch = _torch()
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaForSequenceClassification
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    words = sorted({f"{p}{k}" for p in "abcp" for k in range(vocab)})
+    table = {w: i for i, w in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(table, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+    cfg = RobertaConfig(vocab_size=len(table), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=160, num_labels=2, pad_token_id=1,
+                        bos_token_id=0, eos_token_id=2)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"The 'folder' parameter of {func} must be a folder that can be created and written. "
+                         f"Got {str(folder)!r}: {err.strerror}.") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = RobertaForSequenceClassification(cfg)
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
 # ------------------------------------------------------------------------------------------------
 # The config
 
@@ -371,7 +458,23 @@ _PATHS = ("data", "persona_map", "model", "checkpoint_dir")
 @dataclass(frozen=True)
 class ConvAIConfig(SweepConfig):
     """The language experiment, frozen and validated; chunks are one value (method × fine-tuning ×
-    rank) × ``chunk_trials`` (seed, persona) trials."""
+    rank) × ``chunk_trials`` (seed, persona) trials.
+
+    Build it with ``sims.realdata_sweep("convai", data=..., persona_map=..., model=...)``, which
+    checks the three inputs first.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sims import realdata_sweep
+    >>> root = tempfile.mkdtemp()
+    >>> data = write_convai(f"{root}/data", train_sizes=(5, 4), valid_sizes=(4, 4), turns=2, n_candidates=4)
+    >>> cfg = realdata_sweep("convai", data=data, persona_map=data, model=write_tiny_roberta(f"{root}/roberta"),
+    ...                      methods=("LoRA-ML",), finetuning=("lora",), ranks=(2,), seeds=(0,), n_train_personas=2,
+    ...                      n_test_personas=1, n_candidates=4, retrain_epochs=1, ft_epochs=1)
+    >>> cfg.values, cfg.runs                 # (method, fine-tuning, rank); seeds x test personas
+    (('LoRA-ML lora r=2',), 1)
+    """
 
     data: str = _doc("folder with train_self_original.txt and valid_self_original.txt (not part of the key)", "")
     persona_map: str = _doc("persona-map pickle, or a folder of train_/valid_persona_map.pkl (not part of the key)",
@@ -519,6 +622,15 @@ def check_convai_inputs(data, persona_map, model) -> str:
     ------
     ValueError
         One line naming the flag (``--data``, ``--persona-map``, ``--model``) and the expected format.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> data = write_convai(tempfile.mkdtemp(), train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
+    >>> check_convai_inputs(data, data, data)   # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: --model (the 'model' parameter) ... is not a RoBERTa checkpoint folder ...
     """
     files = list(_data_paths(data)) + sorted(set(_map_paths(persona_map)))
     mpath = _check_model_path(model)
@@ -800,7 +912,21 @@ def simulate_convai_chunk(config: ConvAIConfig, value_index: int, trials, device
                           amp: bool | None = None) -> pd.DataFrame:
     """Retrain with one value's method (once per seed, reused), fine-tune on each trial's test
     persona; return the tidy table (see the module docstring). ``device`` defaults to CUDA when
-    available; ``amp`` (bfloat16 autocast) to on for CUDA."""
+    available; ``amp`` (bfloat16 autocast) to on for CUDA.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sims import realdata_sweep
+    >>> root = tempfile.mkdtemp()
+    >>> data = write_convai(f"{root}/data", train_sizes=(5, 4), valid_sizes=(4, 4), turns=2, n_candidates=4)
+    >>> cfg = realdata_sweep("convai", data=data, persona_map=data, model=write_tiny_roberta(f"{root}/roberta"),
+    ...                      methods=("LoRA-ML",), finetuning=("lora",), ranks=(2,), seeds=(0,), n_train_personas=2,
+    ...                      n_test_personas=1, n_candidates=4, retrain_epochs=1, ft_epochs=1)
+    >>> table = simulate_convai_chunk(cfg, 0, (0,), device="cpu")
+    >>> table.groupby(["phase", "split"], observed=True).size().to_dict()     # epochs 0-1 of each phase
+    {('finetune', 'test'): 2, ('finetune', 'val'): 2, ('retrain', 'val'): 2}
+    """
     torch = _torch()
     func = "simulate_convai_chunk"
     value_index, trials = ConvAIConfig.check_chunk(config, value_index, trials, func)
@@ -855,7 +981,21 @@ def convai_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per retraining method × fine-tuning scheme × rank × persona, and averaged over the personas
     (``persona == "average"``: each seed's mean over personas, then over seeds): mean and standard
     error (ddof 1) over seeds of the last-epoch and the best-epoch (chosen on the validation
-    dialogues) hits@1."""
+    dialogues) hits@1.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sims import realdata_sweep
+    >>> root = tempfile.mkdtemp()
+    >>> data = write_convai(f"{root}/data", train_sizes=(5, 4), valid_sizes=(4, 4), turns=2, n_candidates=4)
+    >>> cfg = realdata_sweep("convai", data=data, persona_map=data, model=write_tiny_roberta(f"{root}/roberta"),
+    ...                      methods=("LoRA-ML",), finetuning=("lora",), ranks=(2,), seeds=(0,), n_train_personas=2,
+    ...                      n_test_personas=1, n_candidates=4, retrain_epochs=1, ft_epochs=1)
+    >>> summary = convai_summary(simulate_convai_chunk(cfg, 0, (0,), device="cpu"))
+    >>> summary["persona"].tolist()           # the average over personas first, then each persona
+    ['average', '0']
+    """
     columns = ("phase", "retraining", "finetuning", "rank", "seed", "persona", "epoch", "split", "accuracy")
     _check_history(table, "table", "convai_summary", columns)
     ft = table[table["phase"] == "finetune"]

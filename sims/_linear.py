@@ -96,7 +96,7 @@ class LinearConfig(SweepConfig):
 
     ``vary`` names one numeric field (a sweep over ``values``) or, as a tuple of two or more
     names, a grid: ``values`` then holds one tuple per grid point (see :func:`linear_sweep`'s
-    ``grid``). :meth:`point` is the config at one value, every field set.
+    ``grid``). ``point(value)`` is the config at one value, every field set.
 
     Examples
     --------

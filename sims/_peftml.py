@@ -131,7 +131,14 @@ def _check_common(func, *, seed, device, amp, deadline):
 class LoraSpec:
     """peft's LoRA options. ``target_modules``: full dotted names of Linear layers (empty: every
     Linear of the model, the output layer included). ``ignore_bias``: zero and freeze the targeted
-    layers' biases (the authors' adapted forward pass drops them, quirk V1)."""
+    layers' biases (the authors' adapted forward pass drops them, quirk V1).
+
+    Examples
+    --------
+    >>> spec = LoraSpec(r=2, lora_alpha=4.0)          # peft scales the adapter by lora_alpha / r = 2
+    >>> spec.r, spec.lora_alpha / spec.r, spec.target_modules
+    (2, 2.0, ())
+    """
 
     r: int = 1
     lora_alpha: float = 1.0
@@ -156,7 +163,13 @@ class OptimSpec:
     """Optimiser and schedule of one phase: Adam with L2 weight decay (``"adam"``) or AdamW,
     learning rate on a cosine schedule over ``epochs`` (stepped per epoch), constant, or
     ``"linear"``: a linear warm-up over the first ``warmup`` fraction of the optimiser steps, then a
-    linear decay to 0 at the last step (stepped per optimiser step)."""
+    linear decay to 0 at the last step (stepped per optimiser step).
+
+    Examples
+    --------
+    >>> OptimSpec(epochs=3, lr=1e-2, optimizer="adamw", schedule="linear", warmup=0.1).schedule
+    'linear'
+    """
 
     epochs: int = 10
     lr: float = 1e-3
@@ -179,7 +192,13 @@ class ReptileSpec:
     """Reptile's inner loop: ``inner_steps`` steps of ``inner_optimizer`` (``"sgd"``, or
     ``"adamw"`` with ``inner_weight_decay``, a fresh optimiser state per task) at ``inner_lr`` on a
     copy per task; the outer pseudo-gradient is ``sign · (θ − θ_t) / T`` (+1 correct, −1 the
-    authors' vision code, quirk V3)."""
+    authors' vision code, quirk V3).
+
+    Examples
+    --------
+    >>> ReptileSpec(inner_steps=5, sign=-1).sign      # the paper preset's wrong-signed outer step
+    -1
+    """
 
     inner_steps: int = 20
     inner_lr: float = 1e-2
@@ -209,6 +228,16 @@ class BatchLoader:
     the CPU from ``generator`` so the order does not depend on the device. ``transform(x,
     generator)`` turns a raw batch into model input (augmentation, normalisation) as batched
     tensor operations.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x, y = torch.arange(10.0)[:, None], torch.arange(10) % 2
+    >>> loader = BatchLoader(x, y, 4, shuffle=True, generator=torch.Generator().manual_seed(0))
+    >>> len(loader), [len(yb) for _, yb in loader]          # the last batch is partial
+    (3, [4, 4, 2])
+    >>> sorted(int(v) for xb, _ in loader for v in xb[:, 0]) == list(range(10))   # each row once per epoch
+    True
     """
 
     def __init__(self, x, y, batch_size: int, *, shuffle: bool = False, generator=None, transform=None,
@@ -263,14 +292,33 @@ def _cycle(loader):
 
 
 def linear_names(model) -> tuple[str, ...]:
-    """Full dotted names of every ``nn.Linear`` of ``model`` (peft targets; the output layer included)."""
+    """Full dotted names of every ``nn.Linear`` of ``model`` (peft targets; the output layer included).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sims import MLPMixer
+    >>> model = MLPMixer(image_size=4, channels=1, patch_size=2, dim=4)      # a tiny Mixer, head 4 -> 2
+    >>> linear_names(model)
+    ('patch', 'blocks.0.token_mlp.fc1', 'blocks.0.token_mlp.fc2', 'blocks.0.channel_mlp.fc1', \
+'blocks.0.channel_mlp.fc2', 'head')
+    """
     torch = _torch()
     _check_module(model, "model", "linear_names")
     return tuple(name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
 
 
 def trainable_count(params) -> int:
-    """Number of scalars in the parameters an optimiser updates."""
+    """Number of scalars in the parameters an optimiser updates.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sims import MLPMixer
+    >>> model = MLPMixer(image_size=4, channels=1, patch_size=2, dim=4)      # a tiny Mixer, head 4 -> 2
+    >>> trainable_count(model.head.parameters())           # 4 x 2 weights and 2 biases
+    10
+    """
     torch = _torch()
     if isinstance(params, (str, bytes, torch.Tensor)) or not hasattr(params, "__iter__"):
         raise ValueError(f"The 'params' parameter of trainable_count must be an iterable of torch tensors. "
@@ -354,6 +402,16 @@ def attach_lora(model, lora: LoraSpec, n_adapters: int):
     ValueError
         ``n_adapters`` < 1, a rank ≤ 0 or above a targeted layer's smallest side, a target that is
         not a Linear layer.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sims import MLPMixer
+    >>> model = MLPMixer(image_size=4, channels=1, patch_size=2, dim=4)      # a tiny Mixer, head 4 -> 2
+    >>> base = trainable_count(model.parameters())
+    >>> net, params = attach_lora(model, LoraSpec(r=1, target_modules=("head",)), n_adapters=3)
+    >>> net.active_adapter, trainable_count(params) - base   # three rank-1 adapters on the 4 -> 2 head
+    ('task0', 18)
     """
     check_int(n_adapters, "n_adapters", "attach_lora", low=1, high=10_000)
     _check_module(model, "model", "attach_lora")
@@ -678,7 +736,21 @@ class Retrained:
     place); ``history``: epoch, mean validation accuracy over tasks, mean training loss;
     ``best_epoch``: the chosen checkpoint (0 = initialisation); ``adapter0``: task 0's adapter at
     that checkpoint (LoRA-ML); ``heads``: the T task heads at that checkpoint (last-layer-ML);
-    ``trainable``: scalars the optimiser updated."""
+    ``trainable``: scalars the optimiser updated.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sims import MLPMixer
+    >>> model = MLPMixer(image_size=4, channels=1, patch_size=2, dim=4)      # a tiny Mixer, head 4 -> 2
+    >>> g = torch.Generator().manual_seed(0)
+    >>> def task(shift):                           # a separable binary task of 40 4x4 images
+    ...     x = torch.randn(40, 1, 4, 4, generator=g) + shift
+    ...     return BatchLoader(x, (x.mean((1, 2, 3)) > shift).long(), 20)
+    >>> res = retrain(model, [task(0.0), task(1.0)], method="last-layer-ML", optim=OptimSpec(epochs=1))
+    >>> len(res.heads), 0 <= res.best_epoch <= 1       # a head per task, and the checkpoint chosen
+    (2, True)
+    """
 
     model: object
     history: pd.DataFrame
@@ -723,6 +795,21 @@ def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=N
     ------
     ValueError
         Unknown method, an empty task, a rank ≤ 0 or above a targeted layer's smallest side.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sims import MLPMixer
+    >>> model = MLPMixer(image_size=4, channels=1, patch_size=2, dim=4)      # a tiny Mixer, head 4 -> 2
+    >>> g = torch.Generator().manual_seed(0)
+    >>> def task(shift):                           # a separable binary task of 40 4x4 images
+    ...     x = torch.randn(40, 1, 4, 4, generator=g) + shift
+    ...     return BatchLoader(x, (x.mean((1, 2, 3)) > shift).long(), 20)
+    >>> res = retrain(model, [task(0.0), task(1.0)], method="LoRA-ML", optim=OptimSpec(epochs=2), seed=0)
+    >>> res.history.columns.tolist(), len(res.history), sorted(res.adapter0)[0]   # epochs 0 (init), 1, 2
+    (['epoch', 'val_accuracy', 'train_loss'], 3, 'blocks.0.channel_mlp.fc1')
+    >>> type(res.model).__name__                     # θ̂: the adapters are unloaded, the model is plain again
+    'Mixer'
     """
     torch = _torch()
     func = "retrain"
@@ -943,7 +1030,22 @@ def _reptile_epoch(net, train, opt, reptile: ReptileSpec, T, device, amp, losses
 @dataclass(frozen=True, eq=False)
 class FineTuned:
     """The outcome of :func:`finetune`: the fine-tuned model, the accuracy history (epoch, split,
-    accuracy; epoch 0 before training) and the number of trainable scalars."""
+    accuracy; epoch 0 before training) and the number of trainable scalars.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sims import MLPMixer
+    >>> model = MLPMixer(image_size=4, channels=1, patch_size=2, dim=4)      # a tiny Mixer, head 4 -> 2
+    >>> g = torch.Generator().manual_seed(0)
+    >>> def task(shift):                           # a separable binary task of 40 4x4 images
+    ...     x = torch.randn(40, 1, 4, 4, generator=g) + shift
+    ...     return BatchLoader(x, (x.mean((1, 2, 3)) > shift).long(), 20)
+    >>> ld = task(0.0)
+    >>> ft = finetune(model, ld, scheme="lora", val=ld, test=ld, optim=OptimSpec(epochs=1))
+    >>> ft.trainable                    # rank-1 adapters on the six Linear layers: Σ (in + out)
+    66
+    """
 
     model: object
     history: pd.DataFrame
@@ -979,6 +1081,20 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
     ------
     ValueError
         Unknown scheme, an empty loader, a rank ≤ 0 or above a targeted layer's smallest side.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sims import MLPMixer
+    >>> model = MLPMixer(image_size=4, channels=1, patch_size=2, dim=4)      # a tiny Mixer, head 4 -> 2
+    >>> g = torch.Generator().manual_seed(0)
+    >>> def task(shift):                           # a separable binary task of 40 4x4 images
+    ...     x = torch.randn(40, 1, 4, 4, generator=g) + shift
+    ...     return BatchLoader(x, (x.mean((1, 2, 3)) > shift).long(), 20)
+    >>> ld = task(0.0)
+    >>> ft = finetune(model, ld, scheme="last-layer", val=ld, test=ld, optim=OptimSpec(epochs=2), seed=0)
+    >>> ft.history.groupby("split").size().to_dict(), ft.trainable    # epochs 0-2 per split; the head: 4·2 + 2
+    ({'test': 3, 'val': 3}, 10)
     """
     _torch()                                # a clear ImportError without torch
     func = "finetune"
@@ -1070,7 +1186,15 @@ def _check_history(table, name, func, columns):
 
 def best_and_last(history: pd.DataFrame) -> dict:
     """Last-epoch test accuracy and the test accuracy at the epoch of best validation accuracy
-    (the earliest on ties) of one fine-tuning history."""
+    (the earliest on ties) of one fine-tuning history.
+
+    Examples
+    --------
+    >>> history = pd.DataFrame({"epoch": [0, 0, 1, 1, 2, 2], "split": ["val", "test"] * 3,
+    ...                         "accuracy": [0.5, 0.5, 0.9, 0.7, 0.9, 0.8]})
+    >>> best_and_last(history)          # validation peaks first at epoch 1
+    {'last': 0.8, 'best': 0.7, 'best_epoch': 1, 'epochs': 2}
+    """
     _check_history(history, "history", "best_and_last", ("epoch", "split", "accuracy"))
     val = history[history["split"] == "val"].set_index("epoch")["accuracy"]
     test = history[history["split"] == "test"].set_index("epoch")["accuracy"]

@@ -193,6 +193,13 @@ def read_cifar10(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     ValueError
         ``root`` is missing or lacks a batch file, or a file is not a CIFAR-10 batch; the message
         says how to get the data set.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = write_cifar10(tempfile.mkdtemp(), n_train=50, n_test=20)
+    >>> [a.shape for a in read_cifar10(root)]
+    [(50, 3, 32, 32), (50,), (20, 3, 32, 32), (20,)]
     """
     if root is not None and not isinstance(root, (str, os.PathLike)):
         raise ValueError(f"The 'root' parameter of read_cifar10 (--data-root) must be a path. Got {root!r} instead.")
@@ -225,7 +232,15 @@ def read_cifar10(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def write_cifar10(root, n_train: int = 50000, n_test: int = 10000, *, rng=0) -> Path:
     """Write a random data set in the CIFAR-10 python-pickle format (5 training batches and a test
-    batch; uniform random pixels, balanced labels) under ``root`` — for tests and benchmarks."""
+    batch; uniform random pixels, balanced labels) under ``root`` — for tests and benchmarks.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = write_cifar10(tempfile.mkdtemp(), n_train=50, n_test=20, rng=1)
+    >>> sorted(p.name for p in root.iterdir())
+    ['data_batch_1', 'data_batch_2', 'data_batch_3', 'data_batch_4', 'data_batch_5', 'test_batch']
+    """
     func = "write_cifar10"
     if not isinstance(root, (str, os.PathLike)):
         raise ValueError(f"The 'root' parameter of {func} must be a path. Got {root!r} instead.")
@@ -258,7 +273,18 @@ def _doc(text, default=dataclasses.MISSING):
 
 @dataclass(frozen=True)
 class RealDataConfig(SweepConfig):
-    """One real-data experiment, frozen and validated; chunks are one retraining method × one seed."""
+    """One real-data experiment, frozen and validated; chunks are one retraining method × one seed.
+
+    Build it with :func:`realdata_sweep`, which fills in a data set's protocol.
+
+    Examples
+    --------
+    >>> cfg = RealDataConfig(dataset="digits", seeds=(0, 1), image_size=8, patch_size=2, width=32)
+    >>> cfg.vary, cfg.values, len(cfg.chunks())          # 4 methods x 2 seeds
+    ('retraining', ('SR', 'LoRA-ML', 'last-layer-ML', 'Reptile'), 8)
+    >>> cfg.share_key(0, (0,)) == RealDataConfig(**{**cfg.to_dict(), "preset": "paper"}).share_key(0, (0,))
+    True
+    """
 
     dataset: str = _doc("'digits' (offline, scikit-learn) or 'vision' (CIFAR-10 from data_root)")
     preset: str = _doc("'paper' (quirks V1-V3 of spec §2) or 'clean'", "clean")
@@ -531,7 +557,19 @@ def _transforms(config, device, *, train: bool):
 
 def crop_flip(x, generator, *, padding: int = 4):
     """RandomCrop(size, padding) with zero padding and a random horizontal flip per image, as one
-    gather: offsets and flips are drawn on the CPU from ``generator`` (device-independent)."""
+    gather: offsets and flips are drawn on the CPU from ``generator`` (device-independent).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    >>> out = crop_flip(x.expand(8, 1, 4, 4), torch.Generator().manual_seed(0), padding=1)
+    >>> out.shape, bool((out == 0).any())           # same size; some crops reach into the zero padding
+    (torch.Size([8, 1, 4, 4]), True)
+    >>> y = crop_flip(x, torch.Generator().manual_seed(0), padding=0)
+    >>> torch.equal(y, x) or torch.equal(y, x.flip(-1))      # no padding: the image or its mirror
+    True
+    """
     torch = _torch()
     func = "crop_flip"
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
@@ -585,6 +623,14 @@ def simulate_realdata_chunk(config: RealDataConfig, value_index: int, trials, de
     ``budget`` (seconds per seed) caps the work: retraining stops after the epoch that passes half
     of it, each fine-tuning after the epoch that passes its equal share of the rest (the table's
     epochs say how far each got); ``timings`` (a dict) receives the wall time of each phase.
+
+    Examples
+    --------
+    >>> cfg = realdata_sweep("digits", seeds=(0,), values=("SR",), finetuning=("last-layer",), n_finetune=(10,),
+    ...                      retrain_epochs=1, ft_epochs=1)
+    >>> table = simulate_realdata_chunk(cfg, 0, (0,), device="cpu")
+    >>> table.groupby(["phase", "split"], observed=True).size().to_dict()   # epochs 0-1 of each phase
+    {('finetune', 'test'): 2, ('finetune', 'val'): 2, ('retrain', 'val'): 2}
     """
     torch = _torch()
     func = "simulate_realdata_chunk"
@@ -747,7 +793,16 @@ def _one_seed(config, method, seed, device, amp, budget, timings, cache=None):
 
 def realdata_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per retraining method × fine-tuning scheme × n_finetune: mean, standard error (ddof 1) and
-    median over seeds of the last-epoch and the best-epoch (chosen on validation) test accuracy."""
+    median over seeds of the last-epoch and the best-epoch (chosen on validation) test accuracy.
+
+    Examples
+    --------
+    >>> cfg = realdata_sweep("digits", seeds=(0,), values=("SR",), finetuning=("last-layer",), n_finetune=(10,),
+    ...                      retrain_epochs=1, ft_epochs=1)
+    >>> summary = realdata_summary(simulate_realdata_chunk(cfg, 0, (0,), device="cpu"))
+    >>> summary[["retraining", "finetuning", "n_finetune"]].astype(str).values.tolist()
+    [['SR', 'last-layer', '10']]
+    """
     columns = ("phase", "retraining", "finetuning", "n_finetune", "seed", "epoch", "split", "accuracy")
     _check_history(table, "table", "realdata_summary", columns)
     if not (table["phase"] == "finetune").any():

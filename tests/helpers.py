@@ -40,36 +40,10 @@ def examples(n: int) -> int:
 # The language experiment: a tiny RoBERTa and its tokenizer, built offline
 
 
-def tiny_roberta(folder, words, *, hidden=32, layers=2, seed=0):
-    """Save a random RoBERTa for sequence classification (2 labels, ``layers`` layers of width
-    ``hidden``) and a word-level tokenizer over ``words`` (built with the ``tokenizers`` library;
-    RoBERTa's special ids <s> 0, <pad> 1, </s> 2) to ``folder``, loadable with ``--model folder``."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaForSequenceClassification
-
-    specials = ["<s>", "<pad>", "</s>", "<unk>"]
-    vocab = {w: i for i, w in enumerate(specials + sorted(set(words) - set(specials)))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
-    cfg = RobertaConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=2 * hidden, max_position_embeddings=160, num_labels=2, pad_token_id=1,
-                        bos_token_id=0, eos_token_id=2)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = RobertaForSequenceClassification(cfg)
-    model.save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
-
-
 def convai_files(root, *, vocab=40, **sizes):
     """(data folder, model folder) under ``root``: PersonaChat files and persona maps from
     ``sims.write_convai`` and a tiny RoBERTa whose tokenizer knows every generated word."""
     import sims
 
     data = sims.write_convai(root / "convai", vocab=vocab, **sizes)
-    words = [f"{p}{k}" for p in "abcp" for k in range(vocab)]
-    return data, tiny_roberta(root / "roberta", words)
+    return data, sims.write_tiny_roberta(root / "roberta", vocab=vocab)

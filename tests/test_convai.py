@@ -3,7 +3,7 @@ the whole command at tiny size, and a learnable generated task.
 
 Every file here is generated in the real formats (``sims.write_convai``: PersonaChat
 "self_original" text and pickled persona maps) and every model is a tiny random RoBERTa (2 layers
-of width 32) with a word-level tokenizer built offline (``helpers.tiny_roberta``).
+of width 32) with a word-level tokenizer built offline (``sims.write_tiny_roberta``).
 """
 
 import copy

@@ -24,7 +24,7 @@ __all__ = [
 class GroundTruth(ArrayFields):
     """Base ``A_star`` (d, d) and adapters ``U_star`` (T+1, d, k); index T is the test task.
 
-    Task t's parameter is ``A_star + U_star[t] U_star[t]ᵀ`` (:meth:`task_weights`).
+    Task t's parameter is ``A_star + U_star[t] U_star[t]ᵀ`` (the property ``task_weights``).
 
     Examples
     --------

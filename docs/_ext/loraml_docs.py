@@ -29,18 +29,10 @@ logger = logging.getLogger(__name__)
 #: The packages whose ``__all__`` the API reference documents, one page each.
 API_MODULES = ("theory", "theory.landscape", "theory.loraone", "theory.validation", "sims")
 
-#: Public names whose docstring has no Examples section yet. Each is defined in a file that other
-#: engineers were changing while the site was built (issue 16), so its example is added in a later
-#: session; the build lists them and the check in tests/test_docs.py fails once one gains an example
-#: (so that the entry is removed). Keyed by the defining file.
-EXAMPLES_PENDING: dict[str, tuple[str, ...]] = {
-    "sims/_peftml.py": ("BatchLoader", "FineTuned", "LoraSpec", "OptimSpec", "ReptileSpec", "Retrained",
-                        "attach_lora", "best_and_last", "finetune", "linear_names", "retrain", "trainable_count"),
-    "sims/_realdata.py": ("RealDataConfig", "crop_flip", "read_cifar10", "realdata_summary",
-                          "simulate_realdata_chunk", "write_cifar10"),
-    "sims/_convai.py": ("ConvAIConfig", "check_convai_inputs", "convai_summary", "persona_clusters",
-                        "read_persona_map", "read_personachat", "simulate_convai_chunk", "write_convai"),
-}
+#: Public names whose docstring has no Examples section yet, keyed by the defining file (none now:
+#: every public name of theory and sims has one). A name listed here is exempt from the build's
+#: check; tests/test_docs.py fails once a listed name gains an example (so that the entry goes).
+EXAMPLES_PENDING: dict[str, tuple[str, ...]] = {}
 
 
 def public_names():
