@@ -128,7 +128,8 @@ def read_personachat(path) -> list[dict]:
     Examples
     --------
     >>> import tempfile
-    >>> data = write_convai(tempfile.mkdtemp(), train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
+    >>> tmp = tempfile.TemporaryDirectory()          # removed when the example ends
+    >>> data = write_convai(tmp.name, train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
     >>> dialogues = read_personachat(data / "train_self_original.txt")
     >>> len(dialogues), len(dialogues[0]["turns"]), len(dialogues[0]["turns"][0][2])   # 3 + 2 + 4 extra; 20 candidates
     (9, 1, 20)
@@ -200,7 +201,8 @@ def read_persona_map(path) -> dict[int, frozenset]:
     Examples
     --------
     >>> import tempfile
-    >>> data = write_convai(tempfile.mkdtemp(), train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
+    >>> tmp = tempfile.TemporaryDirectory()          # removed when the example ends
+    >>> data = write_convai(tmp.name, train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
     >>> clusters = read_persona_map(data / "train_persona_map.pkl")
     >>> sorted(clusters), len(clusters[1])      # cluster 0, the two clusters, a one-dialogue cluster
     ([0, 1, 2, 3], 2)
@@ -234,7 +236,8 @@ def persona_clusters(dialogues, persona_map, *, top: int = 10) -> list[tuple[int
     Examples
     --------
     >>> import tempfile
-    >>> data = write_convai(tempfile.mkdtemp(), train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
+    >>> tmp = tempfile.TemporaryDirectory()          # removed when the example ends
+    >>> data = write_convai(tmp.name, train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
     >>> dialogues = read_personachat(data / "train_self_original.txt")
     >>> clusters = persona_clusters(dialogues, read_persona_map(data / "train_persona_map.pkl"))
     >>> [(cid, len(ds)) for cid, ds in clusters]      # cluster 0 and the one-dialogue cluster 3 dropped
@@ -341,7 +344,8 @@ def write_convai(root, *, train_sizes=(6, 5, 5, 4), valid_sizes=(6, 5, 4), turns
     Examples
     --------
     >>> import tempfile
-    >>> data = write_convai(tempfile.mkdtemp(), train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
+    >>> tmp = tempfile.TemporaryDirectory()          # removed when the example ends
+    >>> data = write_convai(tmp.name, train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
     >>> sorted(p.name for p in data.iterdir())
     ['train_persona_map.pkl', 'train_self_original.txt', 'valid_persona_map.pkl', 'valid_self_original.txt']
     """
@@ -405,7 +409,8 @@ def write_tiny_roberta(folder, *, vocab: int = 40, hidden: int = 32, layers: int
     Examples
     --------
     >>> import tempfile
-    >>> model = write_tiny_roberta(tempfile.mkdtemp(), vocab=5)
+    >>> tmp = tempfile.TemporaryDirectory()          # removed when the example ends
+    >>> model = write_tiny_roberta(tmp.name, vocab=5)
     >>> sorted(p.name for p in model.iterdir())
     ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']
     """
@@ -467,7 +472,8 @@ class ConvAIConfig(SweepConfig):
     --------
     >>> import tempfile
     >>> from sims import realdata_sweep
-    >>> root = tempfile.mkdtemp()
+    >>> tmp = tempfile.TemporaryDirectory()          # removed when the example ends
+    >>> root = tmp.name
     >>> data = write_convai(f"{root}/data", train_sizes=(5, 4), valid_sizes=(4, 4), turns=2, n_candidates=4)
     >>> cfg = realdata_sweep("convai", data=data, persona_map=data, model=write_tiny_roberta(f"{root}/roberta"),
     ...                      methods=("LoRA-ML",), finetuning=("lora",), ranks=(2,), seeds=(0,), n_train_personas=2,
@@ -626,7 +632,8 @@ def check_convai_inputs(data, persona_map, model) -> str:
     Examples
     --------
     >>> import tempfile
-    >>> data = write_convai(tempfile.mkdtemp(), train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
+    >>> tmp = tempfile.TemporaryDirectory()          # removed when the example ends
+    >>> data = write_convai(tmp.name, train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
     >>> check_convai_inputs(data, data, data)   # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -918,7 +925,8 @@ def simulate_convai_chunk(config: ConvAIConfig, value_index: int, trials, device
     --------
     >>> import tempfile
     >>> from sims import realdata_sweep
-    >>> root = tempfile.mkdtemp()
+    >>> tmp = tempfile.TemporaryDirectory()          # removed when the example ends
+    >>> root = tmp.name
     >>> data = write_convai(f"{root}/data", train_sizes=(5, 4), valid_sizes=(4, 4), turns=2, n_candidates=4)
     >>> cfg = realdata_sweep("convai", data=data, persona_map=data, model=write_tiny_roberta(f"{root}/roberta"),
     ...                      methods=("LoRA-ML",), finetuning=("lora",), ranks=(2,), seeds=(0,), n_train_personas=2,
@@ -987,7 +995,8 @@ def convai_summary(table: pd.DataFrame) -> pd.DataFrame:
     --------
     >>> import tempfile
     >>> from sims import realdata_sweep
-    >>> root = tempfile.mkdtemp()
+    >>> tmp = tempfile.TemporaryDirectory()          # removed when the example ends
+    >>> root = tmp.name
     >>> data = write_convai(f"{root}/data", train_sizes=(5, 4), valid_sizes=(4, 4), turns=2, n_candidates=4)
     >>> cfg = realdata_sweep("convai", data=data, persona_map=data, model=write_tiny_roberta(f"{root}/roberta"),
     ...                      methods=("LoRA-ML",), finetuning=("lora",), ranks=(2,), seeds=(0,), n_train_personas=2,

@@ -197,7 +197,8 @@ def read_cifar10(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     Examples
     --------
     >>> import tempfile
-    >>> root = write_cifar10(tempfile.mkdtemp(), n_train=50, n_test=20)
+    >>> tmp = tempfile.TemporaryDirectory()          # removed when the example ends
+    >>> root = write_cifar10(tmp.name, n_train=50, n_test=20)
     >>> [a.shape for a in read_cifar10(root)]
     [(50, 3, 32, 32), (50,), (20, 3, 32, 32), (20,)]
     """
@@ -237,7 +238,8 @@ def write_cifar10(root, n_train: int = 50000, n_test: int = 10000, *, rng=0) -> 
     Examples
     --------
     >>> import tempfile
-    >>> root = write_cifar10(tempfile.mkdtemp(), n_train=50, n_test=20, rng=1)
+    >>> tmp = tempfile.TemporaryDirectory()          # removed when the example ends
+    >>> root = write_cifar10(tmp.name, n_train=50, n_test=20, rng=1)
     >>> sorted(p.name for p in root.iterdir())
     ['data_batch_1', 'data_batch_2', 'data_batch_3', 'data_batch_4', 'data_batch_5', 'test_batch']
     """
