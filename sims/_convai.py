@@ -502,6 +502,9 @@ class ConvAIConfig(SweepConfig):
     n_candidates: int = _doc("candidates per context (the true one and the first others)", 20)
     max_length: int = _doc("tokens per (context, candidate) pair", 128)
     batch_size: int = _doc("contexts per batch (x n_candidates pairs), retraining and fine-tuning", 8)
+    micro_batch: int = _doc("contexts per backpropagated slice of a batch (gradient accumulation, for a GPU or "
+                            "CPU that cannot hold a whole batch's activations; other dropout draws, so part of "
+                            "the key); 0: the whole batch", 0)
     retrain_epochs: int = _doc("retraining epochs (SR, LoRA-ML, last-layer-ML)", 10)
     retrain_lr: float = _doc("retraining AdamW learning rate (linear schedule with warm-up)", 5e-5)
     retrain_wd: float = _doc("AdamW weight decay of retraining and Reptile", 0.01)
@@ -543,9 +546,10 @@ class ConvAIConfig(SweepConfig):
         for name, lo, hi in (("n_train_personas", 1, 10_000), ("n_test_personas", 1, 10_000),
                              ("val_dialogues", 1, 10_000), ("eval_dialogues", 1, 10_000),
                              ("ft_val_dialogues", 1, 10_000), ("n_candidates", 2, 10_000), ("max_length", 8, 65_536),
-                             ("batch_size", 1, 1_000_000), ("retrain_epochs", 0, 100_000),
-                             ("reptile_epochs", 0, 100_000), ("reptile_inner_steps", 0, 100_000),
-                             ("ft_epochs", 0, 100_000), ("chunk_trials", 0, MAX_COUNT)):
+                             ("batch_size", 1, 1_000_000), ("micro_batch", 0, 1_000_000),
+                             ("retrain_epochs", 0, 100_000), ("reptile_epochs", 0, 100_000),
+                             ("reptile_inner_steps", 0, 100_000), ("ft_epochs", 0, 100_000),
+                             ("chunk_trials", 0, MAX_COUNT)):
             object.__setattr__(self, name, check_int(getattr(self, name), name, func, low=lo, high=hi))
         for name, hi in (("retrain_lr", None), ("retrain_wd", None), ("warmup", 1.0), ("reptile_lr", None),
                          ("reptile_inner_lr", None), ("lora_alpha", None), ("lora_dropout", 1.0), ("ft_lr", None),
@@ -890,7 +894,7 @@ def _retrained(config, method, rank, seed, device, amp):
                           inner_optimizer="adamw", inner_weight_decay=config.retrain_wd)
     res = retrain(scorer, train, method=method, head=HEAD, val=val, pooled=pooled, lora=lora, optim=optim,
                   reptile=reptile, seed=int(streams[2].generate_state(1)[0]), device=device, amp=amp,
-                  objective="pairs", task_heads=True, step="task")
+                  objective="pairs", task_heads=True, step="task", micro_batch=config.micro_batch or None)
     model = res.model.to("cpu")
     out = (model, res.history)
     if path is not None:
@@ -965,7 +969,7 @@ def simulate_convai_chunk(config: ConvAIConfig, value_index: int, trials, device
                           schedule="constant")
         ft = finetune(base, tr, scheme=scheme, val=va, test=te, head=HEAD, lora=lora, optim=optim,
                       seed=int(streams[3].generate_state(1)[0]) + p, device=device, amp=amp, fresh_head=True,
-                      train_head=True, objective="pairs")
+                      train_head=True, objective="pairs", micro_batch=config.micro_batch or None)
         h = ft.history
         frames.append(pd.DataFrame({**row, "phase": "finetune", "persona": np.int64(p), "cluster": np.int64(cid),
                                     "epoch": h["epoch"].astype(np.int64), "split": h["split"],

@@ -580,6 +580,26 @@ def _right(out, y, objective):
     return (out.argmax(-1) == y).sum()
 
 
+def _backward(model, batch, device, amp, objective, micro_batch):
+    """Backpropagate the batch's mean loss and return it (detached). With ``micro_batch`` (an int),
+    the batch is cut into slices of that many rows whose losses, weighted by their share of the rows,
+    are backpropagated one after another: the same mean and gradient up to rounding (and other
+    dropout draws), with the activations of one slice in memory at a time."""
+    x, y = batch
+    n = len(y)
+    if micro_batch is None or n <= micro_batch:
+        loss = _loss(model, batch, device, amp, objective)
+        loss.backward()
+        return loss.detach()
+    total = 0.0
+    for i in range(0, n, micro_batch):
+        part = (x[i:i + micro_batch], y[i:i + micro_batch])
+        loss = _loss(model, part, device, amp, objective) * (len(part[1]) / n)
+        loss.backward()
+        total = total + loss.detach()
+    return total
+
+
 class _Modes:
     """``model.train(flag)`` without walking the module tree each time: the modules are listed once
     (plus ``extra`` modules that get swapped in, such as last-layer-ML's task heads). Only for
@@ -763,7 +783,7 @@ class Retrained:
 def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=None, lora: LoraSpec = LoraSpec(),
             optim: OptimSpec = OptimSpec(), reptile: ReptileSpec = ReptileSpec(), seed: int = 0,
             device="cpu", amp: bool = False, select: str = "best", deadline=None, objective: str = "classify",
-            task_heads: bool = False, step: str = "round") -> Retrained:
+            task_heads: bool = False, step: str = "round", micro_batch: int | None = None) -> Retrained:
     """Retrain ``model`` on T tasks with one of the four methods (spec §1); ``model`` is not modified.
 
     Parameters
@@ -790,6 +810,10 @@ def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=N
     step : "round" or "task"
         LoRA-ML and last-layer-ML (and SR without ``pooled``): one optimiser step after a batch of
         every task (``"round"``, vision) or after every task batch (``"task"``, language).
+    micro_batch : int, optional
+        Backpropagate each batch in slices of this many rows (gradient accumulation: the same
+        step up to rounding and dropout draws, a slice's activations in memory at a time);
+        ``None``: the whole batch at once.
 
     Raises
     ------
@@ -817,6 +841,8 @@ def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=N
     check_choice(select, "select", func, ("best", "last"))
     check_choice(objective, "objective", func, OBJECTIVES)
     check_choice(step, "step", func, ("round", "task"))
+    if micro_batch is not None:
+        micro_batch = check_int(micro_batch, "micro_batch", func, low=1)
     if not isinstance(task_heads, (bool, np.bool_)):
         raise ValueError(f"The 'task_heads' parameter of {func} must be a bool. Got {task_heads!r} instead.")
     _check_name(head, "head", func)
@@ -840,7 +866,7 @@ def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=N
     with _seeded(seed, device):
         model = copy.deepcopy(model).to(device)
         return _retrain(model, train, val, pooled, method, head, lora, targets, optim, reptile, T, device, amp,
-                        select, deadline, objective, bool(task_heads), step)
+                        select, deadline, objective, bool(task_heads), step, micro_batch)
 
 
 def _task_heads(model, head, T):
@@ -852,7 +878,7 @@ def _task_heads(model, head, T):
 
 
 def _retrain(model, train, val, pooled, method, head, lora, targets, optim, reptile, T, device, amp, select,
-             deadline, objective="classify", task_heads=False, step="round"):
+             deadline, objective="classify", task_heads=False, step="round", micro_batch=None):
     torch = _torch()
     heads = None
     if method == "LoRA-ML" and task_heads:
@@ -916,12 +942,11 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
     for epoch in range(1, optim.epochs + 1):
         losses = []
         if method == "Reptile":
-            _reptile_epoch(net, train, opt, reptile, T, device, amp, losses, objective, sched)
+            _reptile_epoch(net, train, opt, reptile, T, device, amp, losses, objective, sched, micro_batch)
         elif method == "SR" and pooled is not None:
             for batch in pooled:
                 opt.zero_grad(set_to_none=True)
-                loss = _loss(fwd, batch, device, amp, objective)
-                loss.backward()
+                loss = _backward(fwd, batch, device, amp, objective, micro_batch)
                 opt.step()
                 sched.batch()
                 losses.append(loss.detach())
@@ -931,8 +956,7 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
                 for t in range(T):
                     opt.zero_grad(set_to_none=True)
                     activate(t)
-                    loss = _loss(fwd, next(iters[t]), device, amp, objective)
-                    loss.backward()
+                    loss = _backward(fwd, next(iters[t]), device, amp, objective, micro_batch)
                     opt.step()
                     sched.batch()
                     losses.append(loss.detach())
@@ -943,9 +967,7 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
                 total = 0.0
                 for t in range(T):
                     activate(t)
-                    loss = _loss(fwd, next(iters[t]), device, amp, objective)
-                    loss.backward()
-                    total = total + loss.detach()
+                    total = total + _backward(fwd, next(iters[t]), device, amp, objective, micro_batch)
                 opt.step()
                 sched.batch()
                 losses.append(total / T)
@@ -983,7 +1005,7 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
 
 
 def _reptile_epoch(net, train, opt, reptile: ReptileSpec, T, device, amp, losses, objective="classify",
-                   sched=None):
+                   sched=None, micro_batch=None):
     torch = _torch()
     m = reptile.inner_steps
     rounds = 1 if m == 0 else max(-(-len(ld) // m) for ld in train)
@@ -1010,10 +1032,9 @@ def _reptile_epoch(net, train, opt, reptile: ReptileSpec, T, device, amp, losses
                 sgd = torch.optim.SGD(inner_params, lr=reptile.inner_lr)
             for _ in range(m):
                 sgd.zero_grad(set_to_none=True)
-                loss = _loss(inner, next(iters[t]), device, amp, objective)
-                loss.backward()
+                loss = _backward(inner, next(iters[t]), device, amp, objective, micro_batch)
                 sgd.step()
-                losses.append(loss.detach())
+                losses.append(loss)
             opt.zero_grad(set_to_none=True)
             with torch.no_grad():
                 for p, q in zip(params, inner_params):
@@ -1055,7 +1076,7 @@ class FineTuned:
 def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: LoraSpec = LoraSpec(),
              optim: OptimSpec = OptimSpec(), seed: int = 0, device="cpu", amp: bool = False, init_adapter=None,
              init_head=None, fresh_head: bool = False, deadline=None, objective: str = "classify",
-             train_head: bool = False) -> FineTuned:
+             train_head: bool = False, micro_batch: int | None = None) -> FineTuned:
     """Fine-tune a frozen copy of ``base`` on one new task; ``base`` is not modified.
 
     Parameters
@@ -1076,6 +1097,8 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
         ``"lora"``: the head trains beside the adapter (the language protocol); otherwise frozen.
     objective : "classify" or "pairs"
         How outputs are scored (:data:`OBJECTIVES`).
+    micro_batch : int, optional
+        Backpropagate each batch in slices of this many rows (as in :func:`retrain`).
 
     Raises
     ------
@@ -1105,6 +1128,8 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
     _check_spec(optim, OptimSpec, "optim", func)
     seed, device = _check_common(func, seed=seed, device=device, amp=amp, deadline=deadline)
     check_choice(objective, "objective", func, OBJECTIVES)
+    if micro_batch is not None:
+        micro_batch = check_int(micro_batch, "micro_batch", func, low=1)
     for name, flag in (("fresh_head", fresh_head), ("train_head", train_head)):
         if not isinstance(flag, (bool, np.bool_)):
             raise ValueError(f"The {name!r} parameter of {func} must be a bool. Got {flag!r} instead.")
@@ -1159,7 +1184,7 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
             for epoch in range(1, optim.epochs + 1):
                 for batch in train:
                     opt.zero_grad(set_to_none=True)
-                    _loss(fwd, batch, device, amp, objective).backward()
+                    _backward(fwd, batch, device, amp, objective, micro_batch)
                     opt.step()
                     sched.batch()
                 sched.epoch()
