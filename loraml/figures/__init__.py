@@ -70,7 +70,8 @@ def reproduce(out, *, only=None, fast: bool = False, preset: str = "both", store
             sims.Pool(executor, "reproduce") as pool:
         shared = "serial" if pool.kind == "serial" else pool.executor
         # The sweeps that run on the CPU go to one pool together (a CUDA sweep stays in its group).
-        devices = {"linear": "cpu", "offpaper": "cpu", "shallow": device or sims.default_device(), "realdata": device or "cpu"}
+        devices = {"linear": "cpu", "offpaper": "cpu", "shallow": device or sims.default_device(),
+                   "realdata": device or "cpu"}
         configs = [c for n in names if n in SWEEP_CONFIGS and devices[n] == "cpu"
                    for c in SWEEP_CONFIGS[n](fast, preset)]
         t0 = time.perf_counter()
@@ -82,10 +83,10 @@ def reproduce(out, *, only=None, fast: bool = False, preset: str = "both", store
 
         # A serial pool has no workers to feed: the sweeps run here, first.
         pending = background.submit(sweeps) if configs and pool.kind != "serial" else None
-        if configs and pending is None and report:
-            report(f"sweeps: {len(configs)} configs in {sweeps():.1f} s")
-        elif configs and pending is None:
-            sweeps()
+        if configs and pending is None:
+            seconds = sweeps()
+            if report:
+                report(f"sweeps: {len(configs)} configs in {seconds:.1f} s")
 
         def make(name):
             options = {"preset": preset, "store": store, "executor": shared, "progress": progress, "device": device}
@@ -112,5 +113,5 @@ def reproduce(out, *, only=None, fast: bool = False, preset: str = "both", store
 
 
 __all__ = ["COLORS", "GROUPS", "SWEEP_CONFIGS", "linear_configs", "make_landscape_figures", "make_linear_figures",
-           "make_loraone_figures", "make_offpaper_figures", "make_realdata_figures", "make_shallow_figures", "make_theory_figures",
-           "offpaper_configs", "realdata_configs", "reproduce", "shallow_configs"]
+           "make_loraone_figures", "make_offpaper_figures", "make_realdata_figures", "make_shallow_figures",
+           "make_theory_figures", "offpaper_configs", "realdata_configs", "reproduce", "shallow_configs"]
