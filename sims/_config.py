@@ -52,6 +52,21 @@ class SweepConfig:
             raise ValueError(f"The 'trials' parameter of {func} must not repeat a trial. Got {trials!r}.")
         return value_index, trials
 
+    @classmethod
+    def check_chunks(cls, items, name: str, func: str) -> list[tuple]:
+        """Refuse anything but a sequence of ``(config, value_index, trials)`` triples of this class
+        (each checked by :meth:`check_chunk`); returns them normalised."""
+        if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
+            raise ValueError(f"The {name!r} parameter of {func} must be a sequence of (config, value_index, "
+                             f"trials). Got {items!r}.")
+        checked = []
+        for item in items:
+            if not (isinstance(item, tuple) and len(item) == 3):
+                raise ValueError(f"The {name!r} parameter of {func} must hold (config, value_index, trials) "
+                                 f"triples. Got {item!r}.")
+            checked.append((item[0], *cls.check_chunk(*item, func)))
+        return checked
+
     def chunk_key(self, value_index: int, trials) -> str:
         """Content hash of what determines one chunk's numbers. By default the config and the
         chunk, so no two configs share a chunk; an engine whose chunks depend only on the swept

@@ -610,15 +610,7 @@ def simulate_chunks(jobs) -> list[pd.DataFrame]:
     >>> second.equals(simulate_chunk(cfg, 1, (0, 1)))         # the same table as alone, bit for bit
     True
     """
-    if isinstance(jobs, (str, bytes)) or not hasattr(jobs, "__iter__"):
-        raise ValueError(f"The 'jobs' parameter of simulate_chunks must be a sequence of (config, value_index, "
-                         f"trials). Got {jobs!r}.")
-    checked = []
-    for job in jobs:
-        if not (isinstance(job, tuple) and len(job) == 3):
-            raise ValueError(f"The 'jobs' parameter of simulate_chunks must hold (config, value_index, trials) "
-                             f"triples. Got {job!r}.")
-        checked.append((job[0], *LinearConfig.check_chunk(*job, "simulate_chunks")))
+    checked = LinearConfig.check_chunks(jobs, "jobs", "simulate_chunks")
     jobs = [_prepare(config, value_index, trials) for config, value_index, trials in checked]
     with np.errstate(over="ignore", invalid="ignore"):     # a diverging run (off the paper's setting) ends as inf/NaN
         return _simulate_prepared(jobs)

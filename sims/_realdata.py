@@ -669,16 +669,7 @@ def simulate_realdata_chunks(chunks, device: str | None = None, amp: bool | None
     True
     """
     func = "simulate_realdata_chunks"
-    if isinstance(chunks, (str, bytes)) or not hasattr(chunks, "__iter__"):
-        raise ValueError(f"The 'chunks' parameter of {func} must be a sequence of (config, value_index, trials). "
-                         f"Got {chunks!r}.")
-    chunks = list(chunks)
-    checked = []
-    for item in chunks:
-        if not (isinstance(item, tuple) and len(item) == 3):
-            raise ValueError(f"The 'chunks' parameter of {func} must hold (config, value_index, trials) tuples. "
-                             f"Got {item!r}.")
-        checked.append((item[0],) + RealDataConfig.check_chunk(*item, func))
+    checked = RealDataConfig.check_chunks(chunks, "chunks", func)
     torch = _torch()
     device = _check_device(("cuda" if torch.cuda.is_available() else "cpu") if device is None else device, func)
     if amp is not None and not isinstance(amp, (bool, np.bool_)):
