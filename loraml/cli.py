@@ -358,16 +358,28 @@ def _cmd_realdata(args):
         device = args.device or "cpu"
     cfg = sims.realdata_sweep(args.dataset, preset=args.preset, seeds=tuple(args.seeds),
                               chunk_trials=args.chunk_trials or 1, **overrides)
-    t0 = time.perf_counter()
-    table = sims.run(cfg, executor="serial" if device == "cuda" else _executor(args), store=args.store,
-                     force=args.force, progress=not args.quiet, device=device)
-    print(f"{len(table)} rows in {time.perf_counter() - t0:.1f} s -> {args.store / ('realdata-' + cfg.key)}")
+    table = _run_real(cfg, args, device, args.store / f"realdata-{cfg.key}")
     from .figures.realdata import realdata_markdown, write_realdata_outputs
 
     out = args.out or Path("figures") / "realdata" / f"{args.dataset}-{args.preset}"
     title = f"{args.dataset}, {args.preset} preset, {len(cfg.seeds)} seed(s)"
-    paths = write_realdata_outputs(table, out, title=title, name=args.dataset)
-    print(realdata_markdown(sims.realdata_summary(table)), end="")
+    _print_outputs(realdata_markdown(sims.realdata_summary(table)),
+                   write_realdata_outputs(table, out, title=title, name=args.dataset))
+
+
+def _run_real(cfg, args, device, folder):
+    """Run a real-data sweep as the command line asked (CUDA in this process), with one line of timing."""
+    import sims
+
+    t0 = time.perf_counter()
+    table = sims.run(cfg, executor="serial" if device == "cuda" else _executor(args), store=args.store,
+                     force=args.force, progress=not args.quiet, device=device)
+    print(f"{len(table)} rows in {time.perf_counter() - t0:.1f} s -> {folder}")
+    return table
+
+
+def _print_outputs(markdown: str, paths) -> None:
+    print(markdown, end="")
     for path in paths:
         print(f"  {path}")
 
@@ -394,18 +406,12 @@ def _cmd_convai(args):
                               **overrides)
     folder = args.store / f"convai-{cfg.key}"
     cfg = sims.ConvAIConfig(**{**cfg.to_dict(), "checkpoint_dir": str((folder / "retrained").resolve())})
-    t0 = time.perf_counter()
-    table = sims.run(cfg, executor="serial" if device == "cuda" else _executor(args), store=args.store,
-                     force=args.force, progress=not args.quiet, device=device)
-    print(f"{len(table)} rows in {time.perf_counter() - t0:.1f} s -> {folder}")
+    table = _run_real(cfg, args, device, folder)
     from .figures.realdata import convai_markdown, write_convai_outputs
 
     out = args.out or Path("figures") / "realdata" / f"convai-{args.preset}"
     title = f"ConvAI2, {args.preset} preset, {len(cfg.seeds)} seed(s), {cfg.n_test_personas} test personas"
-    paths = write_convai_outputs(table, out, title=title)
-    print(convai_markdown(sims.convai_summary(table)), end="")
-    for path in paths:
-        print(f"  {path}")
+    _print_outputs(convai_markdown(sims.convai_summary(table)), write_convai_outputs(table, out, title=title))
 
 
 def _cmd_show(args):

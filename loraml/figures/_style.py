@@ -85,14 +85,20 @@ def panel_row(n: int, width: float = 2.5, height: float = 2.7):
     return fig, np.atleast_1d(axes)
 
 
-def finish_row(fig, axes, title: str, *, fontsize: float | None = None) -> None:
-    """One legend below the row (each label once, across panels), a suptitle, a tight layout."""
+def legend_entries(axes) -> tuple[list, list]:
+    """(handles, labels) of every panel in ``axes``, each label once, in first-seen order."""
     handles, labels = [], []
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
+    return handles, labels
+
+
+def finish_row(fig, axes, title: str, *, fontsize: float | None = None) -> None:
+    """One legend below the row (each label once, across panels), a suptitle, a tight layout."""
+    handles, labels = legend_entries(axes)
     kw = {} if fontsize is None else {"fontsize": fontsize}
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False,
                bbox_to_anchor=(0.5, -0.03), handlelength=2.2, columnspacing=1.2, **kw)

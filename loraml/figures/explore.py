@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._style import COLORS, RC, plt
+from ._style import COLORS, RC, legend_entries, plt
 
 __all__ = ["check_plot_path", "format_summary", "grid_fields", "final_values", "plot_stored"]
 
@@ -222,12 +222,7 @@ def plot_stored(table: pd.DataFrame, path, *, metric: str = "test_loss", title: 
             if "step" not in table.columns:
                 raise ValueError(f"--metric {metric}: the stored table has no 'step' column to draw against.")
             fig, axes = _panels(table, col, grid)
-        handles, labels = [], []
-        for ax in axes:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                if lab not in labels:
-                    handles.append(h)
-                    labels.append(lab)
+        handles, labels = legend_entries(axes)
         if handles:
             fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False,
                        bbox_to_anchor=(0.5, -0.02), fontsize=7)

@@ -60,13 +60,18 @@ def plot_realdata(summary, path: Path, *, title: str, pdf: bool = True) -> list[
 
 def write_realdata_outputs(table, folder: Path, *, title: str, name: str = "accuracy", pdf: bool = True) -> list[Path]:
     """table.csv, table.md and the figure of one real-data run under ``folder``."""
+    return _write_outputs(sims.realdata_summary(table), folder, realdata_markdown,
+                          lambda summary, png: plot_realdata(summary, png, title=title, pdf=pdf), f"{name}.png")
+
+
+def _write_outputs(summary, folder, markdown, plot, png_name) -> list[Path]:
+    """``summary`` as folder/table.csv and folder/table.md (``markdown``), and ``plot(summary, png)``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    summary = sims.realdata_summary(table)
     csv, md = folder / "table.csv", folder / "table.md"
     summary.to_csv(csv, index=False, float_format="%.6g")
-    md.write_text(realdata_markdown(summary))
-    return plot_realdata(summary, folder / f"{name}.png", title=title, pdf=pdf) + [csv, md]
+    md.write_text(markdown(summary))
+    return plot(summary, folder / png_name) + [csv, md]
 
 
 def realdata_configs(*, fast: bool = False, preset: str = "both") -> list:
@@ -168,10 +173,5 @@ def plot_convai(summary, path: Path, *, title: str, pdf: bool = True) -> list[Pa
 def write_convai_outputs(table, folder: Path, *, title: str, pdf: bool = True) -> list[Path]:
     """table.csv (every persona and the average), table.md (the averaged tables) and the figure of
     one ConvAI2 run under ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    summary = sims.convai_summary(table)
-    csv, md = folder / "table.csv", folder / "table.md"
-    summary.to_csv(csv, index=False, float_format="%.6g")
-    md.write_text(convai_markdown(summary))
-    return plot_convai(summary, folder / "convai.png", title=title, pdf=pdf) + [csv, md]
+    return _write_outputs(sims.convai_summary(table), folder, convai_markdown,
+                          lambda summary, png: plot_convai(summary, png, title=title, pdf=pdf), "convai.png")
