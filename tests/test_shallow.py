@@ -192,3 +192,40 @@ def test_cli_sweep_shallow_and_show(tmp_path):
     (folder,) = list(tmp_path.glob("shallow-*"))
     shown = subprocess.run([sys.executable, "-m", "loraml.cli", "show", str(folder)], capture_output=True, text=True)
     assert shown.returncode == 0 and "vary T" in shown.stdout
+
+
+def _flushes() -> bool:
+    """Whether this thread flushes subnormal float32 results to zero now."""
+    tiny = torch.tensor(torch.finfo(torch.float32).tiny, dtype=torch.float32)
+    return bool((tiny * 0.5) == 0)
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_training_flushes_subnormals_and_restores_the_mode(before, monkeypatch):
+    """`_flush_denormals` turns on flush-to-zero for the training loops (a subnormal product, 2^-127,
+    becomes exactly 0 inside) and restores whatever mode the caller had, on or off, afterwards:
+    a context that forgot to flush would leave 2^-127 inside, one that forgot to restore (or
+    always reset to off) fails one of the two parametrisations. The engine's loops run inside
+    it: the retraining loop sees the flushing mode."""
+    from sims import _shallow
+
+    if not torch.set_flush_denormal(before):
+        pytest.skip("this CPU cannot flush subnormals")
+    try:
+        assert _flushes() is before
+        with _shallow._flush_denormals("cpu"):
+            assert _flushes()
+        assert _flushes() is before
+        seen = []
+        retrain = _shallow._retrain
+
+        def spy(*args, **kwargs):
+            seen.append(_flushes())
+            return retrain(*args, **kwargs)
+
+        monkeypatch.setattr(_shallow, "_retrain", spy)
+        cfg = sims.shallow_sweep("d", (3,), trials=1, **{**TINY, "dtype": "float32"})
+        sims.simulate_shallow_chunk(cfg, 0, (0,), device="cpu")
+        assert seen == [True] and _flushes() is before
+    finally:
+        torch.set_flush_denormal(False)
