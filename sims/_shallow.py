@@ -39,8 +39,11 @@ development machine (best of 3 each; d, T: old → new seconds per chunk; two ru
 medians were 2.0–2.4×. The time is now mostly the two d-sized bmm's (≈ 40–100 GFLOP/s with MKL
 at these shapes, X Hᵀ the slower) and the sigmoid; the fixed cost of a step (≈ 45 µs of kernel
 launches) is about 12 % at d = 10, T = 3. Same tables up to float32 rounding (final medians within 4e-6 relative at
-2000 + 1000 steps, both sweeps, 4 trials). Tried and not
-kept: running the pass in L2-sized groups of blocks (no measurable gain here), a pooled
+2000 + 1000 steps, both sweeps, 4 trials). Running the pass in
+L2-sized groups of blocks gained nothing measurable on that AMD machine, but 10–17 % on a 2-core
+Xeon (AVX-512, 2 MB of L2 per core) at the settings whose pre-activations exceed 1.6 MB (d = 20
+or T ≥ 5 with 5 trials), with the same table bit for bit, so the pass is split there
+(`_group_blocks`). Tried and not kept: a pooled
 (d, T·N) layout for the base products (bmm no faster, and LoRA-ML's per-task gradients would
 need extra passes). torch.compile is not used (it needs a compiler at run time).
 """
@@ -348,21 +351,36 @@ class _Blocks:
         self.gWs = self.gWsT.view(L, d, S, d).permute(0, 2, 3, 1)
         self.gcT = torch.empty((L, S, 1, d), **opts)  # dL/dc per block
         self.gcT3 = self.gcT.view(L * S, 1, d)
+        # The pass runs over groups of consecutive blocks whose pre-activations fit in a core's
+        # L2 cache, so the five sweeps over H (σ, cᵀH, s Hᵀ, σ' ⊙ s, X Hᵀ) after the first read
+        # it from L2 rather than from L3 or memory; small problems stay one group (each group
+        # costs five more kernel launches).
+        span = _group_blocks(L, S * d * N * Xf.element_size(), Xf.device)
+        self.groups = [self._views(g, min(g + span, L)) for g in range(0, L, span)]
+
+    def _views(self, a, b):
+        """The buffers' slices of blocks a..b-1 (contiguous views: the kernels write through them)."""
+        S = self.S
+        return (self.W[a:b], self.X[a:b], self.H[a:b], self.H3[S * a:S * b], self.yS[S * a:S * b],
+                self.ce3[S * a:S * b], self.r[S * a:S * b], self.gcT3[S * a:S * b], self.gWsT[a:b])
 
     def forward(self):
         """H = σ(W X) and r = cᵀH, the prediction."""
         torch = _torch()
-        torch.bmm(self.W, self.X, out=self.H).sigmoid_()
         self.ce.copy_(self.c_src)
-        torch.bmm(self.ce3, self.H3, out=self.r)
+        for W, X, H, H3, _, ce3, r, _, _ in self.groups:
+            torch.bmm(W, X, out=H).sigmoid_()
+            torch.bmm(ce3, H3, out=r)
 
     def step(self, want_gc=True):
         """One pass: s = scale · (cᵀσ(W X) − y) into r (one kernel), then as `backward`."""
         torch = _torch()
-        torch.bmm(self.W, self.X, out=self.H).sigmoid_()
         self.ce.copy_(self.c_src)
-        torch.baddbmm(self.yS, self.ce3, self.H3, beta=-self.scale, alpha=self.scale, out=self.r)
-        self._back(want_gc)
+        for group in self.groups:
+            W, X, H, H3, yS, ce3, r = group[:7]
+            torch.bmm(W, X, out=H).sigmoid_()
+            torch.baddbmm(yS, ce3, H3, beta=-self.scale, alpha=self.scale, out=r)
+            self._back_group(group, want_gc)
 
     def backward(self, want_loss=False, want_gc=True):
         """From the prediction in r (after `forward`): the per-block loss (L, S) if asked, s =
@@ -376,13 +394,35 @@ class _Blocks:
         return loss
 
     def _back(self, want_gc):
+        for group in self.groups:
+            self._back_group(group, want_gc)
+
+    @staticmethod
+    def _back_group(group, want_gc):
         torch = _torch()
-        H = self.H3
+        _, X, H, H3, _, _, r, gcT3, gWsT = group
         if want_gc:
-            torch.bmm(self.r, H.transpose(1, 2), out=self.gcT3)   # (1, N)·(N, d): 20× faster than H·s
-        torch.ops.aten.sigmoid_backward.grad_input(self.r.expand(H.shape), H, grad_input=H)
+            torch.bmm(r, H3.transpose(1, 2), out=gcT3)   # (1, N)·(N, d): 20× faster than H·s
+        torch.ops.aten.sigmoid_backward.grad_input(r.expand(H3.shape), H3, grad_input=H3)
         # X (σ'⊙s)ᵀ rather than (σ'⊙s) Xᵀ: measured 20 % faster with MKL at d = 10, 20
-        torch.bmm(self.X, self.H.transpose(1, 2), out=self.gWsT)
+        torch.bmm(X, H.transpose(1, 2), out=gWsT)
+
+
+#: Pre-activation bytes of one group of blocks (see `_Blocks`), and the size below which a pass
+#: is not split. Measured on a 2-core Xeon (AVX-512, 2 MB of L2 per core), one step of 5 trials:
+#: d = 10, T = 10 1464 → 1120 µs in groups of 5 blocks (400 kB), d = 10, T = 5 660 → 559 µs,
+#: d = 20, T = 3 1096 → 964 µs in groups of 2 (320 kB); d = 10, T = 3 (1.2 MB in all) was
+#: slower split (300 → 338 µs).
+_GROUP_BYTES = 400_000
+_SPLIT_ABOVE = 1_600_000
+
+
+def _group_blocks(L, block_bytes, device):
+    """Blocks per group: all L on a GPU or when the whole pass is small, else as many as fit in
+    `_GROUP_BYTES` (at least one)."""
+    if device.type != "cpu" or L * block_bytes <= _SPLIT_ABOVE:
+        return L
+    return max(1, _GROUP_BYTES // block_bytes)
 
 
 def _grad_W(X, y, W, c):

@@ -229,3 +229,28 @@ def test_training_flushes_subnormals_and_restores_the_mode(before, monkeypatch):
         assert seen == [True] and _flushes() is before
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_pass_split_into_groups_of_blocks_gives_the_same_numbers(monkeypatch):
+    """The training pass runs over groups of blocks that fit in L2 (`_Blocks.groups`). Forced to
+    groups of 2 blocks (and a last group of 1: T = 3, 3 trials, L = 9 blocks of 2 stacked
+    matrices), a float64 chunk must give the table of the one-group pass to 1e-12 relative: the
+    groups are slices of the same buffers and every block's kernels are the same. Slicing the
+    per-matrix buffers (r, cᵀ, labels, dL/dc) by block rather than by block × S, or skipping the
+    last partial group, gives O(1) errors."""
+    from sims import _shallow
+
+    cfg = sims.shallow_sweep("T", (3,), trials=3, **TINY)
+    whole = sims.simulate_shallow_chunk(cfg, 0, (0, 1, 2), device="cpu")
+    block_bytes = 2 * cfg.d * cfg.N * 8
+    monkeypatch.setattr(_shallow, "_GROUP_BYTES", 2 * block_bytes)
+    monkeypatch.setattr(_shallow, "_SPLIT_ABOVE", 0)
+    spans = []
+    group_blocks = _shallow._group_blocks
+    monkeypatch.setattr(_shallow, "_group_blocks", lambda *a: spans.append(group_blocks(*a)) or spans[-1])
+    split = sims.simulate_shallow_chunk(cfg, 0, (0, 1, 2), device="cpu")
+    assert spans[0] == 2                       # the retraining pass really was split
+    pd.testing.assert_frame_equal(whole.drop(columns=["test_mse", "retrain_loss"]),
+                                  split.drop(columns=["test_mse", "retrain_loss"]))
+    np.testing.assert_allclose(split.test_mse, whole.test_mse, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(split.retrain_loss, whole.retrain_loss, rtol=1e-12, atol=0)
