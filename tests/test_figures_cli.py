@@ -96,6 +96,29 @@ def test_reproduce_overlaps_groups_but_returns_paths_in_group_order(tmp_path, mo
                   progress=False, report=None)
 
 
+def test_reproduce_finishes_a_started_group_after_the_sweep_groups(tmp_path):
+    """The landscape group is started (everything but the phase diagram drawn, the phase diagram's
+    cells submitted from a thread) and finished after the sweep groups have plotted, so this process
+    plots them while the pool runs the cells: its report line comes after the linear group's
+    (drawing it in place, before the sweeps, reverses them), its paths still come in group order,
+    and every figure of both groups is written."""
+    import concurrent.futures as cf
+
+    from loraml.figures import reproduce
+
+    lines = []
+    with cf.ThreadPoolExecutor(2) as ex:
+        paths = reproduce(tmp_path / "figs", only=["landscape", "linear"], fast=True, store=tmp_path / "results",
+                          executor=ex, progress=False, report=lines.append)
+    done = [line.split(":")[0] for line in lines if not line.startswith(" ")]
+    assert done.index("sweeps") < done.index("linear") < done.index("landscape")
+    groups = [p.parent.name for p in paths]
+    assert max(i for i, g in enumerate(groups) if g == "landscape") < groups.index("linear")
+    assert all(p.exists() for p in paths)
+    assert {p.name for p in paths if p.parent.name == "landscape" and p.suffix == ".png"} == \
+        {"saddle-slice.png", "critical-spectra.png", "rate.png", "recovery-phase.png"}
+
+
 def test_reproduce_offpaper_figures_fast(tmp_path):
     """The off-paper group (issue 17) through `loraml reproduce`: one non-blank figure per knob and the table,
     every setting's row present (rules out a knob figure that silently drops settings)."""

@@ -11,6 +11,7 @@ import sims
 
 from ._style import COLORS as COLORS
 from .landscape import make_landscape_figures as make_landscape_figures
+from .landscape import start_landscape_figures as start_landscape_figures
 from .linear import linear_configs as linear_configs
 from .linear import make_linear_figures as make_linear_figures
 from .loraone import make_loraone_figures as make_loraone_figures
@@ -33,6 +34,11 @@ GROUPS = {
     "realdata": make_realdata_figures,
     "offpaper": make_offpaper_figures,
 }
+
+#: Groups that `reproduce` may start early and finish last: ``start(out, fast=..., executor=...,
+#: background=<thread executor>)`` does what needs no pool now, submits its pool work to
+#: ``background`` and returns ``finish()`` -> the paths (as the group's ``make`` would).
+STARTERS = {"landscape": start_landscape_figures}
 
 #: The groups whose figures are stored sweeps, and their configs (``fast``, ``preset`` -> list).
 SWEEP_CONFIGS = {
@@ -66,7 +72,8 @@ def reproduce(out, *, only=None, fast: bool = False, preset: str = "both", store
     written: dict[str, list[Path]] = {}
     # The thread pool is left last: on an error or Ctrl-C the process pool is stopped first, so the
     # sweeps' thread sees its pool broken and ends instead of being awaited.
-    with cf.ThreadPoolExecutor(1, thread_name_prefix="sweeps") as background, \
+    # Two threads: the sweeps, and the pool work of a started group (the phase diagram).
+    with cf.ThreadPoolExecutor(2, thread_name_prefix="sweeps") as background, \
             sims.Pool(executor, "reproduce") as pool:
         shared = "serial" if pool.kind == "serial" else pool.executor
         # The sweeps that run on the CPU go to one pool together (a CUDA sweep stays in its group).
@@ -98,10 +105,18 @@ def reproduce(out, *, only=None, fast: bool = False, preset: str = "both", store
                 for path in written[name]:
                     report(f"  {path}")
 
-        # Groups that are not stored sweeps first, those that use the pool last among them.
+        # Groups that are not stored sweeps first, those that use the pool last among them. A
+        # group that can be started (its pool work submitted from a thread, the rest done now) is
+        # finished after the sweep groups have plotted: this process plots them while the pool
+        # still runs that group's cells, rather than leaving a core idle afterwards.
         free = [n for n in names if n not in SWEEP_CONFIGS]
+        started = {}
         for name in sorted(free, key=lambda n: "executor" in inspect.signature(GROUPS[n]).parameters):
-            make(name)
+            if name in STARTERS and pending is not None:
+                t1 = time.perf_counter()
+                started[name] = t1, STARTERS[name](out, fast=fast, executor=shared, background=background)
+            else:
+                make(name)
         if pending is not None:
             seconds = pending.result()
             if report:
@@ -109,6 +124,12 @@ def reproduce(out, *, only=None, fast: bool = False, preset: str = "both", store
         for name in names:
             if name in SWEEP_CONFIGS:
                 make(name)
+        for name, (t1, finish) in started.items():
+            written[name] = finish()
+            if report:
+                report(f"{name}: {len(written[name])} files in {time.perf_counter() - t1:.1f} s")
+                for path in written[name]:
+                    report(f"  {path}")
     return [path for name in names for path in written[name]]
 
 

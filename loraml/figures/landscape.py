@@ -10,7 +10,7 @@ import sims
 
 from ._style import COLORS, RC, plt, save
 
-__all__ = ["make_landscape_figures", "plot_saddle_slice", "plot_critical_spectra", "plot_recovery_phase",
+__all__ = ["make_landscape_figures", "start_landscape_figures", "plot_saddle_slice", "plot_critical_spectra", "plot_recovery_phase",
            "plot_rate"]
 
 
@@ -179,6 +179,26 @@ def make_landscape_figures(out: Path, *, fast: bool = False, executor="processes
 
     ``executor`` ("serial" or "processes") runs the cells of the recovery phase diagram.
     """
+    return start_landscape_figures(out, fast=fast, executor=executor)()
+
+
+def start_landscape_figures(out: Path, *, fast: bool = False, executor="processes", background=None):
+    """:func:`make_landscape_figures` in two steps, so that a caller can do other work while the
+    recovery phase diagram's cells run: computes and plots every figure but the phase diagram now,
+    and returns ``finish()``, which plots the phase diagram and returns all paths (in the order of
+    :func:`make_landscape_figures`). With ``background`` (a ``concurrent.futures`` executor of
+    threads) the phase diagram is submitted to it now, so its cells reach ``executor``'s queue at
+    once; without, ``finish`` computes it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from loraml.figures.landscape import start_landscape_figures
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     finish = start_landscape_figures(tmp, fast=True, executor="serial")
+    ...     sorted(p.name for p in finish() if p.suffix == ".png")
+    ['critical-spectra.png', 'rate.png', 'recovery-phase.png', 'saddle-slice.png']
+    """
     out = Path(out) / "landscape"
     paths = []
     grid = sims.saddle_slice_table(d=4, seed=0, n_grid=61 if fast else 161)
@@ -189,12 +209,18 @@ def make_landscape_figures(out: Path, *, fast: bool = False, executor="processes
                                     ns=(30, 120, 1000) if fast else (30, 60, 120, 250, 500, 1000, 2000, 4000))
     rate.attrs["d"] = 10
     rate_paths = plot_rate(rate, out / "rate.png")
+
     # The phase diagram last: on a pool that other work shares (``loraml reproduce``), its cells
     # queue behind that work while this process does the rest.
-    if fast:
-        phase = sims.recovery_phase_table(Ts=(2, 3), ds=range(2, 7), ks=range(1, 3), reps=4, executor=executor)
-    else:
-        phase = sims.recovery_phase_table(executor=executor)
-    paths += plot_recovery_phase(phase, out / "recovery-phase.png")
-    paths += rate_paths
-    return paths
+    def phase_table():
+        if fast:
+            return sims.recovery_phase_table(Ts=(2, 3), ds=range(2, 7), ks=range(1, 3), reps=4, executor=executor)
+        return sims.recovery_phase_table(executor=executor)
+
+    job = None if background is None else background.submit(phase_table)
+
+    def finish() -> list[Path]:
+        phase = phase_table() if job is None else job.result()
+        return paths + plot_recovery_phase(phase, out / "recovery-phase.png") + rate_paths
+
+    return finish
