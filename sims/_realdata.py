@@ -411,6 +411,15 @@ _FINETUNE_FIELDS = ("values", "seeds", "finetuning", "n_finetune", "ft_val", "te
 _PRESET_FREE = ("SR", "last-layer-ML")
 
 
+def _finetune_key(config) -> str:
+    """Hash of every field but the preset and the sweep's layout: with the retraining key, seed,
+    scheme and sample-size index, what a last-layer fine-tuning without options depends on."""
+    d = config.to_dict()
+    for name in ("preset", "values", "seeds", "chunk_trials"):
+        d.pop(name)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
 def _retrain_key(config, method) -> str | None:
     """Hash of what one seed's retraining with ``method`` depends on, or ``None`` where it depends
     on the preset (LoRA-ML: V1 in the adapted forward pass; Reptile: V3)."""
@@ -656,7 +665,8 @@ def simulate_realdata_chunk(config: RealDataConfig, value_index: int, trials, de
 def simulate_realdata_chunks(chunks, device: str | None = None, amp: bool | None = None) -> list[pd.DataFrame]:
     """The tables of several chunks ``[(config, value_index, trials), ...]``, each bit-identical to
     :func:`simulate_realdata_chunk`; chunks with equal :meth:`RealDataConfig.share_key` (SR or
-    last-layer-ML, the same seeds, both presets) retrain once.
+    last-layer-ML, the same seeds, both presets) retrain once, and a last-layer fine-tuning that no
+    quirk reaches (SR's) runs once for both presets.
 
     Examples
     --------
@@ -766,9 +776,17 @@ def _one_seed(config, method, seed, device, amp, budget, timings, cache=None):
             t1 = time.perf_counter()
             left = len(config.finetuning) * len(config.n_finetune) - (s * len(config.n_finetune) + j)
             deadline = None if end is None else t1 + max(0.0, end - t1) / left
-            ft = finetune(res.model, tr, scheme=scheme, val=val_ld, test=test_ld, lora=lora, optim=ft_opt,
-                          seed=int(streams[3].generate_state(1)[0]) + 100 * s + j, device=device, amp=amp,
-                          deadline=deadline, **options)
+            # A last-layer fine-tuning without options reads no preset (V1 is about adapters, V2
+            # passes options): the other preset's chunk in this batch may have done it already.
+            ft_shared = None if shared is None or options or scheme != "last-layer" else \
+                (shared, int(seed), _finetune_key(config), s, j)
+            ft = None if ft_shared is None else cache.get(ft_shared)
+            if ft is None:
+                ft = finetune(res.model, tr, scheme=scheme, val=val_ld, test=test_ld, lora=lora, optim=ft_opt,
+                              seed=int(streams[3].generate_state(1)[0]) + 100 * s + j, device=device, amp=amp,
+                              deadline=deadline, **options)
+                if ft_shared is not None:
+                    cache[ft_shared] = ft
             if timings is not None:
                 timings[f"finetune {method} {scheme} n={n_used} seed {seed}"] = time.perf_counter() - t1
             h = ft.history

@@ -129,19 +129,24 @@ def test_realdata_presets_share_sr_and_last_layer_retraining_and_give_each_sweep
     leaked state into fine-tuning, or a share key that merged different retrainings, changes
     accuracies); and the number of retrainings: 4 methods x 2 seeds x 2 presets = 16 alone, 16 - 4 =
     12 shared (a key that includes the preset shares nothing: 16; one that ignores it for LoRA-ML or
-    Reptile: 8)."""
+    Reptile: 8). SR's last-layer fine-tunings are computed once for both presets as well."""
     import sims._realdata as R
 
     configs = [sims.realdata_sweep("digits", preset=p, **DIGITS) for p in ("paper", "clean")]
     alone = [sims.run(c, progress=False, device="cpu") for c in configs]
-    calls = []
-    original = R.retrain
+    calls, tunings = [], []
+    original, original_ft = R.retrain, R.finetune
     monkeypatch.setattr(R, "retrain", lambda *a, **k: calls.append(k["method"]) or original(*a, **k))
+    monkeypatch.setattr(R, "finetune", lambda *a, **k: tunings.append(k["scheme"]) or original_ft(*a, **k))
     with CountingExecutor() as ex:
         many = sims.run_many(configs, executor=ex, progress=False, device="cpu")
     for a, m in zip(alone, many):
         _equal(a, m)
     assert len(calls) == 12 and sorted(set(calls)) == sorted(sims.RETRAINING_METHODS)
+    # SR's last-layer fine-tunings (no option, no quirk) are shared too: 4 methods x 2 seeds x
+    # 2 presets x 2 schemes x 2 sizes = 64 alone, 64 - 2 seeds x 2 sizes = 60 (last-layer-ML's
+    # differ: V2 starts the paper preset's head from the first task's).
+    assert len(tunings) == 60 and tunings.count("last-layer") == 28
     tasks = [pack for _simulate, _batch, pack in ex.submitted]
     assert sorted(len(t) for t in tasks) == [1] * 8 + [2] * 4       # SR, last-layer-ML x 2 seeds in pairs
     for pack in tasks:
