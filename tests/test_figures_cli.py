@@ -96,20 +96,33 @@ def test_reproduce_overlaps_groups_but_returns_paths_in_group_order(tmp_path, mo
                   progress=False, report=None)
 
 
-def test_reproduce_finishes_a_started_group_after_the_sweep_groups(tmp_path):
+def test_reproduce_finishes_a_started_group_after_the_sweep_groups(tmp_path, monkeypatch):
     """The landscape group is started (everything but the phase diagram drawn, the phase diagram's
     cells submitted from a thread) and finished after the sweep groups have plotted, so this process
     plots them while the pool runs the cells: its report line comes after the linear group's
-    (drawing it in place, before the sweeps, reverses them), its paths still come in group order,
-    and every figure of both groups is written."""
+    (drawing it in place, before the sweeps, reverses them), the linear group plots in this process
+    rather than on the pool, its paths still come in group order, and every figure of both groups
+    is written."""
     import concurrent.futures as cf
+    import functools
 
+    from loraml import figures
     from loraml.figures import reproduce
 
-    lines = []
+    lines, executors = [], []
+    make_linear = figures.GROUPS["linear"]
+
+    @functools.wraps(make_linear)            # the same signature: reproduce passes what it accepts
+    def linear(*args, **kwargs):
+        executors.append(kwargs["executor"])
+        return make_linear(*args, **kwargs)
+
+    monkeypatch.setitem(figures.GROUPS, "linear", linear)
     with cf.ThreadPoolExecutor(2) as ex:
         paths = reproduce(tmp_path / "figs", only=["landscape", "linear"], fast=True, store=tmp_path / "results",
                           executor=ex, progress=False, report=lines.append)
+    # the sweep group plots in this process: pool jobs would wait behind the phase diagram's cells
+    assert executors == ["serial"]
     done = [line.split(":")[0] for line in lines if not line.startswith(" ")]
     assert done.index("sweeps") < done.index("linear") < done.index("landscape")
     groups = [p.parent.name for p in paths]
