@@ -10,8 +10,8 @@ import sims
 
 from ._style import COLORS, RC, plt, save
 
-__all__ = ["make_landscape_figures", "start_landscape_figures", "plot_saddle_slice", "plot_critical_spectra", "plot_recovery_phase",
-           "plot_rate"]
+__all__ = ["make_landscape_figures", "start_landscape_figures", "plot_saddle_slice", "plot_critical_spectra",
+           "plot_recovery_phase", "plot_rate"]
 
 
 def plot_saddle_slice(grid, paths, path: Path) -> list[Path]:
