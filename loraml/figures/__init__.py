@@ -100,10 +100,13 @@ def reproduce(out, *, only=None, fast: bool = False, preset: str = "both", store
                        "progress": progress, "device": device}
             accepted = inspect.signature(GROUPS[name]).parameters
             t1 = time.perf_counter()
-            written[name] = GROUPS[name](out, fast=fast, **{k: v for k, v in options.items() if k in accepted})
+            done(name, GROUPS[name](out, fast=fast, **{k: v for k, v in options.items() if k in accepted}), t1)
+
+        def done(name, paths, t1):
+            written[name] = paths
             if report:
-                report(f"{name}: {len(written[name])} files in {time.perf_counter() - t1:.1f} s")
-                for path in written[name]:
+                report(f"{name}: {len(paths)} files in {time.perf_counter() - t1:.1f} s")
+                for path in paths:
                     report(f"  {path}")
 
         # Groups that are not stored sweeps first, those that use the pool last among them. A
@@ -128,11 +131,7 @@ def reproduce(out, *, only=None, fast: bool = False, preset: str = "both", store
                 # group plots on the workers) would queue behind them (measured: 93 s instead of 4).
                 make(name, executor="serial" if started else None)
         for name, (t1, finish) in started.items():
-            written[name] = finish()
-            if report:
-                report(f"{name}: {len(written[name])} files in {time.perf_counter() - t1:.1f} s")
-                for path in written[name]:
-                    report(f"  {path}")
+            done(name, finish(), t1)
     return [path for name in names for path in written[name]]
 
 
