@@ -257,12 +257,16 @@ def _residual_space_solve(U, V, g, mu):
     q = d * d
     shape = U.shape
     mu4 = mu[:, None, None, None]
-    QU, aU, RU, sU = _frames(U)
     ok = np.ones(B, bool)
+    try:
+        QU, aU, RU, sU = _frames(U)
+        if not sym:
+            QV, aV, RV, sV = _frames(V)
+    except np.linalg.LinAlgError:          # factors that are not finite: the dense path decides
+        return np.zeros_like(g), ~ok
     if sym:
         QV, RV, lam = QU, RU, 2.0 * (aU[..., :, None] + aU[..., None, :])
     else:
-        QV, aV, RV, sV = _frames(V)
         lam = aU[..., :, None] + aV[..., None, :]
         kappa = sU[..., :, None] ** 2 + sV[..., None, :] ** 2    # UᵀU C + C VᵀV, in the right bases
         ok &= np.all(kappa > 0, axis=(1, 2, 3))        # else more gauge than (UC, −VCᵀ): solved densely
