@@ -398,10 +398,7 @@ class RealDataConfig(SweepConfig):
     @property
     def key(self) -> str:
         """Content hash of everything that determines the numbers (not the chunking, not where the data is)."""
-        d = self.to_dict()
-        d.pop("chunk_trials")
-        d.pop("data_root")
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
+        return _config_hash(self, ("chunk_trials", "data_root"))
 
 
 #: Fields that the retraining of one seed does not read (fine-tuning, the sweep's layout); the
@@ -411,13 +408,19 @@ _FINETUNE_FIELDS = ("values", "seeds", "finetuning", "n_finetune", "ft_val", "te
 _PRESET_FREE = ("SR", "last-layer-ML")
 
 
+def _config_hash(config, without, **extra) -> str:
+    """Hash of the config's fields but ``without``, plus ``extra``."""
+    d = config.to_dict()
+    for name in without:
+        d.pop(name)
+    d.update(extra)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
 def _finetune_key(config) -> str:
     """Hash of every field but the preset and the sweep's layout: with the retraining key, seed,
     scheme and sample-size index, what a last-layer fine-tuning without options depends on."""
-    d = config.to_dict()
-    for name in ("preset", "values", "seeds", "chunk_trials"):
-        d.pop(name)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
+    return _config_hash(config, ("preset", "values", "seeds", "chunk_trials"))
 
 
 def _retrain_key(config, method) -> str | None:
@@ -425,11 +428,7 @@ def _retrain_key(config, method) -> str | None:
     on the preset (LoRA-ML: V1 in the adapted forward pass; Reptile: V3)."""
     if method not in _PRESET_FREE or config.dataset not in ("digits", "vision"):
         return None
-    d = config.to_dict()
-    for name in _FINETUNE_FIELDS + ("preset",):
-        d.pop(name)
-    d["method"] = method
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
+    return _config_hash(config, _FINETUNE_FIELDS + ("preset",), method=method)
 
 
 _DIGITS = dict(image_size=8, patch_size=2, width=32, depth=1, dropout=0.1, augment=False, r=1, lora_alpha=1.0,
@@ -760,6 +759,7 @@ def _one_seed(config, method, seed, device, amp, budget, timings, cache=None):
     pool_x, pool_y = new["pool"]
     val_ld = BatchLoader(*tensors(*new["val"]), eval_bs, transform=eval_tf)
     test_ld = BatchLoader(*tensors(*new["test"]), eval_bs, transform=eval_tf)
+    ft_key = None if shared is None else _finetune_key(config)
     for s, scheme in enumerate(config.finetuning):
         for j, n in enumerate(config.n_finetune):
             n_used = len(pool_y) if n == 0 else n
@@ -779,7 +779,7 @@ def _one_seed(config, method, seed, device, amp, budget, timings, cache=None):
             # A last-layer fine-tuning without options reads no preset (V1 is about adapters, V2
             # passes options): the other preset's chunk in this batch may have done it already.
             ft_shared = None if shared is None or options or scheme != "last-layer" else \
-                (shared, int(seed), _finetune_key(config), s, j)
+                (shared, int(seed), ft_key, s, j)
             ft = None if ft_shared is None else cache.get(ft_shared)
             if ft is None:
                 ft = finetune(res.model, tr, scheme=scheme, val=val_ld, test=test_ld, lora=lora, optim=ft_opt,

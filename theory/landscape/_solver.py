@@ -265,7 +265,7 @@ def _residual_space_solve(U, V, g, mu):
     except np.linalg.LinAlgError:          # factors that are not finite: the dense path decides
         return np.zeros_like(g), ~ok
     if sym:
-        QV, RV, lam = QU, RU, 2.0 * (aU[..., :, None] + aU[..., None, :])
+        QV, lam = QU, 2.0 * (aU[..., :, None] + aU[..., None, :])
     else:
         lam = aU[..., :, None] + aV[..., None, :]
         kappa = sU[..., :, None] ** 2 + sV[..., None, :] ** 2    # UᵀU C + C VᵀV, in the right bases
