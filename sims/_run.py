@@ -13,16 +13,37 @@ BLAS/torch thread per worker), ``"dask"`` (a ``dask.distributed.LocalCluster`` s
 call), a ``dask.distributed.Client`` (an existing cluster, e.g. ``Client("tcp://host:8786")``),
 or any ``concurrent.futures.Executor``. A chunk's numbers depend only on its config and trials,
 never on the executor.
+
+No process is ever forked from the driver. A ``fork()`` made in one thread while another thread
+is inside a multi-threaded OpenBLAS call can leave that call waiting forever: OpenBLAS's
+``pthread_atfork`` handler shuts its thread pool down in the parent before the fork, under the
+feet of the call in flight. ``loraml reproduce`` does exactly that mix (this process computes
+figures with BLAS while a second thread feeds the pool), and a fork-started pool forks its
+workers from whichever thread submits first. So the pool's workers come from a ``forkserver``
+(a clean server process, started by fork+exec, that forks them), and a dask cluster's from
+``spawn``; both start a new program with ``exec``, which runs no fork handlers in the driver.
+The cost is that workers import the script that started them again (as ``__mp_main__``), so a
+script must start pools under ``if __name__ == "__main__":`` (checked before any work: see
+:func:`check_main_guard`).
+
+Workers never outlive the driver: each watches its parent's end of a pipe and exits as soon as
+it closes, which the kernel does when the driver dies in any way (SIGKILL included).
 """
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures as cf
+import contextlib
 import functools
+import logging
+import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 from threadpoolctl import threadpool_limits
@@ -36,7 +57,7 @@ from theory.validation import check_bool, check_int
 
 from ._store import ChunkStore, _sort, check_store_root
 
-__all__ = ["run", "run_many", "EXECUTORS"]
+__all__ = ["run", "run_many", "EXECUTORS", "check_main_guard", "process_context"]
 
 #: Config class -> (store prefix, chunk function, engine options the chunk and batch functions
 #: accept, batch function or None). A batch function computes several chunks ``[(config,
@@ -58,14 +79,116 @@ PACKS_PER_WORKER = 4
 EXECUTORS = ("serial", "processes", "dask")
 
 
+#: Modules the forkserver imports once, so that each worker it forks starts with them loaded.
+FORKSERVER_PRELOAD = ("sims",)
+
+
+def _exit_with_parent() -> None:
+    """In a worker: exit as soon as the process that started it dies (SIGKILL and SIGTERM
+    included), instead of waiting on a job queue nobody will ever write to again.
+
+    ``multiprocessing.parent_process()`` holds the read end of a pipe whose write end only the
+    parent holds; the kernel closes it when the parent dies, and the wait returns."""
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="loraml-exit-with-parent", daemon=True).start()
+
+
 def _single_threaded_worker():
     """Pool initializer: one BLAS and one torch thread per worker (the pool supplies the parallelism),
-    and Ctrl-C left to the driver, which stops the workers itself (see :meth:`Pool.close`)."""
+    Ctrl-C left to the driver, which stops the workers itself (see :meth:`Pool.close`), and an exit
+    as soon as the driver dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threadpool_limits(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if "torch" in sys.modules:        # the engines set their own threads too; a forked worker inherits torch's
+    if "torch" in sys.modules:        # the engines set their own threads too
         sys.modules["torch"].set_num_threads(1)
+    _exit_with_parent()
+
+
+def process_context(preload=FORKSERVER_PRELOAD):
+    """The multiprocessing context of every process pool: ``forkserver``, never ``fork`` (see the
+    module docstring: a fork from one thread while another runs a multi-threaded OpenBLAS call can
+    hang that call forever).
+
+    The first call starts the server with ``preload`` imported there once (so that each worker it
+    forks starts with them loaded) and with Ctrl-C ignored, which every process it forks inherits:
+    the terminal's SIGINT goes to the whole process group, and the driver alone handles it (it stops
+    the workers itself). An ignored signal stays ignored across ``exec``, so the server is started
+    while this process ignores SIGINT, for the instant that takes (main thread only).
+
+    Examples
+    --------
+    >>> from sims._run import process_context
+    >>> process_context().get_start_method()
+    'forkserver'
+    """
+    from multiprocessing import forkserver
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(list(preload))          # takes effect only if the server is not running yet
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            forkserver.ensure_running()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    else:
+        forkserver.ensure_running()
+    return ctx
+
+
+def _main_guard_lines(path: str) -> list[tuple[int, int]] | None:
+    """The line ranges of the ``if __name__ == "__main__":`` blocks of a script, or None when it
+    cannot be read or parsed (then nothing is claimed about it)."""
+    try:
+        tree = ast.parse(Path(path).read_text(), filename=path)
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return None
+
+    def is_guard(test):
+        if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+            return False
+        sides = [test.left, test.comparators[0]]
+        return (any(isinstance(x, ast.Name) and x.id == "__name__" for x in sides)
+                and any(isinstance(x, ast.Constant) and x.value == "__main__" for x in sides))
+
+    return [(node.body[0].lineno, node.end_lineno) for node in ast.walk(tree)
+            if isinstance(node, ast.If) and is_guard(node.test)]
+
+
+def check_main_guard(executor, func: str) -> None:
+    """Refuse to start worker processes from a script's unguarded top-level code.
+
+    Workers started by ``forkserver`` or ``spawn`` (the ``"processes"`` and ``"dask"`` executors)
+    import the script that started them again, as ``__mp_main__``; a pool started by the script's
+    top-level code outside ``if __name__ == "__main__":`` would run again in every worker, and
+    multiprocessing stops that with a page of traceback from each. This says so in one line before
+    anything starts. Interactive sessions, notebooks, ``python -c`` and console scripts pass."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path or not os.path.exists(path):
+        return
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>":
+            break
+        frame = frame.f_back
+    if frame is None:
+        return
+    guards = _main_guard_lines(path)
+    if guards is None or any(first <= frame.f_lineno <= last for first, last in guards):
+        return
+    raise ValueError(f"The 'executor' parameter of {func} is {executor!r}, which starts worker processes that "
+                     f"import the script {path} again; its line {frame.f_lineno} would then run in every worker. "
+                     f"Put the code that starts the work under 'if __name__ == \"__main__\":' "
+                     f"(or use executor='serial').")
 
 
 def _is_dask_client(obj) -> bool:
@@ -109,14 +232,30 @@ class Pool:
         self.owned = isinstance(executor, str) and executor != "serial"
         self.kind = executor if isinstance(executor, str) else ("dask" if _is_dask_client(executor) else "futures")
         self._cluster = None
+        if executor in ("processes", "dask"):
+            check_main_guard(executor, func)
         if executor == "processes":
-            self.executor = cf.ProcessPoolExecutor(max_workers=self.workers, initializer=_single_threaded_worker)
+            self.executor = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=process_context(),
+                                                   initializer=_single_threaded_worker)
         elif executor == "dask":
+            import dask
             from distributed import Client, LocalCluster
 
-            self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                         dashboard_address=None, worker_dashboard_address=None, host="127.0.0.1")
-            self.executor = Client(self._cluster)
+            # The nannies start their workers from the same forkserver as a process pool (never by
+            # fork; dask's workers exit with the driver by themselves), so they too leave Ctrl-C to
+            # the driver. The setting holds while the pool lives: a restarted worker starts the same way.
+            process_context((*FORKSERVER_PRELOAD, "distributed"))
+            self._dask_config = dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+            try:
+                self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                             dashboard_address=None, worker_dashboard_address=None,
+                                             host="127.0.0.1")
+                self.executor = Client(self._cluster)
+            except BaseException:
+                if self._cluster is not None:
+                    self._cluster.close()
+                self._dask_config.__exit__(None, None, None)
+                raise
         else:
             self.executor = executor
             if self.kind == "dask":      # the cluster's threads, however many machines they are on
@@ -156,8 +295,34 @@ class Pool:
                 writer.close()
             ex.shutdown(wait=True)
         else:
+            try:
+                self._close_cluster(abort)
+            finally:
+                self._dask_config.__exit__(None, None, None)
+
+    def _close_cluster(self, abort: bool) -> None:
+        if not abort:
             self.executor.close()
             self._cluster.close()
+        else:
+            # On an exception or Ctrl-C, kill the cluster's worker processes first: asked to close
+            # while computing, each would log its cancelled chunk, and each nanny would wait 4 s
+            # for it and log that too. dask's log in this process stays quiet meanwhile (a nanny
+            # that notices its worker's death says so, and may start another before the cluster
+            # closes): the user gets the driver's one line.
+            quiet = logging.getLogger("distributed")
+            level = quiet.level
+            quiet.setLevel(logging.CRITICAL + 1)
+            try:
+                for nanny in list(getattr(self._cluster, "workers", {}).values()):
+                    pid = getattr(getattr(getattr(nanny, "process", None), "process", None), "pid", None)
+                    if pid:
+                        with contextlib.suppress(OSError):
+                            os.kill(pid, signal.SIGKILL)
+                self.executor.close()
+                self._cluster.close()
+            finally:
+                quiet.setLevel(level)
 
     def map_unordered(self, fn, jobs):
         jobs = list(jobs)
