@@ -63,11 +63,17 @@ def _reproduce(src: Path, args) -> tuple[float, str]:
 
 
 def _tables(root: Path) -> dict[str, pd.DataFrame]:
-    sys.path.insert(0, str(REPO))
-    import sims
-
-    return {folder.name: sims.read_store(folder) for folder in sorted((root / "results").glob("*-*"))
-            if list(folder.glob("chunk-*.parquet"))}
+    """Every stored table of a fresh store, its chunk files read as they are: the base revision's
+    engines may have other versions, which sims.read_store rightly leaves out, and each store here
+    was filled once, in one chunking, so no trial is stored twice."""
+    tables = {}
+    for folder in sorted((root / "results").glob("*-*")):
+        files = sorted(folder.glob("chunk-*.parquet"))
+        if files:
+            table = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+            keys = [c for c in ("method", "value", "trial", "step") if c in table.columns]
+            tables[folder.name] = table.sort_values(keys, kind="stable").reset_index(drop=True)
+    return tables
 
 
 def _max_rel_diff(a: pd.DataFrame, b: pd.DataFrame) -> float:

@@ -270,7 +270,15 @@ def _check_outputs(args):
 
 
 def summarize(table):
-    """Final-step metric per method and value (and rank): mean, median, min, max over trials."""
+    """Final-step metric per method and value (and rank): mean, median, min, max over trials. A
+    real-data table (a ``phase`` column) gets its own summary: test accuracy per fine-tuning scheme,
+    n_finetune (convai: rank and persona) and retraining method, mean, SE and median over seeds."""
+    if "phase" in table.columns:
+        import sims
+
+        if "persona" in table.columns:
+            return sims.convai_summary(table).set_index(["finetuning", "rank", "retraining", "persona"])
+        return sims.realdata_summary(table).set_index(["finetuning", "n_finetune", "retraining"])
     metric = "test_loss" if "test_loss" in table.columns else "test_mse"
     grid = [c for c in str(table["vary"].iloc[0]).split(",") if c in table.columns] if "vary" in table.columns else []
     keys = ["value", *(grid if len(grid) > 1 else []), "method"] + (["rank"] if "rank" in table.columns else [])
@@ -414,19 +422,39 @@ def _cmd_convai(args):
     _print_outputs(convai_markdown(sims.convai_summary(table)), write_convai_outputs(table, out, title=title))
 
 
+def _store_lines(command):
+    """A context in which the store's lines (a chunk file left out and why; logger ``sims``) go to
+    stderr as ``loraml COMMAND: ...``."""
+    import contextlib
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"loraml {command}: %(message)s"))
+    logger = logging.getLogger("sims")
+    stack = contextlib.ExitStack()
+    stack.callback(logger.removeHandler, handler)
+    logger.addHandler(handler)
+    return stack
+
+
 def _cmd_show(args):
     import sims
 
-    table = sims.read_store(args.folder)
+    with _store_lines("show"):
+        table = sims.read_store(args.folder)
+    summary = summarize(table)
     if args.format != "table":
         from .figures.explore import format_summary
 
-        print(format_summary(summarize(table), args.format), end="")
+        print(format_summary(summary, args.format), end="")
         return
     preset = f", preset {table['preset'].iloc[0]}" if "preset" in table.columns else ""
-    print(f"{args.folder}: vary {table['vary'].iloc[0]}{preset}, {table['trial'].nunique()} trials, "
-          f"{int(table['step'].max())} fine-tuning steps")
-    print(summarize(table).to_string(float_format=lambda x: f"{x:.4g}"))
+    if "phase" in table.columns:
+        print(f"{args.folder}: {table['dataset'].iloc[0]} real data{preset}, {table['seed'].nunique()} seed(s)")
+    else:
+        print(f"{args.folder}: vary {table['vary'].iloc[0]}{preset}, {table['trial'].nunique()} trials, "
+              f"{int(table['step'].max())} fine-tuning steps")
+    print(summary.to_string(float_format=lambda x: f"{x:.4g}"))
     print(record_summary(sims.read_records(args.folder)))
 
 
@@ -435,26 +463,32 @@ def _cmd_plot(args):
 
     from .figures.explore import check_plot_path, plot_stored
 
-    out = args.output or args.folder / f"plot-{args.metric}.png"
-    check_plot_path(out)                                  # before reading anything
-    table = sims.read_store(args.folder)
+    if args.output is not None:
+        check_plot_path(args.output)                      # before reading anything
+    with _store_lines("plot"):
+        table = sims.read_store(args.folder)
+    out = args.output or args.folder / f"plot-{'accuracy' if 'phase' in table.columns else args.metric}.png"
     path = plot_stored(table, out, metric=args.metric, title=str(args.folder))
     print(path)
 
 
 def record_summary(records) -> str:
-    """What computed a stored sweep: one line per distinct (engine, toolkit, libraries) among its chunks."""
+    """What computed a stored sweep: one line per distinct (engine, toolkit, libraries) among the
+    chunks shown, and one line counting the chunk files left out (``"problem"`` in their record)."""
     groups: dict[str, list] = {}
+    left_out = sum("problem" in r for r in records)
     for r in records:
         if "problem" in r:
-            line = f"unreadable record: {r['problem']}"
-        else:
-            commit = (r.get("git_commit") or "unknown")[:12] + ("+dirty" if r.get("git_dirty") else "")
-            libs = ", ".join(f"{k} {v}" for k, v in r.get("versions", {}).items() if v)
-            line = (f"{r.get('kind')} engine version {r.get('engine_version')}, loraml {r.get('loraml_version')} "
-                    f"(commit {commit}), seed {r.get('seed')}; {libs}")
+            continue
+        commit = (r.get("git_commit") or "unknown")[:12] + ("+dirty" if r.get("git_dirty") else "")
+        libs = ", ".join(f"{k} {v}" for k, v in r.get("versions", {}).items() if v)
+        line = (f"{r.get('kind')} engine version {r.get('engine_version')}, loraml {r.get('loraml_version')} "
+                f"(commit {commit}), seed {r.get('seed')}; {libs}")
         groups.setdefault(line, []).append(r["file"])
-    return "\n".join(f"record ({len(files)} chunk{'s' * (len(files) != 1)}): {line}" for line, files in groups.items())
+    lines = [f"record ({len(files)} chunk{'s' * (len(files) != 1)}): {line}" for line, files in groups.items()]
+    if left_out:
+        lines.append(f"left out: {left_out} chunk file{'s' * (left_out != 1)} (each named on stderr with the reason)")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:

@@ -17,11 +17,18 @@ count and a SHA-256 digest of the rows. :meth:`ChunkStore.load` serves a chunk o
 parses, the record matches the config and chunk, the engine version is the current one and the
 rows hash to the recorded digest; anything else is reported in one line naming the file (logger
 ``sims``) and the chunk is recomputed.
+
+The views (:func:`read_store`, :func:`read_records`, and through them ``loraml show`` and ``loraml
+plot``) rebuild the config from ``config.json`` and check every chunk file with the same function
+(:meth:`ChunkStore._check`); files of another chunking of the config (other trial blocks) are
+checked the same way and used only where they do not overlap the chunks used (see
+:func:`_survey`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -202,6 +209,15 @@ class ChunkStore:
                                         "engine_version", func, low=0)
         self.folder = root / f"{kind}-{config.key}"
 
+    @classmethod
+    def _at(cls, folder: Path, kind: str, config) -> ChunkStore:
+        """The store of an existing folder, for reading: the folder where it is (renamed or not)
+        and no check that its root is writable (a view may read a read-only store)."""
+        store = cls.__new__(cls)
+        store.config, store.kind, store.folder = config, kind, Path(folder)
+        store.engine_version = config.engine_version
+        return store
+
     def chunk_path(self, value_index: int, trials) -> Path:
         return self.folder / f"chunk-v{value_index:03d}-t{trials[0]:04d}-{trials[-1]:04d}.parquet"
 
@@ -246,20 +262,29 @@ class ChunkStore:
         path = self.chunk_path(value_index, trials)
         if not path.exists():
             return None
-        frame, record, problem = _read_chunk(path)
-        if problem is None:
-            expected = {"kind": self.kind, "config_key": self.config.key, "value_index": int(value_index),
-                        "trials": [int(t) for t in trials]}
-            wrong = sorted(k for k, v in expected.items() if record.get(k) != v)
-            if wrong:
-                problem = f"its record belongs to another chunk ({', '.join(wrong)} differ)"
-            elif record.get("engine_version") != self.engine_version:
-                problem = (f"computed by {self.kind} engine version {record.get('engine_version')}, "
-                           f"the current one is {self.engine_version} (stale)")
+        frame, _, problem = self._check(path, value_index, trials)
         if problem is not None:
             log.warning("%s: %s; recomputing it", path, problem)
             return None
         return frame
+
+    def _check(self, path: Path, value_index: int, trials):
+        """The file at ``path`` as chunk (value_index, trials) of this store: ``(frame, record, None)``
+        when it parses, its rows match their count and checksum, its record names this kind, config
+        key, value index and trials, and its engine version is the current one; otherwise ``(None,
+        record or None, what is wrong)``. The one check behind the sweep and the views."""
+        frame, record, problem = _read_chunk(path)
+        if problem is not None:
+            return None, record, problem
+        expected = {"config_key": self.config.key, "kind": self.kind, "trials": [int(t) for t in trials],
+                    "value_index": int(value_index)}
+        wrong = [f"{k} {record.get(k)!r}, not {v!r}" for k, v in expected.items() if record.get(k) != v]
+        if wrong:
+            return None, record, f"its record belongs to another chunk ({'; '.join(wrong)})"
+        if record.get("engine_version") != self.engine_version:
+            return None, record, (f"computed by {self.kind} engine version {record.get('engine_version')}, "
+                                  f"the current one is {self.engine_version} (stale)")
+        return frame, record, None
 
     def read(self, value_index: int, trials) -> pd.DataFrame:
         frame = self.load(value_index, trials)
@@ -268,9 +293,11 @@ class ChunkStore:
         return frame
 
 
-def _read_chunk(path: Path, legacy: bool = False):
-    """(frame, record, None) for a sound chunk file, else (None, record or None, what is wrong).
-    With ``legacy``, a readable file without a record (an older loraml's) gives (frame, None, None)."""
+def _read_chunk(path: Path):
+    """(frame, record, None) for a file that parses, carries a record and whose rows match the
+    record's count and checksum; else (None, record or None, what is wrong). A file without a
+    record (an older loraml's, or not loraml's) is refused: nothing tells which engine version or
+    chunk computed it."""
     try:
         table = pq.read_table(path)
         raw = (table.schema.metadata or {}).get(_RECORD_KEY)
@@ -279,13 +306,13 @@ def _read_chunk(path: Path, legacy: bool = False):
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         return None, None, f"not a readable Parquet file ({type(err).__name__}: {reason})"
     if raw is None:
-        if legacy:
-            return frame, None, None
         return None, None, "no record (written before records were kept, or not by loraml)"
     try:
         record = json.loads(raw)
     except ValueError:
         return None, None, "its record is not valid JSON"
+    if not isinstance(record, dict):
+        return None, None, "its record is not a JSON object"
     if len(frame) != record.get("rows"):
         return None, record, f"{len(frame)} rows where the record says {record.get('rows')}"
     if frame_digest(frame) != record.get("digest"):
@@ -297,23 +324,6 @@ def _read_chunk(path: Path, legacy: bool = False):
 # Reading a folder
 
 
-def _chunk_files(folder: Path) -> list[Path]:
-    """Chunk files with non-overlapping trial ranges: where two chunkings of one config left files
-    covering the same trials, the earliest-starting, widest file of each overlap is kept."""
-    parsed = []
-    for f in folder.glob("chunk-*.parquet"):
-        m = _CHUNK_RE.search(f.name)
-        if m:
-            parsed.append((int(m[1]), int(m[2]), int(m[3]), f))
-    parsed.sort(key=lambda p: (p[0], p[1], -p[2]))
-    kept, last = [], {}
-    for v, first, end, f in parsed:
-        if first > last.get(v, -1):
-            kept.append(f)
-            last[v] = end
-    return kept
-
-
 def _check_folder(folder, func: str) -> Path:
     if not isinstance(folder, (str, os.PathLike)):
         raise ValueError(f"The 'folder' parameter of {func} must be a results folder path. Got {folder!r} instead.")
@@ -323,13 +333,151 @@ def _check_folder(folder, func: str) -> Path:
     return folder
 
 
-def read_store(folder) -> pd.DataFrame:
-    """Every sound chunk in a store folder (``<root>/<kind>-<key>``), concatenated and sorted.
+def _folder_store(folder: Path, func: str) -> ChunkStore:
+    """The store of a results folder, its config rebuilt from the folder's config.json (the
+    config's fields and ``_kind``): the views check each chunk against what a sweep of that
+    config would serve."""
+    from ._run import _KINDS          # the config class of each kind (_run imports this module)
 
-    Each trial's rows appear once even where two chunkings of the config left overlapping files;
-    a chunk file that does not parse or whose rows fail their checksum is skipped with a one-line
-    warning naming it (rerunning the sweep recomputes it). Files an older loraml wrote, without a
-    record, are read as they are (nothing to check them against).
+    classes = {name: cls for cls, (name, *_) in _KINDS.items()}
+    path = folder / "config.json"
+    what = f"The 'folder' parameter of {func} must be a results folder written by loraml sweeps"
+    if not path.is_file():
+        raise ValueError(f"{what} (a config.json beside the chunk files); {str(folder)!r} has no config.json.")
+    try:
+        fields = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{what}; {str(path)!r} does not parse ({reason}).") from None
+    kind = fields.pop("_kind", None) if isinstance(fields, dict) else None
+    if kind not in classes:
+        raise ValueError(f"{what}; {str(path)!r} names no known kind ({', '.join(classes)}). Got {kind!r}.")
+    try:
+        config = classes[kind](**fields)
+    except (TypeError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{what}; {str(path)!r} is not a {classes[kind].__name__} this loraml can rebuild "
+                         f"({reason}).") from None
+    return ChunkStore._at(folder, kind, config)
+
+
+@dataclasses.dataclass
+class _Survey:
+    """A results folder as the views see it: the chunk files used (path, frame, record; in chunk
+    order), those left out (path, record or None, why, whether a sweep recomputes it; in name
+    order) and the trials no used file covers (value index, trials)."""
+
+    store: ChunkStore
+    used: list
+    left_out: list
+    missing: list
+
+
+def _survey(folder: Path, func: str) -> _Survey:
+    """Check every chunk file of a results folder as a sweep would, and choose, per swept value,
+    the files the views show.
+
+    A file is a candidate when its name is one of the config's chunks, of any chunking (a value
+    index and a block of trials within the config's, named as :meth:`ChunkStore.chunk_path` names
+    it) and it passes :meth:`ChunkStore._check` for that chunk. Per value, the candidates used do
+    not overlap and cover the most trials; among equal covers, the most trials in files of the
+    config's current chunking (:meth:`chunks`). Each trial's rows depend only on the config and
+    the trial, not on the block it was computed in, so non-overlapping files of two chunkings
+    make the table one chunking makes; overlapping ones would count trials twice, and a file that
+    fails its check would hide the trials that valid files of another chunking hold."""
+    store = _folder_store(folder, func)
+    config = store.config
+    n_values, runs = len(config.values), config.runs
+    current = {(v, t[0], t[-1]) for v, t in config.chunks()}
+    candidates: dict[int, list] = {v: [] for v in range(n_values)}
+    left_out = []
+    for path in sorted(folder.glob("chunk-*.parquet")):
+        m = _CHUNK_RE.fullmatch(path.name)
+        v, first, last = map(int, m.groups()) if m else (0, 0, -1)
+        trials = tuple(range(first, last + 1))
+        if not trials or store.chunk_path(v, trials).name != path.name:
+            left_out.append((path, None, "not named like a chunk file (chunk-vVVV-tFFFF-LLLL.parquet)", False))
+        elif v >= n_values or last >= runs:
+            left_out.append((path, None, f"its name says value index {v}, trials {first}-{last}: outside the "
+                                         f"config's {n_values} value(s) and {runs} trial(s)", False))
+        else:
+            frame, record, problem = store._check(path, v, trials)
+            if problem is None:
+                candidates[v].append((first, last, path, frame, record))
+            else:
+                left_out.append((path, record, problem, (v, first, last) in current))
+    used, missing = [], []
+    for v, items in candidates.items():
+        chosen = _cover(items, runs, {(first, last) for w, first, last in current if w == v})
+        used += [(path, frame, record) for _, _, path, frame, record in chosen]
+        for item in items:
+            if not any(item is c for c in chosen):
+                other = next((c[2].name for c in chosen if c[0] <= item[1] and item[0] <= c[1]), "a file")
+                left_out.append((item[2], item[4], f"overlaps {other}, another chunking's file of the same "
+                                                   f"trials, which is used", False))
+        covered = {t for first, last, *_ in chosen for t in range(first, last + 1)}
+        if len(covered) < runs:
+            missing.append((v, [t for t in range(runs) if t not in covered]))
+    left_out.sort(key=lambda item: item[0].name)
+    return _Survey(store, used, left_out, missing)
+
+
+def _cover(items: list, runs: int, preferred: set) -> list:
+    """The non-overlapping ``items`` (first trial, last trial, ...) that cover the most of trials
+    0..runs-1 and, among those, the most trials in items whose (first, last) is ``preferred``: a
+    dynamic programme over the trials (best[i]: the best choice among items that end before
+    trial i).
+
+    >>> _cover([(0, 1, "a"), (0, 0, "b"), (1, 1, "c"), (2, 2, "d")], 3, {(0, 1)})
+    [(0, 1, 'a'), (2, 2, 'd')]
+    >>> _cover([(0, 0, "b"), (1, 1, "c"), (0, 2, "e")], 3, {(0, 0), (1, 1)})      # the most trials first
+    [(0, 2, 'e')]
+    """
+    ending: dict[int, list] = {}
+    for item in items:
+        ending.setdefault(item[1], []).append(item)
+    best = [((0, 0), ())]
+    for i in range(1, runs + 1):
+        score, chosen = best[i - 1]
+        for item in ending.get(i - 1, ()):
+            (covered, kept), before = best[item[0]]
+            n = item[1] - item[0] + 1
+            option = (covered + n, kept + n * ((item[0], item[1]) in preferred))
+            if option > score:
+                score, chosen = option, before + (item,)
+        best.append((score, chosen))
+    return list(best[runs][1])
+
+
+def _ranges(trials: list[int]) -> str:
+    """Trials as ranges: [0, 1, 2, 5] -> '0-2, 5'."""
+    out, start = [], None
+    for i, t in enumerate(trials):
+        if start is None:
+            start = t
+        if i + 1 == len(trials) or trials[i + 1] != t + 1:
+            out.append(f"{start}" if start == t else f"{start}-{t}")
+            start = None
+    return ", ".join(out)
+
+
+def read_store(folder) -> pd.DataFrame:
+    """Every valid chunk in a store folder (``<root>/<kind>-<key>``), concatenated and sorted.
+
+    Each chunk file is checked exactly as a sweep checks it before serving it (it parses, its rows
+    match their recorded count and checksum, its record names this config, kind, value and
+    trials, and its engine version is the current one); the config is rebuilt from the folder's
+    ``config.json``. Files that several chunkings of the config left are combined without
+    counting a trial twice: per swept value the valid, non-overlapping files that cover the most
+    trials, the config's current chunking first. Each file left out gets one warning line
+    (logger ``sims``) naming it and why, and one line lists the trials no valid file covers. A file
+    without a record (written by an older loraml) is left out like any file a sweep would not
+    serve: nothing tells which engine version computed it; rerunning the sweep recomputes it.
+
+    Raises
+    ------
+    ValueError
+        The folder is missing, has no readable config.json, or holds no valid chunk.
 
     Examples
     --------
@@ -346,22 +494,27 @@ def read_store(folder) -> pd.DataFrame:
     >>> tmp.cleanup()
     """
     folder = _check_folder(folder, "read_store")
-    frames = []
-    for f in _chunk_files(folder):
-        frame, _, problem = _read_chunk(f, legacy=True)
-        if problem is not None:
-            log.warning("%s: %s; skipped (rerun the sweep to recompute it)", f, problem)
-        else:
-            frames.append(frame)
-    if not frames:
-        raise ValueError(f"The 'folder' parameter of read_store must hold sound chunk files; "
-                         f"{str(folder)!r} has none.")
-    return _sort(pd.concat(frames, ignore_index=True))
+    survey = _survey(folder, "read_store")
+    for path, _, why, recompute in survey.left_out:
+        log.warning("%s: %s; left out%s", path, why, " (rerun the sweep to recompute it)" if recompute else "")
+    if survey.missing:
+        config = survey.store.config
+        vary = getattr(config, "vary_label", config.vary)
+        gaps = "; ".join(f"{vary} = {config.values[v]} " + ("(every trial)" if len(trials) == config.runs
+                                                             else f"(trials {_ranges(trials)})")
+                         for v, trials in survey.missing)
+        log.warning("%s: no valid chunk holds %s; shown without them", folder, gaps)
+    if not survey.used:
+        raise ValueError(f"The 'folder' parameter of read_store must hold valid chunk files; {str(folder)!r} has "
+                         f"none{' (each file is named above with the reason)' if survey.left_out else ''}.")
+    return _sort(pd.concat([frame for _, frame, _ in survey.used], ignore_index=True))
 
 
 def read_records(folder) -> list[dict]:
-    """The record of every chunk file in a store folder, in file order (unreadable files give
-    ``{"file": name, "problem": ...}``).
+    """The record of every chunk file in a store folder, in file-name order, checked as
+    :func:`read_store` checks them (nothing is logged): ``{"file": name, **record}``, with
+    ``"problem"`` saying why the views leave the file out where they do (a file without a readable
+    record gives ``{"file": name, "problem": ...}``).
 
     Examples
     --------
@@ -374,21 +527,15 @@ def read_records(folder) -> list[dict]:
     >>> table = sims.run(cfg, executor='serial', store=root, progress=False)
     >>> folder = sims.ChunkStore(root, 'linear', cfg).folder
     >>> records = sims.read_records(folder)
-    >>> len(records), records[0]['engine_version'], records[0]['rows'] == len(table)
-    (1, 2, True)
+    >>> len(records), records[0]['engine_version'], records[0]['rows'] == len(table), 'problem' in records[0]
+    (1, 2, True, False)
     >>> tmp.cleanup()
     """
     folder = _check_folder(folder, "read_records")
-    out = []
-    for f in _chunk_files(folder):
-        try:
-            raw = (pq.read_schema(f).metadata or {}).get(_RECORD_KEY)
-            record = json.loads(raw) if raw is not None else None
-        except (OSError, pa.ArrowException, ValueError) as err:
-            out.append({"file": f.name, "problem": str(err).splitlines()[0] if str(err) else type(err).__name__})
-            continue
-        out.append({"file": f.name, **(record or {"problem": "no record"})})
-    return out
+    survey = _survey(folder, "read_records")
+    out = [(path, {"file": path.name, **record}) for path, _, record in survey.used]
+    out += [(path, {"file": path.name, **(record or {}), "problem": why}) for path, record, why, _ in survey.left_out]
+    return [r for _, r in sorted(out, key=lambda item: item[0].name)]
 
 
 def _sort(frame: pd.DataFrame) -> pd.DataFrame:

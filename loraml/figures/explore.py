@@ -78,14 +78,20 @@ def grid_fields(table: pd.DataFrame) -> list[str]:
 
 
 def _metric_column(table: pd.DataFrame, metric: str) -> str:
+    for col in ("method", "value", "trial"):
+        if col not in table.columns:
+            raise ValueError(f"The stored table has no {col!r} column; loraml plot draws sweeps (linear, shallow) "
+                             f"and real-data runs. Its columns: {', '.join(map(str, table.columns))}.")
     if metric == "test_loss" and "test_loss" not in table.columns and "test_mse" in table.columns:
         return "test_mse"                            # the shallow engine's name for it
     if metric not in table.columns:
-        raise ValueError(f"--metric {metric}: the stored table has no such column (it has "
-                         f"{', '.join(map(str, table.columns))}).")
-    for col in ("method", "value", "trial"):
-        if col not in table.columns:
-            raise ValueError(f"The stored table has no {col!r} column; loraml plot draws sweeps (linear, shallow).")
+        have = set(table.columns)
+        allowed = [m for m in ("test_loss", "A_error") if m in have or (m == "test_loss" and "test_mse" in have)]
+        held = f"{table['vary'].iloc[0]} sweep" if "vary" in table.columns else "sweep"
+        which = "the default metric, test_loss" if metric == "test_loss" else f"--metric {metric}"
+        raise ValueError(f"The stored {held} has no column for {which} (its columns: "
+                         f"{', '.join(map(str, table.columns))}); --metric can be "
+                         f"{' or '.join(allowed) if allowed else 'nothing this table holds'} here.")
     return metric
 
 
@@ -205,12 +211,19 @@ def plot_stored(table: pd.DataFrame, path, *, metric: str = "test_loss", title: 
     """Draw a stored sweep's table to ``path`` (.png or .pdf, written atomically); returns the path.
 
     A grid of two fields gets heat maps of the final values; otherwise ``test_loss`` gets one
-    panel per swept value and ``A_error`` one panel against the value."""
+    panel per swept value and ``A_error`` one panel against the value. A real-data table (a
+    ``phase`` column; ``metric`` left at ``test_loss``) gets the figure of ``loraml realdata``:
+    test accuracy against the fine-tuning images (convai: hits@1 against the LoRA rank)."""
     path = check_plot_path(path)
     if not isinstance(table, pd.DataFrame) or table.empty:
         raise ValueError("The 'table' parameter of plot_stored must be a non-empty stored sweep table.")
     if metric not in ("test_loss", "A_error"):
         raise ValueError(f"The 'metric' parameter of plot_stored must be 'test_loss' or 'A_error'. Got {metric!r}.")
+    if "phase" in table.columns:
+        if metric != "test_loss":
+            raise ValueError(f"--metric {metric}: a real-data table holds test accuracy, not {metric}; leave "
+                             f"--metric out to draw the accuracy.")
+        return _plot_real(table, path, title)
     col = _metric_column(table, metric)
     grid = grid_fields(table)
     with plt.rc_context(RC):
@@ -231,6 +244,26 @@ def plot_stored(table: pd.DataFrame, path, *, metric: str = "test_loss", title: 
         if len(grid) != 2:
             fig.tight_layout(rect=(0, 0.07 if handles else 0, 1, 1))
         return _save(fig, path)
+
+
+def _plot_real(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """A real-data table drawn as ``loraml realdata`` draws it (digits/vision: accuracy against the
+    fine-tuning images; convai: hits@1 against the LoRA rank), to ``path`` alone."""
+    import sims
+
+    from .realdata import plot_convai, plot_realdata
+
+    convai = "persona" in table.columns
+    summary = sims.convai_summary(table) if convai else sims.realdata_summary(table)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The real-data plots write a PNG (and a PDF beside it): draw in a temporary folder beside
+    # ``path`` and move the one file asked for into place (atomic, nothing else left behind).
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}-") as tmp:
+        pdf = path.suffix.lower() == ".pdf"
+        files = (plot_convai if convai else plot_realdata)(summary, Path(tmp) / "figure.png", title=title, pdf=pdf)
+        os.chmod(files[-1], 0o644)
+        os.replace(files[-1], path)
+    return path
 
 
 def _save(fig, path: Path) -> Path:
