@@ -197,8 +197,8 @@ def rate_prediction(d, k, n, sigma) -> np.ndarray:
     (I − P_U) N Q_M with Q_M = I − M V (VᵀMV)⁻¹ Vᵀ, so
     E‖Δ̂ − R‖² = E‖N‖² − (d − k) σ² E[tr M⁻¹ − tr (VᵀMV)⁻¹], and the Wishart means
     E M⁻¹ = I/(n − d − 1), E (VᵀMV)⁻¹ = I_k/(n − k − 1) give the formula. It is exact for k = d
-    (least squares). The spec's σ²k(2d − k)/(n − d − 1) overstates it by 4 % at (d, k, n) =
-    (10, 1, 100) and by 16 % at (6, 1, 16); tests/test_retraining.py measures both.
+    (least squares). The spec's σ²k(2d − k)/(n − d − 1) overstates it by 4.5 % at (d, k, n) =
+    (10, 1, 100) and by 19 % at (6, 1, 16); tests/test_retraining.py measures both.
 
     Examples
     --------
