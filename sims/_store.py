@@ -331,6 +331,11 @@ def read_store(folder) -> pd.DataFrame:
     warning naming it (rerunning the sweep recomputes it). Files an older loraml wrote, without a
     record, are read as they are (nothing to check them against).
 
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        A store folder ``<root>/<kind>-<key>`` (``ChunkStore(root, kind, config).folder``).
+
     Examples
     --------
     >>> import numpy as np
@@ -362,6 +367,11 @@ def read_store(folder) -> pd.DataFrame:
 def read_records(folder) -> list[dict]:
     """The record of every chunk file in a store folder, in file order (unreadable files give
     ``{"file": name, "problem": ...}``).
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        A store folder ``<root>/<kind>-<key>`` (``ChunkStore(root, kind, config).folder``).
 
     Examples
     --------
