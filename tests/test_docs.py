@@ -322,10 +322,10 @@ def test_cli_options_keep_their_hyphens(site):
     page = site / "guide" / "cli.html"
     elements = _elements(page)
     literals = [text for tag, _, text, _ in elements if tag in ("code", "pre")]
-    assert any(t.startswith("--store") for t in literals)      # the descriptions' options are literals
-    assert not [t for t in literals if "–" in t]
     prose = " ".join(text for tag, _, text, _ in elements if tag == "p")
-    assert not re.findall(r"(?<!\w)–\w+", prose)
+    assert not [t for t in literals if "–" in t]
+    assert not re.findall(r"(?<!\w)–\w+", prose), re.findall(r"(?<!\w)–\w+", prose)
+    assert any(t.startswith("--store") for t in literals), "the descriptions' options are not set as literals"
 
 
 def test_cli_page_has_an_anchor_and_a_contents_entry_per_command(site):
