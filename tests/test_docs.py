@@ -131,7 +131,7 @@ def _myst_doctree(text):
 
 
 @pytest.mark.parametrize("markdown, flagged", [
-    ("A floor Σ_{i>k} σ_i²(A*_{T+1} − Â_SR). In population Σ_{i>k} σ_i²(R*_{T+1} − R̄*).", True),  # holds _ {
+    ("A floor Σ_{i>k} σ_i²(A*_{T+1} − Â_SR). In population Σ_{i>k} σ_i²(R*_{T+1} − R̄*).", True),  # _ {
     ("with M = R*₁ − R*₂, the difference.", True),                        # R<em>₁ − R</em>₂: inside words
     ("**The solver lands on A* even where A* is not the only answer.** At", True),   # nested, stray **
     ("**Lands on A\\* even where A\\* is not unique.** At", True),       # escaped, but a * in bold text
