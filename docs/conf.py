@@ -77,6 +77,10 @@ nitpick_ignore = [
     ("py:class", "_PSDRelaxation"),            # sims/_landscape.py: solve_psd_relaxation returns a private type
 ]
 
+# Smart quotes, but no dashes: the sources write their en dashes, and "--" is a command-line option
+# ("--store"), never a dash.
+smartquotes_action = "qe"
+
 # Some docstrings write absolute values as |x|, which reStructuredText reads as a substitution;
 # these definitions print them as written.
 _ABSOLUTE_VALUES = ("⟨U*, e⟩", "⟨U*, g⟩", "μ₋")
@@ -126,7 +130,9 @@ def _api_pages():
                 own.append(name)
             else:
                 elsewhere.append(f"{loraml_docs.home_module(mod_name, obj)}.{name}")
-        lines = [f"``{title}``", "=" * (len(title) + 4), "", blurb, "", f".. module:: {mod_name}", ""]
+        # The module target comes first: docutils moves its id (#module-theory.landscape) onto the
+        # next element, which an autosummary table would drop.
+        lines = [f"``{title}``", "=" * (len(title) + 4), "", f".. module:: {mod_name}", "", blurb, ""]
         if subpackages:
             lines += ["Subpackages: " + ", ".join(f":doc:`{m} <{m}>`" for m in subpackages) + ".", ""]
         if elsewhere:

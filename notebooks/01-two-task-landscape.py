@@ -16,12 +16,13 @@
 # **Claim.** With T = 2 retraining tasks and rank-one adapters, every critical point of the
 # population objective F(A, U) = ½ Σ_t ‖A + u_tu_tᵀ − A*_t‖² is a global minimum or has a strictly
 # negative Hessian eigenvalue; the SR solution (A* + R̄*, U = 0) is one of the saddles, with
-# λ_min = −‖M‖_op, M = R*₁ − R*₂. The global minima form a continuum (P7).
+# λ_min = −‖M‖_op, M = R\*₁ − R\*₂. The global minima form a continuum (P7).
 
 # %%
 import os
 
 import numpy as np
+from IPython.display import Image, display
 
 import sims
 import theory as th
@@ -61,6 +62,7 @@ grid = sims.saddle_slice_table(d=4, seed=0, n_grid=41 if FAST else 121)
 walks = sims.descent_paths_table(d=4, seed=0, n_paths=3 if FAST else 8, n_steps=800 if FAST else 4000)
 plot_saddle_slice(grid, walks, f"{out}/saddle-slice.png")
 plot_critical_spectra(sims.critical_spectra_table(d=4, seed=0), f"{out}/critical-spectra.png")
+display(Image(f"{out}/saddle-slice.png"), Image(f"{out}/critical-spectra.png"))
 print("final G of the descent paths:", walks[walks.step == walks.step.max()].G.max())
 
 # %% [markdown]

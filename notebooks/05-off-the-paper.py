@@ -29,6 +29,7 @@
 import os
 
 import numpy as np
+from IPython.display import Image, display
 
 import sims
 import theory as th
@@ -41,6 +42,7 @@ rows = offpaper_table(configs, tables)
 for knob in OFFPAPER_SETTINGS:
     plot_offpaper(rows[rows["knob"] == knob].reset_index(drop=True), f"figures-notebook/{knob}.png", title=knob,
                   pdf=False)
+    display(Image(f"figures-notebook/{knob}.png"))
 cols = ["knob", "setting", "LoRA-ML A_error", "SR A_error / |R_bar|^2 (P2)", "exact / P6", "SR / P4 floor",
         "LoRA-ML GD diverged"]
 rows[cols]

@@ -120,6 +120,11 @@ def read_personachat(path) -> list[dict]:
     Each dialogue is ``{"persona": (sentence, …), "turns": ((utterance, response, (candidate, …)), …)}``
     (persona sentences without the ``your persona:`` prefix).
 
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A ``*_self_original.txt`` file.
+
     Raises
     ------
     ValueError
@@ -174,6 +179,11 @@ def persona_description(sentences) -> str:
     """A persona's description as persona maps hold it: the sentences joined by one space, runs of
     whitespace collapsed (a string is normalised the same way).
 
+    Parameters
+    ----------
+    sentences : sequence of str, or str
+        The persona's sentences (or a description to normalise).
+
     Examples
     --------
     >>> persona_description(("i like dogs.", "my  favourite colour is blue. "))
@@ -192,6 +202,11 @@ def persona_description(sentences) -> str:
 def read_persona_map(path) -> dict[int, frozenset]:
     """A persona map: a pickled dict cluster id (int) → set of persona descriptions, returned with
     normalised descriptions (:func:`persona_description`).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The pickle file.
 
     Raises
     ------
@@ -232,6 +247,15 @@ def read_persona_map(path) -> dict[int, frozenset]:
 def persona_clusters(dialogues, persona_map, *, top: int = 10) -> list[tuple[int, list]]:
     """(cluster id, dialogues in file order) of the ``top`` largest clusters with more than one
     dialogue, cluster 0 dropped, largest first (ties: smaller id first); fewer when fewer qualify.
+
+    Parameters
+    ----------
+    dialogues : list of dict
+        Dialogues of :func:`read_personachat`.
+    persona_map : dict
+        A persona map of :func:`read_persona_map` (cluster id → descriptions).
+    top : int >= 1
+        The most clusters returned.
 
     Examples
     --------
@@ -341,6 +365,21 @@ def write_convai(root, *, train_sizes=(6, 5, 5, 4), valid_sizes=(6, 5, 4), turns
     partner's utterance (so it repeats a word of the context, and its words differ in kind from the
     distractors': a bag of words ranks it first).
 
+    Parameters
+    ----------
+    root : str or pathlib.Path
+        The folder to write (created if missing).
+    train_sizes, valid_sizes : sequence of int >= 1
+        Dialogues per cluster of the training and the validation split.
+    turns : int >= 1
+        Turns per dialogue.
+    n_candidates : int >= 2
+        Candidates per turn (the true response among them).
+    vocab : int >= 2
+        Words of each kind (``aK``, ``bK``, ``cK`` for K < vocab).
+    rng : numpy.random.Generator, int or None
+        Source of the words and the orders.
+
     Examples
     --------
     >>> import tempfile
@@ -405,6 +444,19 @@ def write_tiny_roberta(folder, *, vocab: int = 40, hidden: int = 32, layers: int
     ``hidden``) with a word-level tokenizer that knows every word :func:`write_convai` writes for the
     same ``vocab`` (built offline with the ``tokenizers`` library; RoBERTa's special ids <s> 0,
     <pad> 1, </s> 2), loadable as ``--model folder``: the offline stand-in for roberta-base.
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        The folder to write (created if missing).
+    vocab : int >= 2
+        As in :func:`write_convai`: the tokenizer knows its words.
+    hidden : even int >= 2
+        Width of the layers (two attention heads).
+    layers : int >= 1
+        Transformer layers.
+    seed : int >= 0
+        Seed of the random weights.
 
     Examples
     --------
@@ -627,6 +679,16 @@ def check_convai_inputs(data, persona_map, model) -> str:
     """Check the three inputs of the language experiment before any work (the files exist and have
     the expected form: the model folder is a RoBERTa checkpoint with weights and a tokenizer);
     return their fingerprint (file names and sizes), which :class:`ConvAIConfig` keys on.
+
+    Parameters
+    ----------
+    data : str or pathlib.Path
+        Folder with ``train_self_original.txt`` and ``valid_self_original.txt`` (``--data``).
+    persona_map : str or pathlib.Path
+        A persona-map pickle, or a folder with ``train_persona_map.pkl`` and ``valid_persona_map.pkl``
+        (``--persona-map``).
+    model : str or pathlib.Path
+        A local RoBERTa checkpoint folder with its tokenizer (``--model``).
 
     Raises
     ------
@@ -925,6 +987,19 @@ def simulate_convai_chunk(config: ConvAIConfig, value_index: int, trials, device
     persona; return the tidy table (see the module docstring). ``device`` defaults to CUDA when
     available; ``amp`` (bfloat16 autocast) to on for CUDA.
 
+    Parameters
+    ----------
+    config : ConvAIConfig
+        The experiment.
+    value_index : int
+        Index of the (method, fine-tuning scheme, rank) in ``config.values``.
+    trials : sequence of int
+        Distinct (seed, test persona) trials, each below ``config.runs``.
+    device : str, optional
+        Torch device; None: CUDA when available, else the CPU.
+    amp : bool, optional
+        bfloat16 autocast; None: on for CUDA.
+
     Examples
     --------
     >>> import tempfile
@@ -994,6 +1069,12 @@ def convai_summary(table: pd.DataFrame) -> pd.DataFrame:
     (``persona == "average"``: each seed's mean over personas, then over seeds): mean and standard
     error (ddof 1) over seeds of the last-epoch and the best-epoch (chosen on the validation
     dialogues) hits@1.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A table of :func:`simulate_convai_chunk` (or the store's concatenation of them), with
+        fine-tuning rows.
 
     Examples
     --------

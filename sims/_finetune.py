@@ -36,11 +36,23 @@ def finetune_comparison(*, d=10, k=1, T=3, N=5000, n=100, sigma=0.1, runs=5, see
 
     Parameters
     ----------
-    d, k, T, N, n, sigma : the linear model of spec/theory.md (defaults: its §5.1 defaults).
-    runs : independent runs (a new ground truth and data set each; seeds from SeedSequence(seed)).
-    max_steps : fine-tuning steps recorded (every step).
-    lr_gd : plain GD step in units of 1/σ₁(G♮).  lr_prec : preconditioned GD step.  lam : its λ.
-    vanilla_alpha : standard deviation of the vanilla init's A0 entries.
+    d, k, T, N, n, sigma : int, int, int, int, int, float
+        The linear model of spec/theory.md: dimension, adapter rank, retraining tasks, samples per
+        retraining task, fine-tuning samples (n > d) and noise (defaults: its §5.1 defaults).
+    runs : int >= 1
+        Independent runs (a new ground truth and data set each).
+    seed : int >= 0
+        Root seed: the runs' streams are ``SeedSequence(seed).spawn(runs)``.
+    max_steps : int >= 1
+        Fine-tuning steps recorded (every step).
+    lr_gd : float > 0
+        Plain GD step, in units of 1/σ₁(G♮).
+    lr_prec : float > 0
+        Preconditioned GD step.
+    lam : float >= 0
+        Its damping λ.
+    vanilla_alpha : float > 0
+        Standard deviation of the vanilla init's A0 entries.
 
     Returns
     -------
@@ -129,6 +141,13 @@ def finetune_summary(table: pd.DataFrame, *, factor: float = 1.01) -> pd.DataFra
 
     Columns: ``base``, ``method``, ``initial_error``, ``final_error``, ``lemma1_error`` (means over
     runs), ``steps_median``, ``steps_max`` and ``reached`` (runs that reached it, of ``runs``).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A table of :func:`finetune_comparison`.
+    factor : float >= 1
+        A run has reached the optimum once its test error is within ``factor`` × Lemma 1's.
 
     Examples
     --------

@@ -93,6 +93,17 @@ def saddle_slice_table(*, d=4, seed=0, n_grid=121, extent=1.6) -> pd.DataFrame:
     ±``extent`` · max(|⟨U*, e⟩|, |⟨U*, g⟩|). Columns: ``x``, ``y``, ``G``. ``attrs`` hold the
     coordinates of U* (``star``), the escape eigenvalue (``lambda_min``) and ‖M‖_op.
 
+    Parameters
+    ----------
+    d : int >= 2
+        Dimension of the two-task instance (T = 2, k = 1).
+    seed : int >= 0
+        Seed of the instance (``sample_ground_truth(d, 1, 2, rng=default_rng(seed))``).
+    n_grid : int >= 3
+        Grid points per axis.
+    extent : float > 0
+        Half-width of the grid, in units of U*'s largest coordinate on the plane.
+
     Examples
     --------
     >>> import numpy as np
@@ -133,6 +144,21 @@ def descent_paths_table(*, d=4, seed=0, n_paths=6, n_steps=4000, init_scale=0.05
     Starts are U = 0 plus iid N(0, init_scale² ‖M‖_op) entries in the whole space (not only in the
     plane); the step is 0.25 / (‖M‖_op + ‖U*‖²). Columns: ``path``, ``step``, ``x``, ``y`` (the
     projections on e and g), ``off_plane`` (norm of the rest) and ``G``.
+
+    Parameters
+    ----------
+    d : int >= 2
+        Dimension of the two-task instance (T = 2, k = 1).
+    seed : int >= 0
+        Seed of the instance, as in :func:`saddle_slice_table`; the starts use ``(seed, 1)``.
+    n_paths : int >= 1
+        Number of random starts.
+    n_steps : int >= 1
+        Gradient steps per path.
+    init_scale : float > 0
+        Size of the starts, relative to √‖M‖_op.
+    record_every : int >= 1
+        Record every this many steps.
 
     Examples
     --------
@@ -182,6 +208,16 @@ def critical_spectra_table(*, d=4, seed=0, scales=(0.5, 2.0)) -> pd.DataFrame:
     Columns: ``point`` (index), ``family``, ``label``, ``predicted`` ("global minimum" or
     "strict saddle"), ``index`` (eigenvalue rank, ascending), ``eigenvalue``, ``grad_norm``
     and ``value`` (F at the point).
+
+    Parameters
+    ----------
+    d : int >= 2
+        Dimension of the two-task instance (T = 2, k = 1).
+    seed : int >= 0
+        Seed of the instance, as in :func:`saddle_slice_table`.
+    scales : sequence of float > 0
+        The adapter sizes at which the unbounded families (kernel lines, hyperbolas) are sampled
+        (``scales`` of :func:`theory.critical_points_two_tasks`).
 
     Examples
     --------
@@ -271,6 +307,37 @@ def recovery_phase_table(*, Ts=(2, 3, 4, 5), ds=range(2, 13), ks=range(1, 5), re
     "processes" or an object with ``submit``, as in :func:`sims.run`) spreads the cells over
     processes, the most expensive first. Every cell is seeded by (seed, T, d, k, adapters) alone,
     so the table does not depend on the executor.
+
+    Parameters
+    ----------
+    Ts : sequence of int >= 1
+        Numbers of retraining tasks.
+    ds : sequence of int >= 1
+        Dimensions.
+    ks : sequence of int >= 1
+        Adapter ranks; a cell needs k <= d.
+    reps : int >= 1
+        Instances per cell.
+    seed : int >= 0
+        Seeds every cell, with (T, d, k).
+    adapters : "symmetric", "asymmetric" or a sequence of them
+        The learner's adapter kinds.
+    n_starts : int >= 1
+        Starts of the landing solver (the spectral start, then random ones).
+    max_iter : int >= 1
+        Levenberg–Marquardt iterations per start of the landing solver.
+    identify : bool
+        Classify the instances (the classification columns); off, the solver alone runs.
+    search_starts : int, a mapping from adapter kind to int, or None
+        Starts of the multi-start search where one is needed; None: 16 symmetric, 8 asymmetric.
+    search_iter : int >= 1
+        Levenberg–Marquardt iterations per search start.
+    landing : bool
+        Run the landing solver (its columns).
+    search_max_unknowns : int >= 0 or None
+        No search in a cell with more unknowns than this; None: no bound.
+    executor : "serial", "processes" or an object with ``submit``
+        Runs the cells, as in :func:`sims.run`.
 
     Examples
     --------
@@ -429,6 +496,11 @@ def convex_certificate_margin(U_star) -> float:
     certificate, and the relaxation returns another base. Solved with cvxpy and Clarabel at
     ``CERTIFICATE_TOL``.
 
+    Parameters
+    ----------
+    U_star : (T, d, k), 1 <= k < d
+        The adapters U*_t of the T retraining tasks.
+
     Examples
     --------
     >>> import numpy as np
@@ -504,6 +576,25 @@ def convex_recovery_table(*, Ts=(2, 3, 5), ds=range(2, 9), ks=range(1, 4), reps=
     :func:`convex_certificate_margin` and ``certified`` whether it is positive: the relaxation
     returns A* exactly when ``certified``. Columns as in :func:`recovery_phase_table`, with
     ``adapters`` = "convex PSD", the solver's ``status`` and the certificate's ``certificate_status``.
+
+    Parameters
+    ----------
+    Ts : sequence of int >= 1
+        Numbers of retraining tasks.
+    ds : sequence of int >= 1
+        Dimensions.
+    ks : sequence of int >= 1
+        Adapter ranks; a cell needs k <= d.
+    reps : int >= 1
+        Instances per cell, the same as :func:`recovery_phase_table`'s for the same ``seed``.
+    seed : int >= 0
+        Seeds every cell, with (T, d, k).
+    lam : float >= 0
+        Trace penalty of the relaxation; 0 solves the λ → 0⁺ limit.
+    tol : float > 0
+        ``recovered`` means ‖Â − A*‖ ≤ tol ‖A*‖.
+    certificate : bool
+        Also compute the dual certificate's margin (λ = 0 and k < d only).
 
     Examples
     --------

@@ -421,6 +421,15 @@ def linear_truth(config: LinearConfig, value_index: int, trial: int):
     task), redrawn from the trial's stream exactly as the engine draws it: for predictions (P2's
     R̄*, P4's floor, P6's basis) next to a stored table.
 
+    Parameters
+    ----------
+    config : LinearConfig
+        The sweep.
+    value_index : int
+        Index of the swept value in ``config.values``.
+    trial : int
+        The trial, below ``config.runs``.
+
     Examples
     --------
     >>> cfg = linear_sweep("T", (2, 3), runs=2)
@@ -580,6 +589,15 @@ def simulate_chunk(config: LinearConfig, value_index: int, trials) -> pd.DataFra
     retraining solvers; NaN if ``exact_reference`` is off), retrain_loss (the LoRA-ML / SR
     training objective at the end, without its constant), preset.
 
+    Parameters
+    ----------
+    config : LinearConfig
+        The sweep.
+    value_index : int
+        Index of the swept value in ``config.values``.
+    trials : sequence of int
+        Distinct trials, each below ``config.runs``.
+
     Examples
     --------
     >>> cfg = linear_sweep("T", (2, 3), runs=2, d=6, N=200, n=30, outer_steps=20, ft_steps=20)
@@ -602,6 +620,11 @@ def simulate_chunks(jobs) -> list[pd.DataFrame]:
     inner steps, lr_A, lr_U; e.g. the default point, which nine of the fifteen values of a preset
     share) run one :func:`theory.paper_gd` call between them, and chunks whose fine-tuning has the
     same shapes and schedule (d, rank, n, steps, step size, stride, metric) one fine-tuning loop.
+
+    Parameters
+    ----------
+    jobs : sequence of (LinearConfig, int, sequence of int)
+        ``(config, value_index, trials)`` triples, each as :func:`simulate_chunk` takes them.
 
     Examples
     --------

@@ -35,6 +35,27 @@ def vanilla_alpha_table(*, alpha2=(1.0, 0.1, 1e-2, 1e-3, 1e-4), d=100, m=100, rs
     top-r* left singular vectors of A_t and those of G♮). ``attrs["angle"]`` holds sin θ(G♮, ΔW),
     the plateau, and ``attrs["sqrt_d_over_N"]`` its scale √(d/N).
 
+    Parameters
+    ----------
+    alpha2 : sequence of float > 0
+        The init variances α² compared, all in one batched run.
+    d, m : int >= 2
+        Shape of ΔW (d, m).
+    rstar : int in [1, min(d, m)]
+        Rank r* of ΔW.
+    r : int in [rstar, min(d, m)]
+        LoRA rank.
+    kappa : float >= 1
+        Condition number of ΔW.
+    N_ratio : int >= 1
+        Samples per dimension: N = N_ratio · d.
+    lr : float > 0
+        Step size.
+    steps : int >= 1
+        GD steps.
+    seed : int >= 0
+        Seed of the instance, the samples and the init.
+
     Examples
     --------
     >>> import numpy as np
@@ -88,6 +109,31 @@ def init_comparison_table(*, d=100, m=100, rstar=4, r=8, kappa=10.0, N_ratio=16,
     "vanilla" (A0 ~ N(0, α²), B0 = 0), "LoRA-GA" (γ = ``loraga_gamma``, W0 shifted)}.
     Columns: ``method``, ``step``, ``rel_error`` = ‖W0′ + A_tB_t − W♮‖/‖ΔW‖ (W0′ the possibly
     shifted base).
+
+    Parameters
+    ----------
+    d, m : int >= 2
+        Shape of ΔW (d, m).
+    rstar : int in [1, min(d, m)]
+        Rank r* of ΔW.
+    r : int in [1, min(d, m) / 2]
+        LoRA rank.
+    kappa : float >= 1
+        Condition number of ΔW.
+    N_ratio : int >= 1
+        Samples per dimension: N = N_ratio · d.
+    lr : float > 0
+        Step size of ScaledGD(λ).
+    lam : float >= 0
+        Its damping λ.
+    steps : int >= 1
+        Steps.
+    vanilla_alpha : float > 0
+        Standard deviation α of the vanilla init's A0 entries.
+    loraga_gamma : float > 0
+        LoRA-GA's scale γ.
+    seed : int >= 0
+        Seed of the instance, the samples and the vanilla init.
 
     Examples
     --------
@@ -143,6 +189,25 @@ def kappa_iterations_table(*, kappas=(1.0, 3.0, 10.0, 30.0, 100.0), d=100, m=100
     Columns: ``method`` ("precgd", "gd"), ``kappa``, ``seed``, ``n_iter``, ``converged``.
     ``attrs["slopes"]`` maps each method to the fitted log–log slope of mean iterations in κ.
 
+    Parameters
+    ----------
+    kappas : sequence of float >= 1
+        Condition numbers κ of ΔW, all in one batched run per method.
+    d, m : int >= 1
+        Shape of ΔW (d, m).
+    rstar : int in [1, min(d, m)]
+        Rank r* of ΔW, which is also the LoRA rank.
+    N_ratio : int >= 1
+        Samples per dimension: N = N_ratio · d.
+    lr : float > 0
+        Step size of both methods.
+    tol : float > 0
+        Relative error ‖A_tB_t − ΔW‖/‖ΔW‖ that stops a run.
+    max_iter : int >= 1
+        Most steps per run (``converged`` False if reached).
+    seeds : sequence of int >= 0
+        One instance per seed.
+
     Examples
     --------
     >>> import numpy as np
@@ -193,6 +258,21 @@ def two_parameter_table(*, a_star=(2.0, 1.0), N=40, lr=0.05, steps=400, init_sca
     GD paths from a random init (a ~ N(0, init_scale²), b = 0) and from the spectral init
     (a = g/√‖g‖, b = √‖g‖, g the one-step gradient on N samples). Columns: ``init``, ``step``,
     ``a1``, ``a2``, ``b``, ``risk`` (population ½‖ab − a_star‖²). ``attrs["g"]`` is g.
+
+    Parameters
+    ----------
+    a_star : pair of float
+        The target ΔW = a_star (d = 2, m = 1).
+    N : int >= 1
+        Samples of the one-step gradient (and of the loss).
+    lr : float > 0
+        GD step size.
+    steps : int >= 1
+        GD steps.
+    init_scale : float >= 0
+        Standard deviation of the random init's a.
+    seed : int >= 0
+        Seed of the samples and of the random init.
 
     Examples
     --------

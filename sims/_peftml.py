@@ -294,6 +294,11 @@ def _cycle(loader):
 def linear_names(model) -> tuple[str, ...]:
     """Full dotted names of every ``nn.Linear`` of ``model`` (peft targets; the output layer included).
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+
     Examples
     --------
     >>> import torch
@@ -310,6 +315,11 @@ def linear_names(model) -> tuple[str, ...]:
 
 def trainable_count(params) -> int:
     """Number of scalars in the parameters an optimiser updates.
+
+    Parameters
+    ----------
+    params : iterable of torch.nn.Parameter
+        The parameters (those an optimiser updates).
 
     Examples
     --------
@@ -396,6 +406,15 @@ def attach_lora(model, lora: LoraSpec, n_adapters: int):
 
     Returns (peft model, the parameters the optimiser updates: the base's trainable ones and every
     adapter's). ``net.set_adapter(f"task{t}")`` activates task t's adapter.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network to adapt.
+    lora : LoraSpec
+        Rank, scaling, dropout and target layers of the adapters.
+    n_adapters : int >= 1
+        One adapter per retraining task.
 
     Raises
     ------
@@ -790,6 +809,8 @@ def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=N
     ----------
     model : torch.nn.Module
         The base θ; its output layer is the submodule ``head``.
+    head : str
+        Dotted name of the output layer in ``model``.
     train, val : lists of per-task loaders
         Training batches and validation batches of each task (``val`` defaults to ``train``).
     method : "SR", "LoRA-ML", "last-layer-ML" or "Reptile"
@@ -1088,11 +1109,27 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
     scheme : "lora" or "last-layer"
         ``"lora"``: a fresh peft adapter on the targeted Linear layers, everything else frozen.
         ``"last-layer"``: a new head (a fresh initialisation of ``head``) trains, the body is frozen.
+    head : str
+        Dotted name of the output layer in ``base``.
+    lora : LoraSpec
+        The adapter of ``"lora"`` (rank, scaling, dropout, target layers).
+    optim : OptimSpec
+        Epochs, learning rate, weight decay, optimiser and schedule.
+    seed : int >= 0
+        Seeds the fresh adapter or head and dropout (inside ``torch.random.fork_rng``).
+    device : str or torch.device
+        Where to train.
+    amp : bool
+        bfloat16 autocast (on CUDA).
     init_adapter : dict, optional
         ``"lora"``: start the adapter from these (lora_A, lora_B) weights per layer (quirk V2).
     init_head : torch.nn.Module, optional
         Use a copy of this module as the head (quirk V2 for ``"last-layer"``; for ``"lora"`` the
-        frozen head under the adapter). ``fresh_head``: for ``"lora"``, a freshly initialised head.
+        frozen head under the adapter).
+    fresh_head : bool
+        ``"lora"``: a freshly initialised head instead of ``base``'s.
+    deadline : float, optional
+        A ``time.perf_counter()`` value; training stops after the epoch that passes it.
     train_head : bool
         ``"lora"``: the head trains beside the adapter (the language protocol); otherwise frozen.
     objective : "classify" or "pairs"
@@ -1212,6 +1249,11 @@ def _check_history(table, name, func, columns):
 def best_and_last(history: pd.DataFrame) -> dict:
     """Last-epoch test accuracy and the test accuracy at the epoch of best validation accuracy
     (the earliest on ties) of one fine-tuning history.
+
+    Parameters
+    ----------
+    history : pandas.DataFrame
+        One fine-tuning history, with columns ``epoch``, ``split`` ("val", "test") and ``accuracy``.
 
     Examples
     --------

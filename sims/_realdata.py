@@ -149,6 +149,13 @@ def MLPMixer(**options):
     channel MLP ×0.5, dropout 0.1, GELU, LayerNorm, mean pooling, Linear(512 → 2)); its output layer
     is ``head``. Initialised from torch's default generator (seed it, e.g. inside ``fork_rng``).
 
+    Parameters
+    ----------
+    **options
+        Any of ``image_size`` (32), ``channels`` (3), ``patch_size`` (4, a divisor of ``image_size``),
+        ``dim`` (512), ``depth`` (1), ``num_classes`` (2), ``token_expansion`` (4.0),
+        ``channel_expansion`` (0.5) and ``dropout`` (0.1).
+
     Examples
     --------
     >>> import torch
@@ -187,6 +194,11 @@ def MLPMixer(**options):
 def read_cifar10(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Read the CIFAR-10 python version from ``root``: (x_train (50000, 3, 32, 32) uint8, y_train,
     x_test, y_test); any number of rows per file is accepted (for small generated sets).
+
+    Parameters
+    ----------
+    root : str or pathlib.Path
+        The folder with ``data_batch_1`` … ``data_batch_5`` and ``test_batch``.
 
     Raises
     ------
@@ -234,6 +246,17 @@ def read_cifar10(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def write_cifar10(root, n_train: int = 50000, n_test: int = 10000, *, rng=0) -> Path:
     """Write a random data set in the CIFAR-10 python-pickle format (5 training batches and a test
     batch; uniform random pixels, balanced labels) under ``root`` — for tests and benchmarks.
+
+    Parameters
+    ----------
+    root : str or pathlib.Path
+        The folder to write (created if missing).
+    n_train : int >= 0
+        Training images, spread over the five training batches.
+    n_test : int >= 0
+        Test images.
+    rng : numpy.random.Generator, int or None
+        Source of the pixels and labels.
 
     Examples
     --------
@@ -447,6 +470,18 @@ def realdata_sweep(dataset: str, *, preset: str = "clean", seeds=(0, 1, 2, 3, 4)
     ``persona_map`` and ``model`` (paths, checked here before any work) and defaults to the paper's
     sizes (10 + 10 personas, ranks 1, 4, 8, 12, 16, 10 epochs).
 
+    Parameters
+    ----------
+    dataset : {"digits", "vision", "convai"}
+        The experiment.
+    preset : {"paper", "clean"}
+        ``paper`` reproduces the authors' protocol with its quirks; ``clean`` fixes them.
+    seeds : sequence of int
+        One retraining and fine-tuning run per seed, paired across methods.
+    **overrides
+        Any other field of :class:`RealDataConfig` (of :class:`ConvAIConfig` for ``convai``, where
+        ``data``, ``persona_map`` and ``model`` are required).
+
     Examples
     --------
     >>> cfg = realdata_sweep("digits", seeds=(0, 1))
@@ -569,6 +604,15 @@ def crop_flip(x, generator, *, padding: int = 4):
     """RandomCrop(size, padding) with zero padding and a random horizontal flip per image, as one
     gather: offsets and flips are drawn on the CPU from ``generator`` (device-independent).
 
+    Parameters
+    ----------
+    x : torch.Tensor (B, C, H, W)
+        The images.
+    generator : torch.Generator or None
+        Source of the offsets and flips (a CPU generator; None: torch's default one).
+    padding : int >= 0
+        Zero padding on each side, the largest shift.
+
     Examples
     --------
     >>> import torch
@@ -634,6 +678,23 @@ def simulate_realdata_chunk(config: RealDataConfig, value_index: int, trials, de
     of it, each fine-tuning after the epoch that passes its equal share of the rest (the table's
     epochs say how far each got); ``timings`` (a dict) receives the wall time of each phase.
 
+    Parameters
+    ----------
+    config : RealDataConfig
+        The experiment.
+    value_index : int
+        Index of the retraining method in ``config.values``.
+    trials : sequence of int
+        Indices into ``config.seeds``.
+    device : str, optional
+        Torch device; None: CUDA when available, else the CPU.
+    amp : bool, optional
+        bfloat16 autocast; None: on for CUDA.
+    budget : float >= 0, optional
+        Seconds per seed; None: no cap.
+    timings : dict, optional
+        Receives the wall time of each phase.
+
     Examples
     --------
     >>> cfg = realdata_sweep("digits", seeds=(0,), values=("SR",), finetuning=("last-layer",), n_finetune=(10,),
@@ -666,6 +727,15 @@ def simulate_realdata_chunks(chunks, device: str | None = None, amp: bool | None
     :func:`simulate_realdata_chunk`; chunks with equal :meth:`RealDataConfig.share_key` (SR or
     last-layer-ML, the same seeds, both presets) retrain once, and a last-layer fine-tuning that no
     quirk reaches (SR's) runs once for both presets.
+
+    Parameters
+    ----------
+    chunks : sequence of (RealDataConfig, int, sequence of int)
+        ``(config, value_index, trials)`` triples, each as :func:`simulate_realdata_chunk` takes them.
+    device : str, optional
+        Torch device; None: CUDA when available, else the CPU.
+    amp : bool, optional
+        bfloat16 autocast; None: on for CUDA.
 
     Examples
     --------
@@ -805,6 +875,12 @@ def _one_seed(config, method, seed, device, amp, budget, timings, cache=None):
 def realdata_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per retraining method × fine-tuning scheme × n_finetune: mean, standard error (ddof 1) and
     median over seeds of the last-epoch and the best-epoch (chosen on validation) test accuracy.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A table of :func:`simulate_realdata_chunk` (or the store's concatenation of them), with
+        fine-tuning rows.
 
     Examples
     --------

@@ -25,6 +25,15 @@ def reference_trial(config: LinearConfig, value_index: int, trial: int) -> dict:
     Returns a dict with ``steps``, ``test_loss`` (method, step), ``A_error`` and ``optimum``
     (each per method, in the order of ``METHODS``).
 
+    Parameters
+    ----------
+    config : LinearConfig
+        The sweep.
+    value_index : int
+        Index of the swept value in ``config.values``.
+    trial : int
+        The trial, below ``config.runs``.
+
     Examples
     --------
     >>> import numpy as np

@@ -196,6 +196,19 @@ class ShallowConfig(SweepConfig):
 def shallow_sweep(vary, values=None, *, trials=10, seed=0, **overrides) -> ShallowConfig:
     """The frozen config of one of the paper's shallow-network sweeps (d or T).
 
+    Parameters
+    ----------
+    vary : {"d", "T"}
+        The swept field.
+    values : sequence of int, optional
+        Its values (default: the paper's, d ∈ (5, 10, 20) or T ∈ (2, 3, 5, 10)).
+    trials : int
+        Trials per value.
+    seed : int
+        The root seed.
+    **overrides
+        Any other :class:`ShallowConfig` field (e.g. ``N``, ``retrain_steps``, ``ft_steps``).
+
     Examples
     --------
     >>> shallow_sweep("T").values
@@ -550,6 +563,17 @@ def simulate_shallow_chunk(config: ShallowConfig, value_index: int, trials, devi
     """Train the trials of one chunk (one swept value) at once; return the tidy table.
 
     Columns: method ("LoRA-ML", "SR"), vary, value, trial, rank, step, test_mse, retrain_loss.
+
+    Parameters
+    ----------
+    config : ShallowConfig
+        The sweep.
+    value_index : int
+        Index of the swept value in ``config.values``.
+    trials : sequence of int
+        Distinct trials, each below ``config.trials``.
+    device : str, optional
+        Torch device ("cpu", "cuda", ...); None: CUDA when available, else the CPU.
 
     Examples
     --------

@@ -479,6 +479,11 @@ def read_store(folder) -> pd.DataFrame:
     ValueError
         The folder is missing, has no readable config.json, or holds no valid chunk.
 
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        A store folder ``<root>/<kind>-<key>`` (``ChunkStore(root, kind, config).folder``).
+
     Examples
     --------
     >>> import numpy as np
@@ -515,6 +520,11 @@ def read_records(folder) -> list[dict]:
     :func:`read_store` checks them (nothing is logged): ``{"file": name, **record}``, with
     ``"problem"`` saying why the views leave the file out where they do (a file without a readable
     record gives ``{"file": name, "problem": ...}``).
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        A store folder ``<root>/<kind>-<key>`` (``ChunkStore(root, kind, config).folder``).
 
     Examples
     --------

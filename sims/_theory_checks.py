@@ -33,6 +33,23 @@ def finetune_rate_table(*, d=10, ks=(1, 2, 3), ns=(30, 60, 120, 250, 500, 1000, 
     (k, n) cell are fitted in one batched call. Columns: ``method``, ``k``, ``n``, ``rep``,
     ``error`` (‖Â + Δ̂ − A*_{T+1}‖²), ``prediction`` (P6 for LoRA-ML, the P4 floor for SR).
 
+    Parameters
+    ----------
+    d : int >= 2
+        Dimension.
+    ks : sequence of int in [1, d]
+        Adapter ranks; rank k fine-tunes a new task of rank k.
+    ns : sequence of int > d + 1
+        Fine-tuning samples.
+    T : int >= 1
+        Retraining tasks (they set SR's base A* + R̄*).
+    sigma : float >= 0
+        Noise standard deviation.
+    reps : int >= 1
+        Ground truths per k, shared by every n (the samples are new for each n).
+    seed : int >= 0
+        Seed of everything drawn.
+
     Examples
     --------
     >>> import numpy as np
@@ -81,6 +98,23 @@ def retraining_samples_table(*, d=8, k=1, T=3, sigma=0.5, Ns=(250, 1000, 4000, 1
 
     One ground truth per repetition, shared across N. Columns: ``method``, ``N``, ``rep``,
     ``A_error`` and ``R_bar_sq`` (‖R̄*‖², SR's limit).
+
+    Parameters
+    ----------
+    d : int >= 1
+        Dimension.
+    k : int in [1, d]
+        Adapter rank.
+    T : int >= 1
+        Retraining tasks.
+    sigma : float >= 0
+        Noise standard deviation.
+    Ns : sequence of int >= 1
+        Samples per retraining task.
+    reps : int >= 1
+        Repetitions (ground truths).
+    seed : int >= 0
+        Seed of everything drawn (``SeedSequence(seed)``, one stream per repetition).
 
     Examples
     --------

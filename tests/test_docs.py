@@ -6,7 +6,9 @@
 | the pending list is not stale | every EXAMPLES_PENDING entry is a public name, defined in the file it is listed under, and still lacks an example | an entry left behind after its example was written, or listed under the wrong file |
 | the site builds | ``sphinx-build -E -W --keep-going`` of the whole site (notebooks from the execution cache, executed once when the cache lacks them) | a stale cross-reference, a test that moved or was renamed, a public name without a docstring, a broken internal link, a notebook that fails |
 | the built pages | the landing page states P1–P10 and L1–L6; every claim has a test link and an API link; the CLI page has every subcommand; the gallery every PNG; the notebook pages their outputs | a claim dropped from the landing page, a CLI page written by hand, a gallery missing figures, notebooks rendered without outputs |
-| a broken reference fails | a two-line project with a stale ``:test:`` reference and a missing API name, built with -W | a build that would pass whatever the references say |
+| what a reader sees | the built HTML, parsed (html.parser, the article of each page only): every notebook page shows an image; no ``<em>``/``<strong>`` of running text holds ``_``, ``*`` or ``{``; the CLI page keeps ``--`` in every option and has an anchor and an "On this page" entry per command; the module anchors exist; the page of every public function that takes parameters has a Parameters section; P6's constant reads the same on the landing page, its claim, notebook 03's title and the P6 test | figures saved and closed but never displayed; a formula that Markdown turned into italics (``σ_i²(A*_{T+1} − Â_SR)``); ``--store`` printed as ``–store``; commands as rubrics (no anchor, no table of contents); ``.. module::`` placed where its id is dropped (``#module-theory.landscape``); "See identifiability_batch" instead of parameters; a page that drifts back to the spec's σ²k(2d−k)/(n−d−1) |
+| emphasis check of the build | ``loraml_docs.swallowed_emphasis`` on Markdown parsed by MyST, and the two-line project built with -W | a formula turned into italics that the build lets through |
+| a broken reference fails | a two-line project with a stale ``:test:`` reference, a missing API name and an emphasis holding ``_``, built with -W | a build that would pass whatever the references say, or whatever Markdown did to a formula |
 """
 
 import importlib.util
@@ -14,6 +16,7 @@ import inspect
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -110,11 +113,37 @@ def test_a_broken_reference_fails_the_build(tmp_path):
         f"import sys\nsys.path[:0] = [{str(DOCS / '_ext')!r}, {str(ROOT)!r}]\n"
         "extensions = ['sphinx.ext.autodoc', 'loraml_docs']\nnitpicky = True\n"
         )
+    # The emphasis stands for what Markdown makes of σ_i²(A*_{T+1} − Â_SR) (reStructuredText, which
+    # this project parses without MyST's second of start-up, needs it spelled out).
     (tmp_path / "index.rst").write_text("Title\n=====\n\n:test:`test_model.py::test_no_such_test`\n\n"
-                                        ":func:`theory.no_such_function`\n")
+                                        ":func:`theory.no_such_function`\n\nσ_i²(A*{T+1} *− Â_SR)*\n")
     proc = _build(tmp_path, tmp_path / "html")
     assert proc.returncode != 0
     assert "test_no_such_test" in proc.stderr and "theory.no_such_function" in proc.stderr
+    assert "'− Â_SR)' holds '_'" in proc.stderr and "[loraml.emphasis]" in proc.stderr
+
+
+def _myst_doctree(text):
+    from docutils.core import publish_doctree
+    from myst_parser.parsers.docutils_ import Parser
+
+    return publish_doctree(text, parser=Parser(), settings_overrides={"report_level": 5})
+
+
+@pytest.mark.parametrize("markdown, flagged", [
+    ("A floor Σ_{i>k} σ_i²(A*_{T+1} − Â_SR). In population Σ_{i>k} σ_i²(R*_{T+1} − R̄*).", True),  # _ {
+    ("with M = R*₁ − R*₂, the difference.", True),                        # R<em>₁ − R</em>₂: inside words
+    ("**The solver lands on A* even where A* is not the only answer.** At", True),   # nested, stray **
+    ("**Lands on A\\* even where A\\* is not unique.** At", True),       # escaped, but a * in bold text
+    ("Each statement is tagged *paper*, *code* or *derived*; **Claim.** It holds.", False),
+    ("A* is *identified* when Δ = 0, and R*_t = U*_t U*_tᵀ.", False),
+    ("**Tests**: a list, with A\\*\\_{T+1} escaped.", False),
+])
+def test_swallowed_emphasis_flags_formulas_not_italics(markdown, flagged):
+    """The build's emphasis check (loraml_docs.swallowed_emphasis, run on every page at
+    doctree-resolved) flags the three ways Markdown ate a formula on this site, and leaves the
+    italics and bold leads the writers meant alone."""
+    assert bool(EXT.swallowed_emphasis(_myst_doctree(markdown))) == flagged
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +224,183 @@ def test_api_pages_have_an_entry_for_every_public_name(site):
         mod_name = qual.rsplit(".", 1)[0]
         home = EXT.home_module(mod_name, obj)
         assert (site / "api" / "generated" / f"{home}.{name}.html").exists(), qual
+
+
+# ----------------------------------------------------------------------- what a reader sees
+
+
+class _Article(HTMLParser):
+    """The elements of a page's article (``<article class="bd-article">``): for each, its tag,
+    attributes, text and the (tag, attributes) of its ancestors. The standard library's parser on
+    the article alone reads the 200 pages in a fraction of a second (BeautifulSoup takes seconds)."""
+
+    VOID = {"br", "img", "hr", "meta", "link", "input", "col", "wbr", "source"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.text, self.elements = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in self.VOID:
+            self.elements.append((tag, attrs, "", [(t, a) for t, a, _ in self.stack]))
+        else:
+            self.stack.append((tag, attrs, len(self.text)))
+
+    def handle_endtag(self, tag):
+        if not any(t == tag for t, _, _ in self.stack):
+            return
+        while True:
+            t, attrs, start = self.stack.pop()
+            if t == tag:
+                break
+        self.elements.append((tag, attrs, "".join(self.text[start:]), [(t, a) for t, a, _ in self.stack]))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _article_html(page: Path) -> str:
+    m = re.search(r'<article class="bd-article">(.*)</article>', page.read_text(), re.S)
+    assert m, f"{page} has no article"
+    return m.group(1)
+
+
+def _elements(page: Path):
+    parser = _Article()
+    parser.feed(_article_html(page))
+    return parser.elements
+
+
+def _pages(site):
+    """Every page a reader reaches from the navigation (not the generated indices or copies)."""
+    skip = {"genindex.html", "py-modindex.html", "search.html"}
+    return [p for p in sorted(site.rglob("*.html"))
+            if p.relative_to(site).parts[0] not in ("_source", "_modules", "_static", "_images")
+            and p.name not in skip]
+
+
+def _classes(attrs) -> list[str]:
+    return (attrs.get("class") or "").split()
+
+
+def test_every_notebook_page_shows_a_figure(site):
+    """Rules out figures written to a file and closed (loraml.figures.save), never displayed:
+    notebooks 01, 02, 03 and 05 rendered without a single image."""
+    pages = sorted((site / "notebooks").glob("0*.html"))
+    assert len(pages) == len(list((ROOT / "notebooks").glob("0*.py")))
+    for page in pages:
+        images = [attrs for tag, attrs, _, _ in _elements(page) if tag == "img"]
+        assert images, f"{page.name} shows no figure"
+
+
+def _is_a_name(tag, attrs, ancestors) -> bool:
+    """Emphasis that Sphinx sets around names, not running text: a signature's parameters
+    (``<em class="sig-param">``) and a numpydoc parameter name (``<dt><strong>n_iter</strong>``)."""
+    if "sig-param" in _classes(attrs) or any("sig" in _classes(a) for t, a in ancestors if t == "dt"):
+        return True
+    return tag == "strong" and ancestors and ancestors[-1][0] == "dt"
+
+
+def test_no_emphasis_swallowed_a_formula(site):
+    """No <em>/<strong> of running text holds '_', '*' or '{': rules out a formula that Markdown
+    read as emphasis (P4's σ_i²(A*_{T+1} − Â_SR) in italics with its underscores gone, a bold lead
+    holding A*). The build's own check (loraml_docs.check_emphasis) also catches emphasis that
+    starts inside a word (R*₁ − R*₂); this test reads what the reader gets."""
+    bad = []
+    for page in _pages(site):
+        for tag, attrs, text, ancestors in _elements(page):
+            if tag in ("em", "strong") and set(text) & set("_*{") and not _is_a_name(tag, attrs, ancestors):
+                bad.append(f"{page.relative_to(site)}: <{tag}> {text[:60]!r}")
+    assert not bad, "\n".join(bad)
+
+
+def test_cli_options_keep_their_hyphens(site):
+    """No option on the CLI page contains an en dash: rules out smart quotes turning the "--store"
+    of a command's description into "–store". Checks every literal and the running text (an
+    en dash that starts a word; "log–log" and "P1–P10" are dashes between words)."""
+    page = site / "guide" / "cli.html"
+    elements = _elements(page)
+    literals = [text for tag, _, text, _ in elements if tag in ("code", "pre")]
+    prose = " ".join(text for tag, _, text, _ in elements if tag == "p")
+    assert not [t for t in literals if "–" in t]
+    assert not re.findall(r"(?<!\w)–\w+", prose), re.findall(r"(?<!\w)–\w+", prose)
+    assert any(t.startswith("--store") for t in literals), "the descriptions' options are not set as literals"
+
+
+def test_cli_page_has_an_anchor_and_a_contents_entry_per_command(site):
+    """Every command and subcommand is a section (#loraml-sweep-linear) listed under "On this
+    page": rules out commands set as rubrics, which have neither."""
+    from loraml.cli import _parser
+
+    html = (site / "guide" / "cli.html").read_text()
+    toc = re.search(r'<nav id="pst-page-toc-nav".*?</nav>', html, re.S)
+    assert toc, "no 'On this page' list"
+    progs = [prog for prog, _ in EXT._walk(_parser(), "loraml")]
+    assert len(progs) > 6
+    for prog in progs:
+        anchor = prog.replace(" ", "-")
+        assert re.search(rf'<section id="{anchor}">', html), prog
+        assert f'href="#{anchor}"' in toc.group(0), prog
+
+
+def test_module_anchors_exist(site):
+    """Each API page carries its module's anchor, and every link to a module anchor lands on one:
+    rules out a ``.. module::`` whose id an autosummary table swallowed (the links to
+    #module-theory.landscape and #module-theory.validation led nowhere)."""
+    ids = {}
+    for mod_name in EXT.API_MODULES:
+        page = site / "api" / f"{mod_name}.html"
+        ids[page] = set(re.findall(r'id="([^"]+)"', page.read_text()))
+        assert f"module-{mod_name}" in ids[page], mod_name
+    for page in _pages(site):
+        for href in re.findall(r'href="([^"#]*api/[\w.]+\.html)#(module-[\w.]+)"', page.read_text()):
+            target = (page.parent / href[0]).resolve()
+            assert href[1] in ids.get(target, set()), f"{page.relative_to(site)} links to {href[0]}#{href[1]}"
+
+
+def test_api_pages_of_functions_with_parameters_have_a_parameters_section(site):
+    """The page of every public function that takes parameters lists each of them under
+    Parameters: rules out a docstring that sends the reader elsewhere ("See identifiability_batch
+    for the parameters"), says nothing about its arguments, or leaves some out (numpydoc drops the
+    words of a compact "X : (N, d); Y : (N, m)" line from the list)."""
+    missing = []
+    for qual, name, obj in _public_callables():
+        if inspect.isclass(obj):
+            continue
+        params = [p for p in inspect.signature(obj).parameters if p not in ("self", "cls")]
+        if not params:
+            continue
+        home = EXT.home_module(qual.rsplit(".", 1)[0], obj)
+        html = _article_html(site / "api" / "generated" / f"{home}.{name}.html")
+        m = re.search(r'<dt class="field-\w+">Parameters<span class="colon">:</span></dt>(.*?)'
+                      r'(?=<dt class="field-\w+">|</dl>\s*</dd>\s*</dl>)', html, re.S)
+        if not m:
+            missing.append(f"{home}.{name}: no Parameters section")
+            continue
+        listed = {n.strip().lstrip("*") for names in re.findall(r"<dt><strong>(.*?)</strong>", m.group(1))
+                  for n in names.split(",")}
+        if set(params) - listed:
+            missing.append(f"{home}.{name}: {', '.join(p for p in params if p not in listed)}")
+    assert not missing, "API pages whose Parameters section lacks parameters:\n" + "\n".join(missing)
+
+
+P6_RATE = "σ²k[d/(n−d−1)+(d−k)/(n−k−1)]≈σ²k(2d−k)/n"
+
+
+def _squeezed(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def test_p6_constant_reads_the_same_everywhere(site):
+    """P6's constant is stated as σ²k[d/(n−d−1) + (d−k)/(n−k−1)] ≈ σ²k(2d−k)/n on the landing page,
+    the P6 claim, notebook 03's title and the P6 test: rules out a page that drifts back to the
+    specification's σ²k(2d−k)/(n−d−1) (19 % high at (d, k, n) = (6, 1, 16))."""
+    claims = _article_html(site / "claims" / "loraml.html")
+    p6 = claims[claims.index('<section id="p6-'):]
+    p6 = p6[:p6.index("</section>")]
+    title = re.search(r"<h1>(.*?)<", _article_html(site / "notebooks" / "03-adaptation-rate.html"), re.S)
+    sources = {"landing page": _article_html(site / "index.html"), "P6 claim": p6, "notebook 03 title": title.group(1),
+               "P6 test": (ROOT / "tests" / "test_retraining.py").read_text()}
+    for where, text in sources.items():
+        assert P6_RATE in _squeezed(text), where

@@ -1,4 +1,6 @@
-"""Every notebook in notebooks/ runs top to bottom in a real Jupyter kernel with LORAML_FAST=1."""
+"""Every notebook in notebooks/ runs top to bottom in a real Jupyter kernel with LORAML_FAST=1, writes
+its figures and displays at least one of them (a PNG output: the documentation site shows the
+notebook's outputs, and a figure that is only written to a file never reaches the page)."""
 
 import os
 import sys
@@ -48,3 +50,5 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     assert list(tmp_path.glob("figures-notebook/*.png"))
+    shown = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert shown, f"{path.name} displays no figure"

@@ -95,6 +95,15 @@ def draw_inputs(rng, shape, covariance=None) -> np.ndarray:
     """``shape`` (…, d) inputs x ~ N(0, Σ): the paper's ``rng.standard_normal(shape)`` when
     ``covariance`` is None (bit for bit), else that draw times the Cholesky factor L of Σ (x = L z).
 
+    Parameters
+    ----------
+    rng : numpy.random.Generator, int or None
+        Source of randomness.
+    shape : tuple of int
+        Shape of the draw, ending with the dimension d.
+    covariance : (d, d) array or None
+        Σ, symmetric positive definite; None: I (the paper's draw).
+
     Examples
     --------
     >>> draw_inputs(0, (2, 3)).shape
@@ -118,6 +127,23 @@ def draw_noise(rng, shape, sigma, law="gaussian", *, X=None, covariance=None, nu
     ``"gaussian"`` is the paper's ``sigma * rng.standard_normal(shape)`` bit for bit;
     ``"heteroscedastic"`` needs the inputs ``X`` (…, m, d_in) the noise rows (…, m, d) belong to,
     and the input covariance (None: I) to normalise x₁ by √Σ₁₁.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator, int or None
+        Source of randomness.
+    shape : tuple of int
+        Shape of the draw, (…, m, d) for the noise of m samples.
+    sigma : float >= 0
+        Standard deviation of each coordinate.
+    law : {"gaussian", "student_t", "heteroscedastic"}
+        The noise law (see the module docstring).
+    X : array (…, m, d_in), optional
+        The inputs the noise rows belong to; required for ``"heteroscedastic"``.
+    covariance : (d_in, d_in) array or None
+        The inputs' covariance Σ, whose Σ₁₁ normalises x₁ for ``"heteroscedastic"``; None: I.
+    nu : float > 2
+        Degrees of freedom of ``"student_t"``.
 
     Examples
     --------
@@ -151,6 +177,13 @@ def draw_noise(rng, shape, sigma, law="gaussian", *, X=None, covariance=None, nu
 def adapter_scales(T, norm_ratio=1.0) -> np.ndarray:
     """Scales (T + 1,) of the adapters U*_t: norm_ratio^(t/(T−1)) for the T retraining tasks (from
     1 to ``norm_ratio``), 1 for the test task (index T). All ones at ``norm_ratio`` = 1.
+
+    Parameters
+    ----------
+    T : int >= 1
+        Number of retraining tasks.
+    norm_ratio : float > 0
+        Scale of the last retraining adapter relative to the first (1: the paper's equal norms).
 
     Examples
     --------

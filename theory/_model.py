@@ -194,6 +194,29 @@ def sample_tasks(truth: GroundTruth, N, n, sigma, *, rng, covariance: str = "iso
     and ``noise`` ("gaussian", "student_t" with ``nu`` > 2 degrees of freedom, "heteroscedastic"),
     every law with per-coordinate variance σ².
 
+    Parameters
+    ----------
+    truth : GroundTruth
+        The base and the adapters of the T retraining tasks and of the test task.
+    N : int >= 1
+        Samples per retraining task.
+    n : int >= 1
+        Samples of the test task.
+    sigma : float >= 0
+        Noise standard deviation.
+    rng : numpy.random.Generator, int or None
+        Source of randomness.
+    covariance : {"isotropic", "spiked", "toeplitz"}
+        The input covariance Σ (:func:`theory.input_covariance`).
+    condition : float >= 1
+        Condition number κ of the spiked covariance.
+    rho : float in [0, 0.999]
+        Correlation ρ of the Toeplitz covariance.
+    noise : {"gaussian", "student_t", "heteroscedastic"}
+        The noise law (:func:`theory.draw_noise`).
+    nu : float > 2
+        Degrees of freedom of the Student-t noise.
+
     Examples
     --------
     >>> truth = sample_ground_truth(4, 1, 2, rng=0)
@@ -230,6 +253,13 @@ def excess_risk(W, target) -> np.ndarray:
 
     Broadcasts over leading axes.
 
+    Parameters
+    ----------
+    W : array (..., d, d)
+        The weight(s) to score.
+    target : array (..., d, d)
+        The task's weight A*_t, broadcastable against ``W``.
+
     Examples
     --------
     >>> float(excess_risk(np.zeros((4, 4)), np.eye(4)))   # ‖I‖² = d
@@ -250,6 +280,15 @@ def excess_risk(W, target) -> np.ndarray:
 
 def population_risk(W, target, sigma) -> np.ndarray:
     """E‖y − W x‖² = ‖W − target‖² + d σ² for x ~ N(0, I), y = target·x + N(0, σ² I) (P1).
+
+    Parameters
+    ----------
+    W : array (..., d, d)
+        The weight(s) to score.
+    target : array (..., d, d)
+        The task's weight A*_t, broadcastable against ``W``.
+    sigma : float >= 0
+        Noise standard deviation.
 
     Examples
     --------

@@ -138,6 +138,11 @@ def task_statistics(X, Y):
 
     Returns ``(S, C, e)`` with shapes (T, d, d), (T, d, d), (T,).
 
+    Parameters
+    ----------
+    X, Y : arrays (T, N, d)
+        Samples of the T tasks (rows are samples).
+
     Examples
     --------
     >>> import numpy as np
@@ -295,6 +300,11 @@ def standard_retraining_from_statistics(S, C) -> np.ndarray:
 
     Batched: S, C (..., T, d, d) give Â_SR (..., d, d). The engines keep only S and C.
 
+    Parameters
+    ----------
+    S, C : arrays (..., T, d, d)
+        The per-task statistics of :func:`task_statistics`.
+
     Examples
     --------
     >>> import numpy as np
@@ -315,6 +325,11 @@ def standard_retraining_from_statistics(S, C) -> np.ndarray:
 
 def standard_retraining_population(truth: GroundTruth) -> np.ndarray:
     """The population SR solution A* + R̄* (P2).
+
+    Parameters
+    ----------
+    truth : GroundTruth
+        The base and the adapters; SR pools its T retraining tasks.
 
     Examples
     --------
@@ -428,6 +443,8 @@ def fit_loraml(X, Y, k, *, rng, method: str = "exact", **options) -> LoraMLFit:
         ``"paper"``: the authors' alternating gradient descent (spec §3.2). Options:
         ``outer_steps`` (3000), ``inner_steps`` (10), ``lr_A`` (0.03), ``lr_U`` (0.003),
         ``init_scale`` (0.1), ``tol`` (gradient tolerance that decides ``converged``, 1e-6).
+    **options
+        The options of ``method`` named above; any other is refused.
 
     Returns
     -------
@@ -509,6 +526,19 @@ def fit_loraml_population(truth: GroundTruth, k, *, rng, method: str = "exact", 
     ``method="exact"`` is a batch of one of :func:`theory.landscape.fit_population_batch`
     (Levenberg–Marquardt on the reduced objective, spectral start, then random restarts until a
     start reaches zero loss); ``loss`` is F at the fit.
+
+    Parameters
+    ----------
+    truth : GroundTruth
+        The base and the adapters; the objective sums over its T retraining tasks.
+    k : int in [1, d]
+        Adapter rank of the fit (it may differ from the truth's).
+    rng : numpy.random.Generator, int or None
+        Randomness of the starts.
+    method : {"exact", "paper"}
+        As in :func:`fit_loraml`.
+    **options
+        The options of ``method``, as in :func:`fit_loraml`.
 
     Examples
     --------
@@ -601,6 +631,23 @@ def paper_gd(S, C, A, U, *, outer_steps, inner_steps, lr_A, lr_U, n_tasks=None):
 
     The inner step is computed in O(T d² k) rather than O(T d³): with P_t = A S_t − C_t fixed
     while A is, (G_t + G_tᵀ) U_t = (P_t + P_tᵀ) U_t + U_t (U_tᵀ S_t U_t) + S_t U_t (U_tᵀ U_t).
+
+    Parameters
+    ----------
+    S, C : arrays (..., T, d, d)
+        Per-task statistics S_t = X_tᵀX_t/N and C_t = Y_tᵀX_t/N (:func:`task_statistics`).
+    A : array (..., d, d)
+        The starting base.
+    U : array (..., T, d, k)
+        The starting adapters.
+    outer_steps : int >= 0
+        Outer steps (each: ``inner_steps`` adapter steps, then one base step).
+    inner_steps : int >= 0
+        Adapter steps per outer step.
+    lr_A, lr_U : float >= 0
+        Step sizes of the base and of the adapters.
+    n_tasks : int or array of int >= 1, optional
+        The number of real tasks per problem, broadcastable to the batch shape (None: T).
 
     Examples
     --------

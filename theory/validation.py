@@ -50,6 +50,17 @@ def _fail(func: str, name: str, allowed: str, value) -> ValueError:
 def check_int(value, name: str, func: str, *, low: int | None = None, high: int | None = None) -> int:
     """Return ``value`` as an int if it is an integer in ``[low, high]``; raise otherwise.
 
+    Parameters
+    ----------
+    value : object
+        The argument to check: an int (Python or numpy), not a bool.
+    name : str
+        The argument's name, as the message prints it.
+    func : str
+        The function whose argument it is, as the message prints it.
+    low, high : int or None
+        The allowed range, both ends included; None leaves that end open.
+
     Examples
     --------
     >>> from theory import validation as v
@@ -83,6 +94,19 @@ def check_real(
 ) -> float:
     """Return ``value`` as a finite float in ``[low, high]`` (``(low, high]`` if ``low_open``).
 
+    Parameters
+    ----------
+    value : object
+        The argument to check: a real number (not a bool), finite.
+    name : str
+        The argument's name, as the message prints it.
+    func : str
+        The function whose argument it is, as the message prints it.
+    low, high : float or None
+        The allowed range; None leaves that end open.
+    low_open : bool
+        Exclude ``low`` itself (for a parameter that must be positive).
+
     Examples
     --------
     >>> from theory import validation as v
@@ -114,6 +138,19 @@ def check_array(value, name: str, func: str, *, ndim: int | tuple[int, ...], sha
     """Return ``value`` as a finite float64 array with the given number of dimensions.
 
     ``shape`` may fix some axes: a tuple with ``None`` where any length is allowed.
+
+    Parameters
+    ----------
+    value : array_like
+        The argument to check; converted to float64, every entry finite.
+    name : str
+        The argument's name, as the message prints it.
+    func : str
+        The function whose argument it is, as the message prints it.
+    ndim : int or tuple of int
+        The allowed numbers of dimensions.
+    shape : tuple of int or None, optional
+        The lengths of the trailing axes, None for an axis of any length.
 
     Examples
     --------
@@ -163,6 +200,13 @@ def _ndim_text(ndims: tuple[int, ...]) -> str:
 def check_rng(rng, func: str) -> np.random.Generator:
     """SPEC 7: accept a Generator, an int seed, a SeedSequence or None.
 
+    Parameters
+    ----------
+    rng : numpy.random.Generator, numpy.random.SeedSequence, int >= 0 or None
+        The argument to check; anything but a Generator is passed to ``numpy.random.default_rng``.
+    func : str
+        The function whose argument it is, as the message prints it.
+
     Examples
     --------
     >>> from theory import validation as v
@@ -186,6 +230,17 @@ def check_rng(rng, func: str) -> np.random.Generator:
 
 def check_choice(value, name: str, func: str, choices) -> str:
     """Return ``value`` if it is one of ``choices``.
+
+    Parameters
+    ----------
+    value : object
+        The argument to check: one of the strings in ``choices``.
+    name : str
+        The argument's name, as the message prints it.
+    func : str
+        The function whose argument it is, as the message prints it.
+    choices : iterable of str
+        The allowed values, listed by the message in this order.
 
     Examples
     --------
@@ -211,6 +266,15 @@ def check_bool(value, name: str, func: str) -> bool:
     >>> check_bool(True, "force", "run")
     True
 
+    Parameters
+    ----------
+    value : object
+        The argument to check: ``True`` or ``False`` (Python or numpy), not an int.
+    name : str
+        The argument's name, as the message prints it.
+    func : str
+        The function whose argument it is, as the message prints it.
+
     Examples
     --------
     >>> from theory import validation as v
@@ -230,6 +294,19 @@ def check_bool(value, name: str, func: str) -> bool:
 def check_values(values, name: str, func: str, check, *, least: int = 1) -> tuple:
     """Return ``values`` as a tuple after ``check(v)`` on each; it must be a sequence (not a string)
     of at least ``least`` values. ``check`` raises naming ``name`` for a bad entry.
+
+    Parameters
+    ----------
+    values : sequence
+        The argument to check: an iterable other than a string, bytes or dict.
+    name : str
+        The argument's name, as the message prints it.
+    func : str
+        The function whose argument it is, as the message prints it.
+    check : callable
+        Called on each value; returns the checked value or raises naming ``name``.
+    least : int
+        The fewest values allowed.
 
     Examples
     --------
@@ -253,6 +330,15 @@ def check_values(values, name: str, func: str, check, *, least: int = 1) -> tupl
 def check_seed(value, name: str, func: str) -> int:
     """Return ``value`` if it is a seed: an int in [0, 2**63).
 
+    Parameters
+    ----------
+    value : object
+        The argument to check: an int in [0, 2**63).
+    name : str
+        The argument's name, as the message prints it.
+    func : str
+        The function whose argument it is, as the message prints it.
+
     Examples
     --------
     >>> from theory import validation as v
@@ -270,6 +356,17 @@ def check_seed(value, name: str, func: str) -> int:
 def check_entries(count, names: str, func: str, *, limit: int | None = None) -> int:
     """Refuse a call whose largest array would hold more than ``limit`` (MAX_ENTRIES) entries,
     before it is allocated; ``names`` says which arguments set the size (e.g. "'T', 'N' and 'd'").
+
+    Parameters
+    ----------
+    count : int >= 0
+        The number of entries of the largest array the call would build.
+    names : str
+        The arguments that set that size, as the message prints them (``"'N' and 'd'"``).
+    func : str
+        The function whose arguments they are, as the message prints it.
+    limit : int or None, optional
+        The most entries allowed; None: ``MAX_ENTRIES``.
 
     Examples
     --------

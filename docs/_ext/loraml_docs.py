@@ -208,8 +208,24 @@ def _walk(parser, prefix):
         yield from _walk(sub, f"{prefix} {name}")
 
 
+#: A command-line option in running text (``--store``); the CLI page sets it as a literal, so that
+#: neither smart quotes nor a reader's eye turns its two hyphens into a dash.
+OPTION = re.compile(r"(?<![\w-])(--[A-Za-z][\w-]*)")
+
+
+def prose_with_options(text: str) -> nodes.paragraph:
+    """A paragraph of ``text`` whose option names are inline literals."""
+    para = nodes.paragraph(text, "")
+    for i, part in enumerate(OPTION.split(text)):
+        if part:
+            para += nodes.literal(part, part) if i % 2 else nodes.Text(part)
+    return para
+
+
 class CliDirective(Directive):
-    """One section per command of ``loraml.cli._parser()``: its description and its ``--help``."""
+    """One section per command of ``loraml.cli._parser()`` (``#loraml-sweep-linear``): its
+    description and its ``--help``. Subcommands are sections too, so that the page's table of
+    contents lists every command; a subcommand's own subcommands nest inside its section."""
 
     has_content = False
 
@@ -218,19 +234,81 @@ class CliDirective(Directive):
 
         env = self.state.document.settings.env
         env.note_dependency(str(ROOT / "loraml" / "cli.py"))
-        result = []
-        for prog, parser in _walk(_parser(), "loraml"):
-            section = nodes.container(ids=[nodes.make_id(prog)])
-            section += nodes.rubric(prog, prog)
-            if parser.description:
-                section += nodes.paragraph(parser.description, parser.description)
-            parser.prog = prog
-            help_text = parser.format_help()
-            block = nodes.literal_block(help_text, help_text)
-            block["language"] = "text"
-            section += block
-            result.append(section)
-        return result
+        root = _parser()
+        return [self._section("loraml", root, nested=False)] + [
+            self._section(f"loraml {name}", sub) for name, sub in _subparsers(root)]
+
+    def _section(self, prog, parser, nested=True):
+        section = nodes.section(ids=[nodes.make_id(prog)], names=[nodes.fully_normalize_name(prog)])
+        self.state.document.note_implicit_target(section, section)
+        title = nodes.title(prog, "")
+        title += nodes.literal(prog, prog)
+        section += title
+        if parser.description:
+            section += prose_with_options(parser.description)
+        parser.prog = prog
+        help_text = parser.format_help()
+        block = nodes.literal_block(help_text, help_text, classes=["loraml-cli-help"])
+        block["language"] = "text"
+        section += block
+        if nested:
+            for name, sub in _subparsers(parser):
+                section += self._section(f"{prog} {name}", sub)
+        return section
+
+
+# ------------------------------------------------------------------ emphasis that swallowed a formula
+
+#: Characters that Markdown reads as emphasis delimiters or that open a subscript group: an
+#: emphasis whose text holds one, or that starts or ends inside a word, came from a formula
+#: (``σ_i²(A*_{T+1} − Â_SR)``, ``R*₁ − R*₂``), not from a writer who meant italics.
+SWALLOWED = set("_*{")
+
+
+def _in_name(node) -> bool:
+    """Emphasis the writers of this site do not type: a numpydoc parameter name (``**n_iter**``,
+    the strong first child of a definition-list term)."""
+    return isinstance(node.parent, nodes.term) and node.parent.index(node) == 0
+
+
+def _neighbours(node):
+    parent = node.parent
+    i = parent.index(node)
+    before = parent[i - 1].astext() if i > 0 else ""
+    after = parent[i + 1].astext() if i + 1 < len(parent) else ""
+    return before, after
+
+
+def swallowed_emphasis(doctree) -> list[str]:
+    """One line per emphasis or strong node of ``doctree`` that looks like a formula Markdown ate:
+    its text holds ``_``, ``*`` or ``{``; it starts right after or ends right before a letter or
+    digit (``R<em>₁ − R</em>₂``); it nests in another emphasis; or the text beside it still holds
+    a ``**`` whose partner was used up."""
+    found = []
+    for node in doctree.findall(lambda n: isinstance(n, (nodes.emphasis, nodes.strong))):
+        if _in_name(node):
+            continue
+        text = node.astext()
+        before, after = _neighbours(node)
+        why = None
+        if SWALLOWED & set(text):
+            why = "holds " + ", ".join(repr(c) for c in sorted(SWALLOWED & set(text)))
+        elif (before[-1:].isalnum() and text[:1].strip()) or (after[:1].isalnum() and text[-1:].strip()):
+            why = "starts or ends inside a word"
+        elif isinstance(node.parent, (nodes.emphasis, nodes.strong)):
+            why = "is nested in another emphasis"
+        elif "**" in before[-40:] or "**" in after[:40]:
+            why = "sits beside a stray '**'"
+        if why:
+            found.append(f"<{'em' if isinstance(node, nodes.emphasis) else 'strong'}> {text[:60]!r} {why}")
+    return found
+
+
+def check_emphasis(app, doctree, docname):
+    """``doctree-resolved``: a warning (an error under ``-W``) per emphasis that swallowed a formula."""
+    for line in swallowed_emphasis(doctree):
+        logger.warning(f"{line}: escape the Markdown characters (\\*, \\_) of the formula",
+                       location=docname, type="loraml", subtype="emphasis")
 
 
 def setup(app):
@@ -238,4 +316,5 @@ def setup(app):
     app.add_directive("loraml-cli", CliDirective)
     app.connect("builder-inited", check_docstrings)
     app.connect("missing-reference", resolve_alias)
+    app.connect("doctree-resolved", check_emphasis)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

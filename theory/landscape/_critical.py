@@ -191,6 +191,11 @@ def sr_saddle_min_eigenvalue(truth) -> float:
     At U = 0 the Hessian is block diagonal: T·I on A, and 2(R̄* − R*_t) acting on each column of
     U_t (the residual of task t at A_SR is R̄* − R*_t and the A–U coupling vanishes).
 
+    Parameters
+    ----------
+    truth : GroundTruth
+        Supplies R*_t of the T retraining tasks.
+
     Examples
     --------
     >>> import numpy as np
@@ -298,6 +303,19 @@ def hessian_min_eigenpair(truth, A, U, *, V=None, reduced=False) -> EscapeDirect
     At a strict saddle the eigenvector is an escape direction: moving along it lowers the
     objective to second order by ½ λ_min t². ``A`` is ignored when ``reduced``.
 
+    Parameters
+    ----------
+    truth : GroundTruth
+        Supplies the targets A*_t of the T retraining tasks.
+    A : (d, d)
+        The base; ignored when ``reduced``.
+    U : (T, d, k)
+        The adapters (left factors of U_tV_tᵀ when ``V`` is given).
+    V : (T, d, k), optional
+        Right factors of asymmetric adapters; None for symmetric adapters U_tU_tᵀ.
+    reduced : bool
+        Use the Hessian of the reduced objective G(U) = F(A(U), U) instead of that of F.
+
     Examples
     --------
     >>> import numpy as np
@@ -357,6 +375,14 @@ def classify_critical_point(truth, A, U, *, V=None, tol=1e-8, min_value=0.0) -> 
 
     Parameters
     ----------
+    truth : GroundTruth
+        Supplies the targets A*_t of the T retraining tasks.
+    A : (d, d)
+        The base.
+    U : (T, d, k)
+        The adapters (left factors of U_tV_tᵀ when ``V`` is given).
+    V : (T, d, k), optional
+        Right factors of asymmetric adapters; None for symmetric adapters U_tU_tᵀ.
     tol : float in (0, 1)
         Relative tolerance.
     min_value : float

@@ -216,6 +216,16 @@ def zero_loss_residual(A_hat, truth, *, adapters="symmetric") -> float:
     the eigenvalues (or singular values) beyond the k-th, the negative eigenvalues and the
     asymmetry. It is at rounding level (≲ 1e-12) for a zero-loss base, O(1) otherwise.
 
+    Parameters
+    ----------
+    A_hat : (d, d)
+        The base to check.
+    truth : GroundTruth
+        Supplies the targets A*_t of the T retraining tasks.
+    adapters : "symmetric" or "asymmetric"
+        The adapter kind: every A*_t − Â must be PSD of rank ≤ k (symmetric) or of rank ≤ k
+        (asymmetric).
+
     Examples
     --------
     >>> from theory import sample_ground_truth
@@ -570,9 +580,25 @@ def identifiability(truth, *, adapters="symmetric", rng, n_starts=16, max_iter=1
     The local question is answered by the rank of the residual map's Jacobian at the truth
     modulo the gauge of the adapters; the global one by a rank argument (T = 3 and d ≥ 3k, T = 4
     and d ≥ 2.5k, …), the exact plane construction (T = 3, d = 3k − 1, symmetric) or a multi-start
-    search (elsewhere). See
-    :func:`identifiability_batch` for the parameters and the module ``theory.landscape._identify``
-    for the mathematics.
+    search (elsewhere). :func:`identifiability_batch` classifies many instances in one call; the
+    module ``theory.landscape._identify`` holds the mathematics.
+
+    Parameters
+    ----------
+    truth : GroundTruth
+        The instance: its T retraining tasks' adapters U*_t define the problem, its base A* places
+        the alternatives.
+    adapters : "symmetric" or "asymmetric"
+        Adapter kind of the learner (U_tU_tᵀ or U_tV_tᵀ); the truth is U*_tU*_tᵀ either way.
+    rng : numpy.random.Generator, int or None
+        Starts of the multi-start search.
+    n_starts : int >= 1
+        Search starts, where a search is needed.
+    max_iter : int >= 1
+        Levenberg–Marquardt iterations per start.
+    search : "auto", "always", "only" or "never"
+        When to search, as in :func:`identifiability_batch`: "auto" only where neither the Jacobian,
+        the rank argument nor the plane construction settles the instance.
 
     Returns
     -------

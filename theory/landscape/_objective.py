@@ -234,6 +234,21 @@ def landscape_objective(truth, A, U, *, V=None) -> LandscapeValue:
 def landscape_hvp(truth, A, U, dA, dU, *, V=None, dV=None):
     """Hessian of F at (A, U[, V]) applied to the direction (dA, dU[, dV]).
 
+    Parameters
+    ----------
+    truth : GroundTruth
+        Supplies the targets A*_t of the T retraining tasks.
+    A : (d, d)
+        The base.
+    U : (T, d, k)
+        The adapters (left factors of U_tV_tᵀ when ``V`` is given).
+    dA : (d, d)
+        The direction's base part.
+    dU : (T, d, k)
+        The direction's adapter part.
+    V, dV : (T, d, k), optional
+        Right factors of asymmetric adapters and their direction; both None for symmetric adapters.
+
     Returns
     -------
     (hA, hU, hV) : arrays shaped like (A, U, V); ``hV`` is None for symmetric adapters.
@@ -270,6 +285,17 @@ def loraml_hessian(truth, A, U, *, V=None) -> np.ndarray:
     asymmetric adapters: the matrix has side d² + T·d·k (or d² + 2·T·d·k). Built from exact
     Hessian-vector products on the standard basis, so meant for small sizes.
 
+    Parameters
+    ----------
+    truth : GroundTruth
+        Supplies the targets A*_t of the T retraining tasks.
+    A : (d, d)
+        The base.
+    U : (T, d, k)
+        The adapters (left factors of U_tV_tᵀ when ``V`` is given).
+    V : (T, d, k), optional
+        Right factors of asymmetric adapters; None for symmetric adapters U_tU_tᵀ.
+
     Examples
     --------
     At the truth (a zero-loss minimum) the Hessian is JᵀJ: positive semidefinite, and flat only along
@@ -301,6 +327,15 @@ def loraml_hessian(truth, A, U, *, V=None) -> np.ndarray:
 def optimal_base(truth, U, *, V=None) -> np.ndarray:
     """A(U) = A* + (1/T) Σ_s (R*_s − U_sU_sᵀ), the minimiser of F over A for fixed adapters.
 
+    Parameters
+    ----------
+    truth : GroundTruth
+        Supplies A* and R*_t of the T retraining tasks.
+    U : (T, d, k)
+        The adapters (left factors of U_tV_tᵀ when ``V`` is given).
+    V : (T, d, k), optional
+        Right factors of asymmetric adapters; None for symmetric adapters U_tU_tᵀ.
+
     Examples
     --------
     >>> import numpy as np
@@ -324,6 +359,15 @@ def reduced_objective(truth, U, *, V=None) -> LandscapeValue:
     for symmetric adapters (the centering contributes nothing since Σ_t (D_t − D̄) = 0).
     ``grad_A`` of the result is None.
 
+    Parameters
+    ----------
+    truth : GroundTruth
+        Supplies R*_t of the T retraining tasks.
+    U : (T, d, k)
+        The adapters (left factors of U_tV_tᵀ when ``V`` is given).
+    V : (T, d, k), optional
+        Right factors of asymmetric adapters; None for symmetric adapters U_tU_tᵀ.
+
     Examples
     --------
     >>> import numpy as np
@@ -343,6 +387,17 @@ def reduced_objective(truth, U, *, V=None) -> LandscapeValue:
 
 def reduced_hvp(truth, U, dU, *, V=None, dV=None):
     """Hessian of G at U[, V] applied to (dU[, dV]); returns (hU, hV), hV None if symmetric.
+
+    Parameters
+    ----------
+    truth : GroundTruth
+        Supplies R*_t of the T retraining tasks.
+    U : (T, d, k)
+        The adapters (left factors of U_tV_tᵀ when ``V`` is given).
+    dU : (T, d, k)
+        The direction.
+    V, dV : (T, d, k), optional
+        Right factors of asymmetric adapters and their direction; both None for symmetric adapters.
 
     Examples
     --------
@@ -366,6 +421,15 @@ def reduced_hvp(truth, U, dU, *, V=None, dV=None):
 
 def reduced_hessian(truth, U, *, V=None) -> np.ndarray:
     """Dense Hessian of G at U[, V]; variables U flattened, then V (asymmetric).
+
+    Parameters
+    ----------
+    truth : GroundTruth
+        Supplies R*_t of the T retraining tasks.
+    U : (T, d, k)
+        The adapters (left factors of U_tV_tᵀ when ``V`` is given).
+    V : (T, d, k), optional
+        Right factors of asymmetric adapters; None for symmetric adapters U_tU_tᵀ.
 
     Examples
     --------

@@ -564,6 +564,19 @@ def fit_asymmetric_population(truth, k, *, rng, n_starts=3, max_iter=300) -> Bat
     A batch of one for :func:`fit_population_batch`; the fields of the result keep their
     leading batch axis of length 1.
 
+    Parameters
+    ----------
+    truth : GroundTruth
+        Supplies the targets A*_t of the T retraining tasks.
+    k : int in [1, d]
+        Adapter rank of the fit.
+    rng : numpy.random.Generator, int or None
+        Randomness of the random restarts.
+    n_starts : int >= 1
+        Starts at most: the spectral start, then random ones until one reaches zero loss.
+    max_iter : int >= 1
+        Levenberg–Marquardt iterations per start.
+
     Examples
     --------
     >>> import numpy as np

@@ -17,6 +17,19 @@ def vanilla_init(d, m, r, *, alpha, rng, batch=()) -> tuple[np.ndarray, np.ndarr
     ``alpha`` may be an array (one init size per batch element, broadcast against ``batch``).
     From B0 = 0 the row space of B_t stays inside the row space of G♮ for every t (spec §2).
 
+    Parameters
+    ----------
+    d, m : int >= 1
+        Shape of the adapted weight (d, m).
+    r : int in [1, min(d, m)]
+        LoRA rank.
+    alpha : float >= 0 or array of float >= 0
+        Standard deviation α of A0's entries; an array gives one per batch element.
+    rng : numpy.random.Generator, int or None
+        Source of randomness.
+    batch : int or tuple of int
+        Leading batch shape of A0 and B0 (empty: one pair).
+
     Examples
     --------
     >>> A0, B0 = vanilla_init(4, 3, 2, alpha=0.1, rng=0)
@@ -69,8 +82,11 @@ def spectral_init(G, r, *, gamma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     Parameters
     ----------
     G : (..., d, m)
+        The one-step negative gradient G♮.
     r : int in [1, min(d, m)]
-    gamma : float > 0, the step (1 for the linear model, 2 for the ReLU model of spec §1).
+        LoRA rank.
+    gamma : float > 0
+        The step (1 for the linear model, 2 for the ReLU model of spec §1).
 
     Returns
     -------
@@ -114,7 +130,14 @@ def spectral_init_code(G, r, *, alpha: float = 16.0, gamma: float = 128.0) -> tu
 
     Parameters
     ----------
-    G : (..., d, m); r : int in [1, min(d, m)]; alpha : float > 0 (16); gamma : float > 0 (128).
+    G : (..., d, m)
+        The one-step negative gradient G♮.
+    r : int in [1, min(d, m)]
+        LoRA rank.
+    alpha : float > 0
+        The code's LoRA α (16).
+    gamma : float > 0
+        The code's scale γ (128).
 
     Examples
     --------
@@ -144,8 +167,14 @@ def loraga_init(G, W0, r, *, gamma: float = 16.0) -> tuple[np.ndarray, np.ndarra
 
     Parameters
     ----------
-    G : (..., d, m) the one-step negative gradient; W0 : (..., d, m);
-    r : int with 2r <= min(d, m); gamma : float > 0 (LoRA-GA's ``stable_gamma``, 16).
+    G : (..., d, m)
+        The one-step negative gradient.
+    W0 : (..., d, m)
+        The pretrained weight, which the offset shifts.
+    r : int with 2r <= min(d, m)
+        LoRA rank.
+    gamma : float > 0
+        LoRA-GA's ``stable_gamma`` (16).
 
     Returns
     -------

@@ -47,6 +47,19 @@ def sample_low_rank(d, m, r, *, kappa=1.0, top=1.0, rng) -> np.ndarray:
     ``P`` (d, r) and ``Q`` (m, r) are Haar-random orthonormal; λ*_i = top · κ^{−(i−1)/(r−1)}.
     This is the instance of spec/loraone.md §3 (λ*_1 = 1, condition number κ).
 
+    Parameters
+    ----------
+    d, m : int >= 1
+        Shape of ΔW (d, m).
+    r : int in [1, min(d, m)]
+        Rank of ΔW.
+    kappa : float >= 1
+        Condition number κ = λ*_1/λ*_r.
+    top : float > 0
+        The largest singular value λ*_1.
+    rng : numpy.random.Generator, int or None
+        Source of randomness.
+
     Examples
     --------
     >>> import numpy as np
@@ -80,8 +93,14 @@ def one_step_gradient(X, Y, W0, *, model: str = "linear") -> np.ndarray:
 
     Parameters
     ----------
-    X : (..., N, d) inputs; Y : (..., N, m) labels; W0 : (..., d, m) pretrained weight.
+    X : (..., N, d)
+        Inputs.
+    Y : (..., N, m)
+        Labels.
+    W0 : (..., d, m)
+        The pretrained weight.
     model : {"linear", "relu"}
+        The model: y = W♮ᵀx or y = ReLU(W♮ᵀx).
 
     Returns
     -------
@@ -123,6 +142,21 @@ def lora_objective(X, Y, W0, A, B, *, model: str = "linear") -> LoraObjective:
     ∇_A L = ∇_W L Bᵀ and ∇_B L = Aᵀ ∇_W L with ∇_W L = (1/N) Xᵀ[(f(XW) − Y) ⊙ f′(XW)]
     (f′ = 1{XW > 0} for ReLU, the subgradient 0 at the kink).
 
+    Parameters
+    ----------
+    X : (..., N, d)
+        Inputs.
+    Y : (..., N, m)
+        Labels.
+    W0 : (..., d, m)
+        The pretrained weight.
+    A : (..., d, r)
+        The LoRA factor on the input side.
+    B : (..., r, m)
+        The LoRA factor on the output side.
+    model : {"linear", "relu"}
+        f = identity or ReLU.
+
     Examples
     --------
     >>> import numpy as np
@@ -160,6 +194,13 @@ def subspace_alignment(A, U) -> np.ndarray:
 
     The metric of spec §3, sin θ(U1, U2) = ‖(I − U2U2ᵀ)U1‖_op, with U1 the top-k left singular
     vectors of A (e.g. the LoRA factor A_t against the top-r* subspace of G♮ or of ΔW).
+
+    Parameters
+    ----------
+    A : (..., d, r)
+        The matrix whose top-k left singular subspace is compared.
+    U : (..., d, k), 1 <= k <= r
+        A basis of the reference subspace (linearly independent columns).
 
     Examples
     --------

@@ -109,17 +109,28 @@ def finetune(X, Y, W0, A0, B0, *, method: str = "gd", lr, lam: float = 0.0, tol:
 
     Parameters
     ----------
-    X : (..., N, d); Y : (..., N, m); W0 : (..., d, m); A0 : (..., d, r); B0 : (..., r, m)
-        Leading (batch) axes broadcast.
+    X, Y : (..., N, d), (..., N, m)
+        Inputs and labels.
+    W0, A0, B0 : (..., d, m), (..., d, r), (..., r, m)
+        The pretrained weight and the starting factors; leading (batch) axes broadcast.
     method : {"gd", "precgd"}
-    lr : float > 0, or an array of positive step sizes broadcast over the batch.
-    lam : float >= 0, the preconditioner's damping λ (needed when r > r*; "precgd" only).
+        Plain gradient descent or ScaledGD(λ).
+    lr : float > 0, or an array of positive step sizes broadcast over the batch
+        Step size η.
+    lam : float >= 0
+        The preconditioner's damping λ ("precgd" only; needed when r > r*).
     tol : float > 0
+        The stopping tolerance.
     max_iter : int >= 0
-    target : (..., d, m) or None, the update ΔW that A B should reach.
+        The most steps per run.
+    target : (..., d, m) or None
+        The update ΔW that A B should reach; it sets the stopping rule and the recorded error.
     order : {"simultaneous", "gauss-seidel"}
+        Both gradients at the current (A, B), or B's after A's update.
     model : {"linear", "relu"}
-    align_to : (..., d, k) or None; records sin θ(top-k left singular vectors of A_t, span align_to).
+        f = identity or ReLU.
+    align_to : (..., d, k) or None
+        Records sin θ(top-k left singular vectors of A_t, span align_to).
 
     Returns
     -------
@@ -166,6 +177,31 @@ def finetune_moments(S, C, W0, A0, B0, *, method: str = "gd", lr, lam: float = 0
     The loss is ½ tr(Wᵀ S W) − ⟨W, C⟩ + const at W = W0 + A B; ``S = I``, ``C = W♮`` is the
     population. C must lie in the range of S (true for data). Same options as :func:`finetune`.
 
+    Parameters
+    ----------
+    S : (..., d, d)
+        XᵀX/N.
+    C : (..., d, m)
+        XᵀY/N, in the range of S.
+    W0, A0, B0 : (..., d, m), (..., d, r), (..., r, m)
+        The pretrained weight and the starting factors; leading (batch) axes broadcast.
+    method : {"gd", "precgd"}
+        Plain or preconditioned gradient descent, as in :func:`finetune`.
+    lr : float > 0, or an array of positive step sizes broadcast over the batch
+        Step size η.
+    lam : float >= 0
+        The preconditioner's damping λ ("precgd" only; needed when r > r*).
+    tol : float > 0
+        The stopping tolerance (see :func:`finetune`).
+    max_iter : int >= 0
+        The most steps per run.
+    target : (..., d, m) or None
+        The update ΔW that A B should reach; it sets the stopping rule and the recorded error.
+    order : {"simultaneous", "gauss-seidel"}
+        Both gradients at the current (A, B), or B's after A's update.
+    align_to : (..., d, k) or None
+        Records sin θ(top-k left singular vectors of A_t, span align_to).
+
     Examples
     --------
     >>> import numpy as np
@@ -190,6 +226,29 @@ def finetune_population(W_natural, W0, A0, B0, *, method: str = "gd", lr, lam: f
                         tol: float = 1e-6, max_iter: int, target=None, order: str = "simultaneous",
                         align_to=None) -> FinetuneResult:
     """:func:`finetune` in population (Σ̂ = I): the loss is ½‖W0 + AB − W♮‖².
+
+    Parameters
+    ----------
+    W_natural : (..., d, m)
+        The fine-tuning target W♮.
+    W0, A0, B0 : (..., d, m), (..., d, r), (..., r, m)
+        The pretrained weight and the starting factors; leading (batch) axes broadcast.
+    method : {"gd", "precgd"}
+        Plain or preconditioned gradient descent, as in :func:`finetune`.
+    lr : float > 0, or an array of positive step sizes broadcast over the batch
+        Step size η.
+    lam : float >= 0
+        The preconditioner's damping λ ("precgd" only; needed when r > r*).
+    tol : float > 0
+        The stopping tolerance (see :func:`finetune`).
+    max_iter : int >= 0
+        The most steps per run.
+    target : (..., d, m) or None
+        The update ΔW that A B should reach; it sets the stopping rule and the recorded error.
+    order : {"simultaneous", "gauss-seidel"}
+        Both gradients at the current (A, B), or B's after A's update.
+    align_to : (..., d, k) or None
+        Records sin θ(top-k left singular vectors of A_t, span align_to).
 
     Examples
     --------
