@@ -10,6 +10,7 @@ import copy
 import json
 import pickle
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -235,6 +236,36 @@ def test_bad_inputs_get_one_line_naming_the_flag_before_any_work(files, tmp_path
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and flag in err[0], err
         assert not store.exists() and not (tmp_path / "out").exists()
+
+
+def test_the_files_read_are_part_of_every_key_and_a_changed_file_is_refused(files, tmp_path):
+    """The same files in another folder give the same keys (store folder, chunk, retrained
+    checkpoint); one character of a dialogue file changed, the file's size kept, gives other keys
+    (rules out a fingerprint of names and sizes only, which served one data set's results and
+    retrained checkpoints for another) and makes a config made before the change refuse to run,
+    naming the file, before any training (rules out a chunk computed on other data than its key
+    names). A file added to the model folder changes the key too (the tokenizer's files are read)."""
+    data, model = files
+    copy_data = shutil.copytree(data, tmp_path / "data")
+    copy_model = shutil.copytree(model, tmp_path / "model")
+    a, b = _config(data, model), _config(copy_data, copy_model)
+    assert (a.key, a.chunk_key(0, (0,)), a.retrain_key("SR", 0, 0)) == \
+        (b.key, b.chunk_key(0, (0,)), b.retrain_key("SR", 0, 0))
+    assert {e[0] for e in a.data_files} >= {"data/train_self_original.txt", "data/valid_self_original.txt",
+                                            "persona_map/train_persona_map.pkl", "model/tokenizer.json"}
+    path = copy_data / "valid_self_original.txt"
+    text = path.read_text()
+    i = text.index("your persona:")
+    path.write_text(text[:i] + "Your" + text[i + 4:])
+    c = _config(copy_data, copy_model)
+    assert c.key != a.key and c.retrain_key("SR", 0, 0) != a.retrain_key("SR", 0, 0)
+    with pytest.raises(ValueError, match="--data.*: data/valid_self_original.txt changed since the config was made"):
+        sims.simulate_convai_chunk(b, 0, (0,), device="cpu")
+    (copy_model / "notes.txt").write_text("a file the loader may read")
+    d = _config(copy_data, copy_model)
+    assert d.key != c.key
+    with pytest.raises(ValueError, match="model/notes.txt is new since the config was made"):
+        c.check_data()
 
 
 # ------------------------------------------------------------------------------------------------
