@@ -240,14 +240,14 @@ def test_bad_inputs_get_one_line_naming_the_flag_before_any_work(files, tmp_path
 
 def test_the_files_read_are_part_of_every_key_and_a_changed_file_is_refused(files, tmp_path):
     """The same files in another folder give the same keys (store folder, chunk, retrained
-    checkpoint); one character of a dialogue file changed, the file's size kept, gives other keys
+    checkpoint); one letter of a dialogue file changed, the file's size kept, gives other keys
     (rules out a fingerprint of names and sizes only, which served one data set's results and
     retrained checkpoints for another) and makes a config made before the change refuse to run,
     naming the file, before any training (rules out a chunk computed on other data than its key
     names). A file added to the model folder changes the key too (the tokenizer's files are read)."""
     data, model = files
-    copy_data = shutil.copytree(data, tmp_path / "data")
-    copy_model = shutil.copytree(model, tmp_path / "model")
+    copy_data = shutil.copytree(data, tmp_path / "data", copy_function=shutil.copyfile)    # new modification times
+    copy_model = shutil.copytree(model, tmp_path / "model", copy_function=shutil.copyfile)
     a, b = _config(data, model), _config(copy_data, copy_model)
     assert (a.key, a.chunk_key(0, (0,)), a.retrain_key("SR", 0, 0)) == \
         (b.key, b.chunk_key(0, (0,)), b.retrain_key("SR", 0, 0))
@@ -255,8 +255,9 @@ def test_the_files_read_are_part_of_every_key_and_a_changed_file_is_refused(file
                                             "persona_map/train_persona_map.pkl", "model/tokenizer.json"}
     path = copy_data / "valid_self_original.txt"
     text = path.read_text()
-    i = text.index("your persona:")
-    path.write_text(text[:i] + "Your" + text[i + 4:])
+    line = text.index("\t")
+    i = text.rindex(" ", 0, line) + 1                    # the last word of the first utterance: still a valid file
+    path.write_text(text[:i] + ("b" if text[i] == "a" else "a") + text[i + 1:])
     c = _config(copy_data, copy_model)
     assert c.key != a.key and c.retrain_key("SR", 0, 0) != a.retrain_key("SR", 0, 0)
     with pytest.raises(ValueError, match="--data.*: data/valid_self_original.txt changed since the config was made"):

@@ -475,7 +475,7 @@ def test_other_data_gives_another_store_folder_and_is_computed_not_served(tmp_pa
 
     c1 = sims.write_cifar10(tmp_path / "c1", n_train=200, n_test=100, rng=1)
     c2 = sims.write_cifar10(tmp_path / "c2", n_train=200, n_test=100, rng=2)
-    c3 = shutil.copytree(c1, tmp_path / "c3")
+    c3 = shutil.copytree(c1, tmp_path / "c3", copy_function=shutil.copyfile)     # new modification times
     a, b, c = (_tiny_vision(root) for root in (c1, c2, c3))
     assert a.key != b.key and a.chunk_key(0, (0,)) != b.chunk_key(0, (0,))
     assert R._retrain_key(a, "SR") != R._retrain_key(b, "SR") and R._finetune_key(a) != R._finetune_key(b)
