@@ -847,6 +847,7 @@ def _data(config):
     test = [(cid, enc(a), enc(b), enc(c)) for cid, a, b, c in _split(config, te, config.eval_dialogues,
                                                                      config.ft_val_dialogues, "valid",
                                                                      config.n_test_personas)]
+    config.check_data()                  # the bytes just read are those the key names
     _DATA_CACHE.clear()
     _DATA_CACHE[key] = (train, test)
     return train, test

@@ -620,6 +620,7 @@ def _digits_data(config, rng):
 
 def _vision_data(config, rng):
     x_tr, y_tr, x_te, y_te = read_cifar10(config.data_root)
+    config.check_data()                  # the bytes just read are those the key names
     _check_classes(y_tr, y_te, f"--data-root (the 'data_root' parameter of RealDataConfig) {config.data_root}",
                    "the training batches (data_batch_1 ... data_batch_5)", "test_batch")
     tasks = []

@@ -500,10 +500,10 @@ def test_a_data_file_changed_after_the_config_was_made_is_refused_and_never_reha
     changed passes; a file changed since the config was made is refused by name, by the scheduler
     before it serves the stored chunk of the old contents (rules out a rerun served from the
     store) and by a chunk in a worker (rules out a chunk computed on other data than its key
-    names). A config made after the change gets another key."""
-    import hashlib
-
+    names), also when the file is written while the chunk reads it. A config made after the
+    change gets another key."""
     from sims import _fingerprint
+    from sims import _realdata as R
 
     root = sims.write_cifar10(tmp_path / "c", n_train=200, n_test=100, rng=1)
     cfg = _tiny_vision(root)
@@ -529,7 +529,20 @@ def test_a_data_file_changed_after_the_config_was_made_is_refused_and_never_reha
         sims.run(cfg, store=store, progress=False, device="cpu")
     with pytest.raises(ValueError, match="data_batch_3 changed since the config was made"):
         sims.simulate_realdata_chunk(worker_cfg, 0, (0,), device="cpu")
-    assert _tiny_vision(root).key != cfg.key
+    fresh = _tiny_vision(root)
+    assert fresh.key != cfg.key
+    # A file written while a chunk reads the batches: refused after the read (rules out a check
+    # made only before reading, which would train on bytes other than the key names).
+    read = R.read_cifar10
+
+    def read_while_written(path):
+        out = read(path)
+        shutil.copyfile(other / "data_batch_4", root / "data_batch_4")
+        return out
+
+    monkeypatch.setattr(R, "read_cifar10", read_while_written)
+    with pytest.raises(ValueError, match="data_batch_4 changed since the config was made"):
+        sims.simulate_realdata_chunk(fresh, 0, (0,), device="cpu")
 
 
 def test_labels_outside_the_task_definition_are_refused_by_name(tmp_path):
