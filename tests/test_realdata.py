@@ -567,7 +567,8 @@ def test_labels_outside_the_task_definition_are_refused_by_name(tmp_path):
 
 def test_digits_configs_fingerprint_scikit_learns_digits_file(tmp_path, monkeypatch):
     """Digits configs key on the bytes of the file load_digits reads: another file, another key
-    (rules out a digits key that ignores the data), found without importing scikit-learn."""
+    (rules out a digits key that ignores the data), and a chunk of a config made before the file
+    changed refuses to run (rules out a chunk that checks nothing before it trains)."""
     from sims import _realdata as R
 
     cfg = _tiny_digits()
@@ -580,7 +581,7 @@ def test_digits_configs_fingerprint_scikit_learns_digits_file(tmp_path, monkeypa
     monkeypatch.setattr(R, "_digits_file", lambda: changed)
     assert _tiny_digits().key != cfg.key
     with pytest.raises(ValueError, match="digits.csv.gz changed since the config was made"):
-        cfg.check_data()
+        sims.simulate_realdata_chunk(cfg, 0, (0,), device="cpu")        # refused before training
 
 
 def test_cli_realdata_vision_runs_and_a_missing_data_root_gets_one_line(tmp_path):
