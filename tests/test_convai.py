@@ -238,13 +238,15 @@ def test_bad_inputs_get_one_line_naming_the_flag_before_any_work(files, tmp_path
         assert not store.exists() and not (tmp_path / "out").exists()
 
 
-def test_the_files_read_are_part_of_every_key_and_a_changed_file_is_refused(files, tmp_path):
+def test_the_files_read_are_part_of_every_key_and_a_changed_file_is_refused(files, tmp_path, monkeypatch):
     """The same files in another folder give the same keys (store folder, chunk, retrained
     checkpoint); one letter of a dialogue file changed, the file's size kept, gives other keys
     (rules out a fingerprint of names and sizes only, which served one data set's results and
     retrained checkpoints for another) and makes a config made before the change refuse to run,
     naming the file, before any training (rules out a chunk computed on other data than its key
-    names). A file added to the model folder changes the key too (the tokenizer's files are read)."""
+    names; the data already read in this process does not excuse it), also when the file is written
+    while a chunk reads it. A file added to the model folder changes the key too (the tokenizer's
+    files are read)."""
     data, model = files
     copy_data = shutil.copytree(data, tmp_path / "data", copy_function=shutil.copyfile)    # new modification times
     copy_model = shutil.copytree(model, tmp_path / "model", copy_function=shutil.copyfile)
@@ -253,6 +255,7 @@ def test_the_files_read_are_part_of_every_key_and_a_changed_file_is_refused(file
         (b.key, b.chunk_key(0, (0,)), b.retrain_key("SR", 0, 0))
     assert {e[0] for e in a.data_files} >= {"data/train_self_original.txt", "data/valid_self_original.txt",
                                             "persona_map/train_persona_map.pkl", "model/tokenizer.json"}
+    C._data(b)                                           # b's data read and cached in this process
     path = copy_data / "valid_self_original.txt"
     text = path.read_text()
     line = text.index("\t")
@@ -267,6 +270,17 @@ def test_the_files_read_are_part_of_every_key_and_a_changed_file_is_refused(file
     assert d.key != c.key
     with pytest.raises(ValueError, match="model/notes.txt is new since the config was made"):
         c.check_data()
+    read = C.read_personachat
+
+    def read_while_written(file):
+        out = read(file)
+        with open(copy_data / "train_self_original.txt", "a") as fh:
+            fh.write("\n")
+        return out
+
+    monkeypatch.setattr(C, "read_personachat", read_while_written)
+    with pytest.raises(ValueError, match="data/train_self_original.txt changed since the config was made"):
+        sims.simulate_convai_chunk(d, 0, (0,), device="cpu")
 
 
 # ------------------------------------------------------------------------------------------------
