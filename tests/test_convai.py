@@ -281,6 +281,14 @@ def test_the_files_read_are_part_of_every_key_and_a_changed_file_is_refused(file
     monkeypatch.setattr(C, "read_personachat", read_while_written)
     with pytest.raises(ValueError, match="data/train_self_original.txt changed since the config was made"):
         sims.simulate_convai_chunk(d, 0, (0,), device="cpu")
+    # Model weights rewritten in place: a config made after reads the new ones (rules out a model
+    # cached per process by its folder alone).
+    def embeddings(cfg):
+        return C._base_model(cfg, 0, "cpu")[0].model.roberta.embeddings.word_embeddings.weight
+
+    before = embeddings(d)
+    sims.write_tiny_roberta(copy_model, seed=1)
+    assert not torch.equal(before, embeddings(_config(copy_data, copy_model)))
 
 
 # ------------------------------------------------------------------------------------------------
