@@ -16,12 +16,13 @@ class SweepConfig:
     """Mixin for frozen sweep dataclasses with fields ``values``, ``chunk_trials`` and a trial count
     ``runs``. Each field carries its documentation in ``metadata["doc"]``.
 
-    The scheduler (:func:`sims.run_many`) asks a config five things about its chunks: the
-    engine's version (``engine_version``, bumped whenever the engine's numbers change, so stored
-    chunks of another version are recomputed), a key naming the chunk's numbers
-    (:meth:`chunk_key`: equal keys are computed once), an expected cost (:meth:`chunk_cost`, for
-    largest-first scheduling), how to relabel a shared chunk (:meth:`relabel_chunk`) and which
-    chunks have part of their work in common (:meth:`share_key`)."""
+    Before it serves or computes anything, the scheduler asks a config to check that the data
+    files it read are still the ones its key names (:meth:`check_data`). Then it asks five things
+    about its chunks: the engine's version (``engine_version``, bumped whenever the engine's
+    numbers change, so stored chunks of another version are recomputed), a key naming the chunk's
+    numbers (:meth:`chunk_key`: equal keys are computed once), an expected cost
+    (:meth:`chunk_cost`, for largest-first scheduling), how to relabel a shared chunk
+    (:meth:`relabel_chunk`) and which chunks have part of their work in common (:meth:`share_key`)."""
 
     #: Version of the engine that computes this kind of config; bump it when its numbers change.
     engine_version: ClassVar[int] = 1
@@ -66,6 +67,11 @@ class SweepConfig:
                                  f"triples. Got {item!r}.")
             checked.append((item[0], *cls.check_chunk(*item, func)))
         return checked
+
+    def check_data(self) -> None:
+        """Raise a ``ValueError`` naming the file when a data file the config fingerprinted when it was
+        made has changed since (its key, and so its stored results, name the old contents). By
+        default nothing: a config that reads no files."""
 
     def chunk_key(self, value_index: int, trials) -> str:
         """Content hash of what determines one chunk's numbers. By default the config and the

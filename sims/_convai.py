@@ -69,6 +69,7 @@ import pandas as pd
 from theory.validation import MAX_COUNT, check_choice, check_int, check_real, check_rng, check_values
 
 from ._config import SweepConfig
+from ._fingerprint import check_manifest, file_manifest, manifest_digest
 from ._peftml import (
     FINETUNING_SCHEMES,
     RETRAINING_METHODS,
@@ -538,8 +539,9 @@ class ConvAIConfig(SweepConfig):
     persona_map: str = _doc("persona-map pickle, or a folder of train_/valid_persona_map.pkl (not part of the key)",
                             "")
     model: str = _doc("local RoBERTa checkpoint folder with its tokenizer (not part of the key)", "")
-    fingerprint: str = _doc("sizes of the data, map and model files (part of the key: other files, other results)",
-                            "")
+    fingerprint: str = _doc("digest of the names, sizes and SHA-256 hashes of the data, persona-map and model files, "
+                            "computed when the config is made (a value passed in is replaced); part of the key: "
+                            "other files, other results", "")
     preset: str = _doc("'paper' (SR visits tasks in order, spec L1) or 'clean' (SR shuffles the pooled batches)",
                        "clean")
     methods: tuple = _doc("retraining methods (a subset of SR, LoRA-ML, last-layer-ML, Reptile)", RETRAINING_METHODS)
@@ -574,6 +576,8 @@ class ConvAIConfig(SweepConfig):
                              1)
     checkpoint_dir: str = _doc("folder where retrained models are kept for reuse across chunks (not part of the key)",
                                "")
+    data_files: tuple = _doc("(name, size, SHA-256, mtime_ns) of each file read, computed with the fingerprint; a "
+                             "chunk refuses to run when a file no longer matches (not part of the key)", ())
 
     def __post_init__(self):
         func = "ConvAIConfig"
@@ -616,6 +620,16 @@ class ConvAIConfig(SweepConfig):
             if not isinstance(value, str):
                 raise ValueError(f"The {name!r} parameter of {func} must be a path (str). Got {value!r} instead.")
             object.__setattr__(self, name, value)
+        if not isinstance(self.data_files, (tuple, list)):
+            raise ValueError(f"The 'data_files' parameter of {func} is computed from the files when the config is "
+                             f"made (leave it out). Got {self.data_files!r}.")
+        # The files read are part of the key: fingerprint them now, in the process that plans the run
+        # (hashed once per process); the chunks carry the manifest and check it before they run. A
+        # config that lacks one of the three paths gets no fingerprint, and its chunks refuse to run.
+        paths = (self.data, self.persona_map, self.model)
+        entries = file_manifest(_convai_files(*paths)) if all(paths) else ()
+        object.__setattr__(self, "data_files", entries)
+        object.__setattr__(self, "fingerprint", manifest_digest(entries))
         if not self.values:
             raise ValueError(f"The 'methods' parameter of {func} gives no table with the fine-tuning schemes "
                              f"{self.finetuning!r}: LoRA tables need SR, LoRA-ML or Reptile, the last-layer table "
@@ -658,9 +672,10 @@ class ConvAIConfig(SweepConfig):
 
     @property
     def key(self) -> str:
-        """Content hash of what determines the numbers (not the chunking, not where the files are)."""
+        """Content hash of what determines the numbers, the files read included (their
+        ``fingerprint``); not the chunking, not where the files are."""
         d = self.to_dict()
-        for name in ("chunk_trials",) + _PATHS:
+        for name in ("chunk_trials", "data_files") + _PATHS:
             d.pop(name)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
@@ -668,17 +683,43 @@ class ConvAIConfig(SweepConfig):
         """Names one retraining: what it depends on (not the fine-tuning, not the other methods)."""
         d = self.to_dict()
         for name in ("chunk_trials", "methods", "ranks", "finetuning", "seeds", "n_test_personas", "eval_dialogues",
-                     "ft_val_dialogues", "ft_epochs", "ft_lr", "ft_wd") + _PATHS:
+                     "ft_val_dialogues", "ft_epochs", "ft_lr", "ft_wd", "data_files") + _PATHS:
             d.pop(name)
         d.update(method=method, rank=rank if method == "LoRA-ML" else 0, seed=int(seed),
                  engine=self.engine_version)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:24]
 
+    def check_data(self) -> None:
+        """Refuse to run on files other than the config was made from (a data, persona-map or model
+        file changed, added or removed since): its keys (store folder, retrained checkpoints) name
+        the files it fingerprinted then. Cheap: a file whose size and modification time are the
+        recorded ones is not read again.
+
+        Raises
+        ------
+        ValueError
+            Naming the flag (``--data``, ``--persona-map``, ``--model``) and the file that changed.
+        """
+        check_manifest(_convai_files(self.data, self.persona_map, self.model), self.data_files,
+                       "--data/--persona-map/--model (the 'data', 'persona_map' and 'model' parameters of ConvAIConfig)")
+
+
+def _convai_files(data, persona_map, model) -> list:
+    """``[(relative name, path)]`` of every file the experiment reads: the two dialogue files
+    (``data/…``), the persona map(s) (``persona_map/…``) and every file of the model folder, its
+    tokenizer included (``model/…``); checked as :func:`check_convai_inputs` says."""
+    files = [(f"data/{p.name}", p) for p in _data_paths(data)]
+    files += [(f"persona_map/{p.name}", p) for p in dict.fromkeys(_map_paths(persona_map))]
+    mpath = _check_model_path(model)
+    files += [(f"model/{p.name}", p) for p in sorted(mpath.iterdir()) if p.is_file()]
+    return files
+
 
 def check_convai_inputs(data, persona_map, model) -> str:
     """Check the three inputs of the language experiment before any work (the files exist and have
     the expected form: the model folder is a RoBERTa checkpoint with weights and a tokenizer);
-    return their fingerprint (file names and sizes), which :class:`ConvAIConfig` keys on.
+    return their fingerprint (names, sizes and SHA-256 hashes of the files, each read once per
+    process), which :class:`ConvAIConfig` keys on.
 
     Parameters
     ----------
@@ -705,11 +746,7 @@ def check_convai_inputs(data, persona_map, model) -> str:
     ...
     ValueError: --model (the 'model' parameter) ... is not a RoBERTa checkpoint folder ...
     """
-    files = list(_data_paths(data)) + sorted(set(_map_paths(persona_map)))
-    mpath = _check_model_path(model)
-    files += sorted(p for p in mpath.iterdir() if p.is_file())
-    blob = json.dumps([[p.name, p.stat().st_size] for p in files]).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return manifest_digest(file_manifest(_convai_files(data, persona_map, model)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -717,9 +754,10 @@ def check_convai_inputs(data, persona_map, model) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def _load(model_path: str):
+def _load(model_path: str, fingerprint: str = ""):
     """(tokenizer, RobertaForSequenceClassification with 2 labels) from a local folder, read once
-    per process; callers deep-copy the model."""
+    per process and fingerprint (files rewritten in place are read again); callers deep-copy the
+    model."""
     import transformers
 
     _check_model_path(model_path)
@@ -862,7 +900,7 @@ def _data(config):
         return _DATA_CACHE[key]
     train_file, valid_file = _data_paths(config.data)
     train_map, valid_map = (read_persona_map(p) for p in _map_paths(config.persona_map))
-    tok, _ = _load(str(config.model))
+    tok, _ = _load(str(config.model), config.fingerprint)
     tr = persona_clusters(read_personachat(train_file), train_map, top=config.n_train_personas)
     te = persona_clusters(read_personachat(valid_file), valid_map, top=config.n_test_personas)
     enc = functools.partial(_encode, tok, n_candidates=config.n_candidates, max_length=config.max_length)
@@ -871,6 +909,7 @@ def _data(config):
     test = [(cid, enc(a), enc(b), enc(c)) for cid, a, b, c in _split(config, te, config.eval_dialogues,
                                                                      config.ft_val_dialogues, "valid",
                                                                      config.n_test_personas)]
+    config.check_data()                  # the bytes just read are those the key names
     _DATA_CACHE.clear()
     _DATA_CACHE[key] = (train, test)
     return train, test
@@ -904,7 +943,7 @@ _RETRAIN_CACHE: dict = {}
 
 def _base_model(config, seed, device):
     torch = _torch()
-    tok, net = _load(str(config.model))
+    tok, net = _load(str(config.model), config.fingerprint)
     streams = np.random.SeedSequence(seed).spawn(4)
     with _seeded(int(streams[1].generate_state(1)[0]), torch.device("cpu")):
         scorer = _scorer(__import__("copy").deepcopy(net), tok.pad_token_id)
@@ -1021,6 +1060,7 @@ def simulate_convai_chunk(config: ConvAIConfig, value_index: int, trials, device
     if amp is not None and not isinstance(amp, (bool, np.bool_)):
         raise ValueError(f"The 'amp' parameter of {func} must be a bool or None. Got {amp!r} instead.")
     amp = device.type == "cuda" if amp is None else bool(amp)
+    config.check_data()                  # the files are those the keys name (before any training)
     method, scheme, rank = config.value_spec(value_index)
     frames = []
     for t in trials:

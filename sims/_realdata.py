@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import pickle
@@ -47,6 +48,7 @@ from theory.validation import (MAX_COUNT, MAX_DIM, check_choice, check_entries, 
                                check_values)
 
 from ._config import SweepConfig
+from ._fingerprint import check_manifest, file_manifest, manifest_digest
 from ._peftml import (
     FINETUNING_SCHEMES,
     RETRAINING_METHODS,
@@ -203,8 +205,9 @@ def read_cifar10(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     Raises
     ------
     ValueError
-        ``root`` is missing or lacks a batch file, or a file is not a CIFAR-10 batch; the message
-        says how to get the data set.
+        ``root`` is missing or lacks a batch file, or a file is not a CIFAR-10 batch (labels
+        included: each must be a class 0-9); the message names the file and says how to get the
+        data set.
 
     Examples
     --------
@@ -214,33 +217,47 @@ def read_cifar10(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     >>> [a.shape for a in read_cifar10(root)]
     [(50, 3, 32, 32), (50,), (20, 3, 32, 32), (20,)]
     """
-    if root is not None and not isinstance(root, (str, os.PathLike)):
-        raise ValueError(f"The 'root' parameter of read_cifar10 (--data-root) must be a path. Got {root!r} instead.")
-    root = Path(root) if root is not None else None
-    if root is None or not root.is_dir():
-        raise ValueError(f"--data-root (the 'root' parameter of read_cifar10) {root} is not a folder with the "
-                         f"CIFAR-10 batches: {CIFAR10_HELP}.")
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    missing = [n for n in names if not (root / n).is_file()]
-    if missing:
-        raise ValueError(f"--data-root (the 'root' parameter of read_cifar10) {root} lacks {', '.join(missing)}: "
-                         f"{CIFAR10_HELP}.")
+    files = _cifar_files(root)
+    root = Path(root)
     parts = []
-    for n in names:
+    for n, path in files:
         try:
-            with open(root / n, "rb") as fh:
+            with open(path, "rb") as fh:
                 d = pickle.load(fh, encoding="bytes")
             x = np.asarray(d[b"data"], dtype=np.uint8)
-            y = np.asarray(d[b"labels"], dtype=np.int64)
-            if x.ndim != 2 or x.shape[1] != 3072 or len(y) != len(x):
+            y = np.asarray(d[b"labels"])
+            if x.ndim != 2 or x.shape[1] != 3072 or y.ndim != 1 or len(y) != len(x) or \
+                    (len(y) and y.dtype.kind not in "iu"):
                 raise ValueError
         except Exception:
             raise ValueError(f"--data-root (the 'root' parameter of read_cifar10) {root}: {n} is not a CIFAR-10 "
                              f"python batch: {CIFAR10_HELP}.") from None
-        parts.append((x.reshape(-1, 3, 32, 32), y))
+        outside = np.flatnonzero((y < 0) | (y > 9))
+        if outside.size:
+            raise ValueError(f"--data-root (the 'root' parameter of read_cifar10) {root}: {n} holds label "
+                             f"{int(y[outside[0]])} (row {int(outside[0])}); CIFAR-10 labels are 0-9 (the tasks "
+                             f"are the class pairs {', '.join(f'{a}/{b}' for a, b in PAIRS + (TEST_PAIR,))}).")
+        parts.append((x.reshape(-1, 3, 32, 32), y.astype(np.int64)))
     x_train = np.concatenate([p[0] for p in parts[:5]])
     y_train = np.concatenate([p[1] for p in parts[:5]])
     return x_train, y_train, parts[5][0], parts[5][1]
+
+
+_CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+
+def _cifar_files(root, param: str = "the 'root' parameter of read_cifar10"):
+    """``[(name, path)]`` of the six batch files under ``root``, or the ValueError that names
+    ``--data-root`` (and ``param``) and says how to get the data set."""
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"The 'root' parameter of read_cifar10 (--data-root) must be a path. Got {root!r} instead.")
+    root = Path(root) if root is not None else None
+    if root is None or not root.is_dir():
+        raise ValueError(f"--data-root ({param}) {root} is not a folder with the CIFAR-10 batches: {CIFAR10_HELP}.")
+    missing = [n for n in _CIFAR_FILES if not (root / n).is_file()]
+    if missing:
+        raise ValueError(f"--data-root ({param}) {root} lacks {', '.join(missing)}: {CIFAR10_HELP}.")
+    return [(n, root / n) for n in _CIFAR_FILES]
 
 
 def write_cifar10(root, n_train: int = 50000, n_test: int = 10000, *, rng=0) -> Path:
@@ -317,7 +334,8 @@ class RealDataConfig(SweepConfig):
     seeds: tuple = _doc("seeds, one chunk per method and seed", (0, 1, 2, 3, 4))
     finetuning: tuple = _doc("fine-tuning schemes ('lora', 'last-layer')", FINETUNING_SCHEMES)
     n_finetune: tuple = _doc("fine-tuning sample sizes (0: every fine-tuning image)", (0,))
-    data_root: str = _doc("vision: folder of the CIFAR-10 python batches (not part of the key)", "")
+    data_root: str = _doc("vision: folder of the CIFAR-10 python batches (not part of the key: the files' "
+                          "fingerprint is)", "")
     train_per_task: int = _doc("vision: retraining images per task (0: all 10,000)", 0)
     val_per_task: int = _doc("vision: validation images per task (0: all 2,000)", 0)
     ft_val: int = _doc("vision: fine-tuning images held out for validation", 1000)
@@ -344,6 +362,11 @@ class RealDataConfig(SweepConfig):
     ft_wd: float = _doc("fine-tuning Adam L2 weight decay", 1e-5)
     ft_batch_size: int = _doc("fine-tuning batch size", 256)
     chunk_trials: int = _doc("seeds per stored chunk (1: one chunk per method and seed)", 1)
+    fingerprint: str = _doc("digest of the names, sizes and SHA-256 hashes of the data files read (vision: the "
+                            "CIFAR-10 batches; digits: scikit-learn's digits.csv.gz), computed when the config is "
+                            "made (a value passed in is replaced); part of the key", "")
+    data_files: tuple = _doc("(name, size, SHA-256, mtime_ns) of each data file, computed with the fingerprint; "
+                             "a chunk refuses to run when a file no longer matches (not part of the key)", ())
 
     def __post_init__(self):
         func = "RealDataConfig"
@@ -391,6 +414,38 @@ class RealDataConfig(SweepConfig):
             raise ValueError(f"The 'r' parameter of {func} must be an int in [1, 2] (the smallest side of a "
                              f"LoRA-adapted layer: the head has 2 outputs). Got {self.r} instead.")
         object.__setattr__(self, "data_root", str(self.data_root))
+        for name, kind in (("fingerprint", str), ("data_files", (tuple, list))):
+            if not isinstance(getattr(self, name), kind):
+                raise ValueError(f"The {name!r} parameter of {func} is computed from the data files when the config "
+                                 f"is made (leave it out). Got {getattr(self, name)!r}.")
+        # The data read is part of the key: fingerprint the files now, in the process that plans the
+        # run (hashed once per process); the chunks carry the manifest and check it before they run.
+        # A vision config without data_root gets no fingerprint, and its chunks refuse to run.
+        entries = file_manifest(self._files()) if self.dataset == "digits" or self.data_root else ()
+        object.__setattr__(self, "data_files", entries)
+        object.__setattr__(self, "fingerprint", manifest_digest(entries))
+
+    def _files(self) -> list:
+        """``[(relative name, path)]`` of every data file the config's chunks read."""
+        if self.dataset == "digits":
+            return [("sklearn/datasets/data/digits.csv.gz", _digits_file())]
+        return _cifar_files(self.data_root, "the 'data_root' parameter of RealDataConfig")
+
+    def check_data(self) -> None:
+        """Refuse to run on data other than the config was made from (a batch file changed, added or
+        removed since): its key, and so its store folder, name the files it fingerprinted then.
+        Cheap: a file whose size and modification time are the recorded ones is not read again.
+
+        Raises
+        ------
+        ValueError
+            Naming ``--data-root`` (or scikit-learn's digits file) and the file that changed.
+        """
+        if self.dataset == "vision" and not self.data_root:
+            raise ValueError(f"--data-root (the 'data_root' parameter of RealDataConfig) is empty: {CIFAR10_HELP}.")
+        where = (f"--data-root (the 'data_root' parameter of RealDataConfig) {self.data_root}"
+                 if self.dataset == "vision" else "RealDataConfig(dataset='digits'): scikit-learn's bundled digits")
+        check_manifest(self._files(), self.data_files, where)
 
     # SweepConfig's protocol: values (methods) × runs (seeds), chunked by chunk_trials.
     @property
@@ -420,8 +475,9 @@ class RealDataConfig(SweepConfig):
 
     @property
     def key(self) -> str:
-        """Content hash of everything that determines the numbers (not the chunking, not where the data is)."""
-        return _config_hash(self, ("chunk_trials", "data_root"))
+        """Content hash of everything that determines the numbers, the data read included (its
+        ``fingerprint``); not the chunking, not where the data is."""
+        return _config_hash(self, ("chunk_trials",))
 
 
 #: Fields that the retraining of one seed does not read (fine-tuning, the sweep's layout); the
@@ -431,10 +487,15 @@ _FINETUNE_FIELDS = ("values", "seeds", "finetuning", "n_finetune", "ft_val", "te
 _PRESET_FREE = ("SR", "last-layer-ML")
 
 
+#: Fields that say where the data is and when its files were written: never part of a key (the
+#: ``fingerprint`` of the files' contents is), so the same files in another folder give the same keys.
+_WHERE = ("data_root", "data_files")
+
+
 def _config_hash(config, without, **extra) -> str:
-    """Hash of the config's fields but ``without``, plus ``extra``."""
+    """Hash of the config's fields but ``without`` and :data:`_WHERE`, plus ``extra``."""
     d = config.to_dict()
-    for name in without:
+    for name in tuple(without) + _WHERE:
         d.pop(name)
     d.update(extra)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
@@ -491,7 +552,8 @@ def realdata_sweep(dataset: str, *, preset: str = "clean", seeds=(0, 1, 2, 3, 4)
     check_choice(dataset, "dataset", "realdata_sweep", ("digits", "vision", "convai"))
     if dataset == "convai":
         return _convai_sweep(preset, seeds, overrides)
-    names = {f.name for f in dataclasses.fields(RealDataConfig)} - {"dataset", "preset", "seeds"}
+    names = {f.name for f in dataclasses.fields(RealDataConfig)} - {"dataset", "preset", "seeds", "fingerprint",
+                                                                    "data_files"}
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ValueError(f"realdata_sweep got unknown option(s) {', '.join(map(repr, unknown))}; "
@@ -504,15 +566,15 @@ def realdata_sweep(dataset: str, *, preset: str = "clean", seeds=(0, 1, 2, 3, 4)
 def _convai_sweep(preset, seeds, overrides):
     from ._convai import ConvAIConfig, check_convai_inputs
 
-    names = {f.name for f in dataclasses.fields(ConvAIConfig)} - {"preset", "seeds", "fingerprint"}
+    names = {f.name for f in dataclasses.fields(ConvAIConfig)} - {"preset", "seeds", "fingerprint", "data_files"}
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ValueError(f"realdata_sweep got unknown option(s) {', '.join(map(repr, unknown))} for 'convai'; "
                          f"allowed: {', '.join(sorted(names))}.")
     paths = {k: overrides.get(k) for k in ("data", "persona_map", "model")}
-    fingerprint = check_convai_inputs(paths["data"], paths["persona_map"], paths["model"])
+    check_convai_inputs(paths["data"], paths["persona_map"], paths["model"])    # one line naming the flag
     overrides = {**overrides, **{k: str(Path(v).resolve()) for k, v in paths.items()}}
-    return ConvAIConfig(preset=preset, seeds=seeds, fingerprint=fingerprint, **overrides)
+    return ConvAIConfig(preset=preset, seeds=seeds, **overrides)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -524,22 +586,58 @@ def _pair_labels(y, pair):
     return mask, (y[mask] % 2)
 
 
+def _digits_file() -> Path:
+    """The file ``sklearn.datasets.load_digits`` reads (found without importing scikit-learn).
+
+    The digits configs fingerprint this file rather than the arrays (which would import
+    scikit-learn and parse the file whenever a config is made) or scikit-learn's version (which
+    would change the key, and recompute every stored chunk, on each upgrade that leaves the data
+    alone): the file is every number the data set holds, and checking it before a chunk runs
+    costs a ``stat``."""
+    spec = importlib.util.find_spec("sklearn")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = next((Path(f) / "datasets" / "data" / "digits.csv.gz" for f in folders
+                 if (Path(f) / "datasets" / "data" / "digits.csv.gz").is_file()), None)
+    if path is None:
+        raise ValueError("The 'dataset' parameter of RealDataConfig is 'digits', which reads scikit-learn's bundled "
+                         "sklearn/datasets/data/digits.csv.gz; it was not found: pip install scikit-learn (or "
+                         "'loraml[torch]').")
+    return path
+
+
 @functools.lru_cache(maxsize=1)
-def _digits_arrays():
+def _digits_arrays(fingerprint: str):
     """scikit-learn's digits as (x (1797, 1, 8, 8) float32 in [-0.5, 0.5], y int64), read once per
-    process; read-only (every use indexes, which copies)."""
+    process and digits file (``fingerprint``); read-only (every use indexes, which copies)."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x = (d.images.astype(np.float32) / 16.0 - 0.5)[:, None]       # (1797, 1, 8, 8)
     y = d.target.astype(np.int64)
+    _check_classes(y, y, "RealDataConfig(dataset='digits'): scikit-learn's digits", "its labels", "its labels")
     x.flags.writeable = False
     y.flags.writeable = False
     return x, y
 
 
+def _check_classes(y_train, y_test, where, train_name, test_name):
+    """Refuse data whose labels do not define the tasks (class pairs 0/1 … 8/9): a label outside
+    0-9, or a class of a task with no image in the training or the test split."""
+    for y, name in ((y_train, train_name), (y_test, test_name)):
+        outside = np.flatnonzero((y < 0) | (y > 9))
+        if outside.size:
+            raise ValueError(f"{where}: label {int(y[outside[0]])} in {name}; the tasks take the classes 0-9 (pairs "
+                             f"{', '.join(f'{a}/{b}' for a, b in PAIRS + (TEST_PAIR,))}).")
+        present = set(np.unique(y).tolist())
+        for pair in PAIRS + (TEST_PAIR,):
+            missing = [c for c in pair if c not in present]
+            if missing:
+                raise ValueError(f"{where}: class {missing[0]} of the task {pair[0]}/{pair[1]} has no image in {name}; "
+                                 f"every task needs images of both its classes in the training and the test split.")
+
+
 def _digits_data(config, rng):
-    x, y = _digits_arrays()
+    x, y = _digits_arrays(config.fingerprint)
     tasks = []
     for pair in PAIRS:
         mask, labels = _pair_labels(y, pair)
@@ -557,6 +655,9 @@ def _digits_data(config, rng):
 
 def _vision_data(config, rng):
     x_tr, y_tr, x_te, y_te = read_cifar10(config.data_root)
+    config.check_data()                  # the bytes just read are those the key names
+    _check_classes(y_tr, y_te, f"--data-root (the 'data_root' parameter of RealDataConfig) {config.data_root}",
+                   "the training batches (data_batch_1 ... data_batch_5)", "test_batch")
     tasks = []
     for pair in PAIRS:
         m_tr, l_tr = _pair_labels(y_tr, pair)
@@ -759,6 +860,7 @@ def simulate_realdata_chunks(chunks, device: str | None = None, amp: bool | None
 
 
 def _chunk(config, value_index, trials, device, amp, budget, timings, cache):
+    config.check_data()                  # the files are those the key names (before any training)
     torch = _torch()
     method = config.values[value_index]
     frames = []

@@ -434,6 +434,8 @@ def run_many(configs, *, executor="serial", store=None, force: bool = False, pro
         raise ValueError(f"The 'on_chunk' parameter of {func} must be callable or None. Got {on_chunk!r} instead.")
     check_executor(executor, func)
     root = check_store_root(store, func) if store is not None else None
+    for config in configs:       # the data files are those the keys name, before anything is served
+        config.check_data()
 
     chunks = [c.chunks() for c in configs]
     results: list[dict[int, pd.DataFrame]] = [{} for _ in configs]

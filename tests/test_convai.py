@@ -10,6 +10,7 @@ import copy
 import json
 import pickle
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -235,6 +236,59 @@ def test_bad_inputs_get_one_line_naming_the_flag_before_any_work(files, tmp_path
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and flag in err[0], err
         assert not store.exists() and not (tmp_path / "out").exists()
+
+
+def test_the_files_read_are_part_of_every_key_and_a_changed_file_is_refused(files, tmp_path, monkeypatch):
+    """The same files in another folder give the same keys (store folder, chunk, retrained
+    checkpoint); one letter of a dialogue file changed, the file's size kept, gives other keys
+    (rules out a fingerprint of names and sizes only, which served one data set's results and
+    retrained checkpoints for another) and makes a config made before the change refuse to run,
+    naming the file, before any training (rules out a chunk computed on other data than its key
+    names; the data already read in this process does not excuse it), also when the file is written
+    while a chunk reads it. A file added to the model folder changes the key too (the tokenizer's
+    files are read)."""
+    data, model = files
+    copy_data = shutil.copytree(data, tmp_path / "data", copy_function=shutil.copyfile)    # new modification times
+    copy_model = shutil.copytree(model, tmp_path / "model", copy_function=shutil.copyfile)
+    a, b = _config(data, model), _config(copy_data, copy_model)
+    assert (a.key, a.chunk_key(0, (0,)), a.retrain_key("SR", 0, 0)) == \
+        (b.key, b.chunk_key(0, (0,)), b.retrain_key("SR", 0, 0))
+    assert {e[0] for e in a.data_files} >= {"data/train_self_original.txt", "data/valid_self_original.txt",
+                                            "persona_map/train_persona_map.pkl", "model/tokenizer.json"}
+    C._data(b)                                           # b's data read and cached in this process
+    path = copy_data / "valid_self_original.txt"
+    text = path.read_text()
+    line = text.index("\t")
+    i = text.rindex(" ", 0, line) + 1                    # the last word of the first utterance: still a valid file
+    path.write_text(text[:i] + ("b" if text[i] == "a" else "a") + text[i + 1:])
+    c = _config(copy_data, copy_model)
+    assert c.key != a.key and c.retrain_key("SR", 0, 0) != a.retrain_key("SR", 0, 0)
+    with pytest.raises(ValueError, match="--data.*: data/valid_self_original.txt changed since the config was made"):
+        sims.simulate_convai_chunk(b, 0, (0,), device="cpu")
+    (copy_model / "notes.txt").write_text("a file the loader may read")
+    d = _config(copy_data, copy_model)
+    assert d.key != c.key
+    with pytest.raises(ValueError, match="model/notes.txt is new since the config was made"):
+        c.check_data()
+    read = C.read_personachat
+
+    def read_while_written(file):
+        out = read(file)
+        with open(copy_data / "train_self_original.txt", "a") as fh:
+            fh.write("\n")
+        return out
+
+    monkeypatch.setattr(C, "read_personachat", read_while_written)
+    with pytest.raises(ValueError, match="data/train_self_original.txt changed since the config was made"):
+        sims.simulate_convai_chunk(d, 0, (0,), device="cpu")
+    # Model weights rewritten in place: a config made after reads the new ones (rules out a model
+    # cached per process by its folder alone).
+    def embeddings(cfg):
+        return C._base_model(cfg, 0, "cpu")[0].model.roberta.embeddings.word_embeddings.weight
+
+    before = embeddings(d)
+    sims.write_tiny_roberta(copy_model, seed=1)
+    assert not torch.equal(before, embeddings(_config(copy_data, copy_model)))
 
 
 # ------------------------------------------------------------------------------------------------

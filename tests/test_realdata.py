@@ -15,7 +15,10 @@ Each invariant names the wrong implementation it rules out (each was tried once 
 """
 
 import copy
+import hashlib
+import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -439,6 +442,146 @@ def test_vision_path_end_to_end_on_generated_cifar_files(tmp_path):
         sims.run(cfg.__class__(**{**cfg.to_dict(), "data_root": str(tmp_path / "none")}), progress=False)
     with pytest.raises(ValueError, match="'n_finetune'.*at most 100"):
         sims.run(cfg.__class__(**{**cfg.to_dict(), "n_finetune": (101,)}), progress=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# The data is part of the key
+
+
+def _tiny_vision(root, **kw):
+    """One cheap chunk (SR, last-layer fine-tuning, one epoch each) on the CIFAR-10 files under ``root``."""
+    options = dict(seeds=(0,), data_root=str(root), width=8, patch_size=8, batch_size=32, retrain_epochs=1,
+                   ft_epochs=1, ft_val=10, ft_batch_size=16, values=("SR",), finetuning=("last-layer",))
+    options.update(kw)
+    return sims.realdata_sweep("vision", **options)
+
+
+def _relabel(root, name, change):
+    """Rewrite the labels of one CIFAR-10 batch file under ``root`` with ``change(labels)``."""
+    with open(root / name, "rb") as fh:
+        d = pickle.load(fh, encoding="bytes")
+    d[b"labels"] = list(change(np.asarray(d[b"labels"])))
+    with open(root / name, "wb") as fh:
+        pickle.dump(d, fh)
+
+
+def test_other_data_gives_another_store_folder_and_is_computed_not_served(tmp_path):
+    """Two data roots with other contents: other keys (store folders, chunk keys, retraining and
+    fine-tuning keys), and the second root's chunk is computed although the first root's is stored
+    (rules out a key without the data: the second run used to be served the first one's table). The
+    same bytes in a third folder give the first root's key and are served: the key holds what the
+    files contain, not where they are."""
+    from sims import _realdata as R
+
+    c1 = sims.write_cifar10(tmp_path / "c1", n_train=200, n_test=100, rng=1)
+    c2 = sims.write_cifar10(tmp_path / "c2", n_train=200, n_test=100, rng=2)
+    c3 = shutil.copytree(c1, tmp_path / "c3", copy_function=shutil.copyfile)     # new modification times
+    a, b, c = (_tiny_vision(root) for root in (c1, c2, c3))
+    assert a.key != b.key and a.chunk_key(0, (0,)) != b.chunk_key(0, (0,))
+    assert R._retrain_key(a, "SR") != R._retrain_key(b, "SR") and R._finetune_key(a) != R._finetune_key(b)
+    assert (a.key, R._retrain_key(a, "SR"), R._finetune_key(a)) == (c.key, R._retrain_key(c, "SR"),
+                                                                  R._finetune_key(c))
+    assert [e[0] for e in a.data_files] == [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    store = tmp_path / "store"
+    computed = []
+    tables = [sims.run(cfg, store=store, progress=False, device="cpu",
+                       on_chunk=lambda v, t, cfg=cfg: computed.append(cfg.data_root)) for cfg in (a, b, c)]
+    assert computed == [str(c1), str(c2)]                     # c3: the same bytes as c1, served
+    assert sorted(p.name for p in store.iterdir()) == sorted({f"realdata-{a.key}", f"realdata-{b.key}"})
+    assert not np.array_equal(tables[0]["accuracy"], tables[1]["accuracy"])
+    pd.testing.assert_frame_equal(tables[0], tables[2])
+
+
+def test_a_data_file_changed_after_the_config_was_made_is_refused_and_never_rehashed_otherwise(tmp_path,
+                                                                                               monkeypatch):
+    """The config fingerprints its files once: a copy of the config, or the config unpickled in a
+    worker with an empty hash cache, reads no file again while sizes and modification times are
+    unchanged (rules out rehashing the data per chunk or per worker). A file touched but not
+    changed passes; a file changed since the config was made is refused by name, by the scheduler
+    before it serves the stored chunk of the old contents (rules out a rerun served from the
+    store) and by a chunk in a worker (rules out a chunk computed on other data than its key
+    names), also when the file is written while the chunk reads it. A config made after the
+    change gets another key."""
+    from sims import _fingerprint
+    from sims import _realdata as R
+
+    root = sims.write_cifar10(tmp_path / "c", n_train=200, n_test=100, rng=1)
+    cfg = _tiny_vision(root)
+    store = tmp_path / "store"
+    sims.run(cfg, store=store, progress=False, device="cpu")
+    reads = []
+    digest = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda *a, **k: reads.append(1) or digest(*a, **k))
+    monkeypatch.setattr(_fingerprint, "_HASHES", {})          # a fresh worker process
+    worker_cfg = pickle.loads(pickle.dumps(cfg))
+    worker_cfg.check_data()
+    assert reads == []
+    copies = [sims.RealDataConfig(**cfg.to_dict()) for _ in range(2)]
+    assert len(reads) == 6 and all(c.key == cfg.key for c in copies)     # each file hashed once
+
+    stat = (root / "test_batch").stat()
+    os.utime(root / "test_batch", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    cfg.check_data()                                         # touched, same bytes: accepted
+    other = sims.write_cifar10(tmp_path / "other", n_train=200, n_test=100, rng=5)
+    shutil.copyfile(other / "data_batch_3", root / "data_batch_3")
+    with pytest.raises(ValueError, match=r"--data-root .*: data_batch_3 changed since the config was made .*"
+                                         r"make the config again"):
+        sims.run(cfg, store=store, progress=False, device="cpu")
+    with pytest.raises(ValueError, match="data_batch_3 changed since the config was made"):
+        sims.simulate_realdata_chunk(worker_cfg, 0, (0,), device="cpu")
+    fresh = _tiny_vision(root)
+    assert fresh.key != cfg.key
+    # A file written while a chunk reads the batches: refused after the read (rules out a check
+    # made only before reading, which would train on bytes other than the key names).
+    read = R.read_cifar10
+
+    def read_while_written(path):
+        out = read(path)
+        shutil.copyfile(other / "data_batch_4", root / "data_batch_4")
+        return out
+
+    monkeypatch.setattr(R, "read_cifar10", read_while_written)
+    with pytest.raises(ValueError, match="data_batch_4 changed since the config was made"):
+        sims.simulate_realdata_chunk(fresh, 0, (0,), device="cpu")
+
+
+def test_labels_outside_the_task_definition_are_refused_by_name(tmp_path):
+    """A CIFAR-10 label 10 or -1 in a batch file is refused naming the file, the label and the
+    allowed ones (it used to surface as a misleading 'ft_val' error: the 9s relabelled 10 left the
+    8/9 task too few images); a task class with no image in a split is refused naming the class,
+    its task and the split, before any training."""
+    root = sims.write_cifar10(tmp_path / "c", n_train=200, n_test=100, rng=1)
+    _relabel(root, "data_batch_2", lambda y: np.where(y == 9, 10, y))
+    with pytest.raises(ValueError, match=r"data_batch_2 holds label 10 \(row \d+\); CIFAR-10 labels are 0-9"):
+        sims.read_cifar10(root)
+    with pytest.raises(ValueError, match=r"data_batch_2 holds label 10"):      # a chunk, before training
+        sims.simulate_realdata_chunk(_tiny_vision(root), 0, (0,), device="cpu")
+    _relabel(root, "data_batch_2", lambda y: np.where(y == 10, -1, y))
+    with pytest.raises(ValueError, match=r"data_batch_2 holds label -1"):
+        sims.read_cifar10(root)
+    _relabel(root, "data_batch_2", lambda y: np.where(y == -1, 9, y))
+    _relabel(root, "test_batch", lambda y: np.where(y == 3, 2, y))
+    with pytest.raises(ValueError, match=r"--data-root .*: class 3 of the task 2/3 has no image in test_batch"):
+        sims.simulate_realdata_chunk(_tiny_vision(root), 0, (0,), device="cpu")
+
+
+def test_digits_configs_fingerprint_scikit_learns_digits_file(tmp_path, monkeypatch):
+    """Digits configs key on the bytes of the file load_digits reads: another file, another key
+    (rules out a digits key that ignores the data), and a chunk of a config made before the file
+    changed refuses to run (rules out a chunk that checks nothing before it trains)."""
+    from sims import _realdata as R
+
+    cfg = _tiny_digits()
+    ((name, size, sha, _),) = cfg.data_files
+    path = R._digits_file()
+    assert name == "sklearn/datasets/data/digits.csv.gz" and size == path.stat().st_size
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    changed = tmp_path / "digits.csv.gz"
+    changed.write_bytes(path.read_bytes() + b"\n")
+    monkeypatch.setattr(R, "_digits_file", lambda: changed)
+    assert _tiny_digits().key != cfg.key
+    with pytest.raises(ValueError, match="digits.csv.gz changed since the config was made"):
+        sims.simulate_realdata_chunk(cfg, 0, (0,), device="cpu")        # refused before training
 
 
 def test_cli_realdata_vision_runs_and_a_missing_data_root_gets_one_line(tmp_path):
