@@ -69,7 +69,7 @@ import pandas as pd
 from theory.validation import MAX_COUNT, check_choice, check_int, check_real, check_rng, check_values
 
 from ._config import SweepConfig
-from ._fingerprint import check_manifest, file_manifest, manifest_digest
+from ._fingerprint import check_manifest, file_manifest, manifest_digest, manifest_for
 from ._peftml import (
     FINETUNING_SCHEMES,
     RETRAINING_METHODS,
@@ -627,7 +627,7 @@ class ConvAIConfig(SweepConfig):
         # (hashed once per process); the chunks carry the manifest and check it before they run. A
         # config that lacks one of the three paths gets no fingerprint, and its chunks refuse to run.
         paths = (self.data, self.persona_map, self.model)
-        entries = file_manifest(_convai_files(*paths)) if all(paths) else ()
+        entries = manifest_for(lambda: _convai_files(*paths), self.data_files) if all(paths) else ()
         object.__setattr__(self, "data_files", entries)
         object.__setattr__(self, "fingerprint", manifest_digest(entries))
         if not self.values:

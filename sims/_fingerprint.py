@@ -15,6 +15,8 @@ recorded ones (another copy, on another machine, or a changed file), the rule ma
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -112,3 +114,36 @@ def check_manifest(files, entries, where: str) -> None:
         if (size, sha) != (int(entry[1]), str(entry[2])):
             raise ValueError(f"{where}: {name} changed since the config was made (size {entry[1]} -> {size}, "
                              f"SHA-256 {str(entry[2])[:12]}... -> {sha[:12]}...); {advice}.")
+
+
+#: Set by :func:`recorded_manifests`: configs keep the manifest they are given instead of hashing.
+_RECORDED = contextvars.ContextVar("loraml_recorded_manifests", default=False)
+
+
+@contextlib.contextmanager
+def recorded_manifests():
+    """Within the block, a config made with a non-empty ``data_files`` keeps that manifest (and the
+    fingerprint it gives) instead of fingerprinting the files where its paths point.
+
+    For the views (``loraml show``, ``loraml plot``, :func:`sims.read_store`), which rebuild a stored
+    config from its folder's config.json: the folder's chunks were computed on the files recorded
+    there, which need not be on this machine, nor unchanged since. Running such a config still checks
+    the files first (``check_data``)."""
+    token = _RECORDED.set(True)
+    try:
+        yield
+    finally:
+        _RECORDED.reset(token)
+
+
+def manifest_for(files, given) -> tuple:
+    """The manifest a config records: ``given`` (as tuples) inside :func:`recorded_manifests` when it
+    is non-empty, else a fresh :func:`file_manifest` of ``files()`` (a callable, so that nothing is
+    looked up when the recorded one is kept)."""
+    if _RECORDED.get() and given:
+        try:
+            return tuple((str(n), int(size), str(digest), int(mtime)) for n, size, digest, mtime in given)
+        except (TypeError, ValueError):
+            raise ValueError(f"The 'data_files' parameter must hold (name, size, SHA-256, mtime_ns) entries. "
+                             f"Got {given!r}.") from None
+    return file_manifest(files())

@@ -48,7 +48,7 @@ from theory.validation import (MAX_COUNT, MAX_DIM, check_choice, check_entries, 
                                check_values)
 
 from ._config import SweepConfig
-from ._fingerprint import check_manifest, file_manifest, manifest_digest
+from ._fingerprint import check_manifest, manifest_digest, manifest_for
 from ._peftml import (
     FINETUNING_SCHEMES,
     RETRAINING_METHODS,
@@ -421,7 +421,7 @@ class RealDataConfig(SweepConfig):
         # The data read is part of the key: fingerprint the files now, in the process that plans the
         # run (hashed once per process); the chunks carry the manifest and check it before they run.
         # A vision config without data_root gets no fingerprint, and its chunks refuse to run.
-        entries = file_manifest(self._files()) if self.dataset == "digits" or self.data_root else ()
+        entries = manifest_for(self._files, self.data_files) if self.dataset == "digits" or self.data_root else ()
         object.__setattr__(self, "data_files", entries)
         object.__setattr__(self, "fingerprint", manifest_digest(entries))
 

@@ -336,7 +336,9 @@ def _check_folder(folder, func: str) -> Path:
 def _folder_store(folder: Path, func: str) -> ChunkStore:
     """The store of a results folder, its config rebuilt from the folder's config.json (the
     config's fields and ``_kind``): the views check each chunk against what a sweep of that
-    config would serve."""
+    config would serve. A real-data config keeps the data manifest recorded there (the files its
+    chunks were computed on need not be on this machine)."""
+    from ._fingerprint import recorded_manifests
     from ._run import _KINDS          # the config class of each kind (_run imports this module)
 
     classes = {name: cls for cls, (name, *_) in _KINDS.items()}
@@ -353,7 +355,8 @@ def _folder_store(folder: Path, func: str) -> ChunkStore:
     if kind not in classes:
         raise ValueError(f"{what}; {str(path)!r} names no known kind ({', '.join(classes)}). Got {kind!r}.")
     try:
-        config = classes[kind](**fields)
+        with recorded_manifests():
+            config = classes[kind](**fields)
     except (TypeError, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"{what}; {str(path)!r} is not a {classes[kind].__name__} this loraml can rebuild "

@@ -328,3 +328,32 @@ def test_plot_of_a_table_without_the_metric_says_what_it_allows(tmp_path, capsys
     assert len(err.splitlines()) == 1 and says in err and allows in err and "columns:" in err, err
     if not argv:
         assert "--metric test_loss" not in err
+
+
+def test_a_vision_folder_is_shown_where_its_data_is_not(tmp_path, capsys):
+    """A vision folder copied to a machine without CIFAR-10, or whose data changed since: the views
+    rebuild its config with the data manifest recorded in config.json and show its chunks (they were
+    computed on those files). Rules out a view that fingerprints the data again, which refuses the
+    folder (no data) or every chunk (another key) although nothing stored is wrong."""
+    import pickle
+
+    root = tmp_path / "cifar"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(root / name, "wb") as fh:
+            pickle.dump({b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
+                         b"labels": list(rng.integers(0, 10, 20))}, fh)
+    cfg = sims.realdata_sweep("vision", data_root=str(root), seeds=(0,), values=("SR",), retrain_epochs=1,
+                              ft_epochs=1, n_finetune=(10,))
+    store = sims.ChunkStore(tmp_path / "store", "realdata", cfg)
+    store.write_config()
+    for v, trials in cfg.chunks():
+        store.write(v, trials, _realdata_table(cfg, v, trials))
+    shown = sims.read_store(store.folder)
+    (root / "data_batch_1").write_bytes(b"changed")                     # the data changed since
+    assert sims.read_store(store.folder).equals(shown)
+    shutil.rmtree(root)                                                 # and then it is gone
+    assert sims.read_store(store.folder).equals(shown)
+    assert cli.main(["show", str(store.folder)]) == 0
+    assert capsys.readouterr().err == ""
