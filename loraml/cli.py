@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -137,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
                          "bfloat16 mixed precision on cuda")
     rd.add_argument("--out", type=Path, help="folder of the table and figure (default figures/realdata/<dataset>-<preset>)")
     rd.add_argument("--chunk-trials", type=int, default=1,
-                    help="seeds per stored chunk, (seed, persona) pairs for convai (default 1)")
+                    help="seeds per stored chunk, (seed, persona) pairs for convai (default 1; 0: all in one)")
     rd.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override any other config field, e.g. --set width=256 (repeatable)")
     rd.add_argument("--force", action="store_true", help="recompute chunks that are already stored")
@@ -184,7 +187,7 @@ def _common(p):
 
 def _linear_sweep_from_args(args, sims):
     """The LinearConfig of ``sweep linear``: --vary/--values or --grid, and the overrides."""
-    overrides = _parse_set(args.set, sims.LinearConfig)
+    overrides = _parse_set(args.set, sims.LinearConfig, _owned_fields(args))
     if args.steps is not None:
         overrides["ft_steps"] = args.steps
     if args.outer_steps is not None:
@@ -223,50 +226,212 @@ def _parse_values(raw, name, sims, option):
     return tuple(out)
 
 
-def _parse_set(items, cls):
-    fields = cls.__dataclass_fields__
+#: Config fields that a command sets from a flag of its own (field -> flag; None: computed, never
+#: given): ``--set`` refuses them, and the messages of the configs name the flag instead of the field.
+_OWNED = {
+    "linear": {"vary": "--vary", "values": "--values", "preset": "--preset", "runs": "--runs", "seed": "--seed",
+               "chunk_trials": "--chunk-trials", "ft_steps": "--steps", "outer_steps": "--outer-steps"},
+    "shallow": {"vary": "--vary", "values": "--values", "trials": "--runs", "seed": "--seed",
+                "chunk_trials": "--chunk-trials", "ft_steps": "--steps", "retrain_steps": "--retrain-steps"},
+    "finetune": {"d": "--d", "k": "--k", "T": "--T", "N": "--N", "n": "--n", "sigma": "--sigma", "runs": "--runs",
+                 "seed": "--seed", "max_steps": "--steps"},
+    "realdata": {"dataset": "DATASET", "preset": "--preset", "values": "--methods", "seeds": "--seeds",
+                 "retrain_epochs": "--epochs", "reptile_epochs": "--reptile-epochs", "ft_epochs": "--ft-epochs",
+                 "n_finetune": "--n-finetune", "chunk_trials": "--chunk-trials", "data_root": "--data-root",
+                 "root": "--data-root"},
+    "convai": {"preset": "--preset", "methods": "--methods", "ranks": "--ranks", "seeds": "--seeds",
+               "retrain_epochs": "--epochs", "reptile_epochs": "--reptile-epochs", "ft_epochs": "--ft-epochs",
+               "chunk_trials": "--chunk-trials", "data": "--data", "persona_map": "--persona-map",
+               "model": "--model", "fingerprint": None, "checkpoint_dir": None},
+}
+#: Arguments of the scheduler and the store (``sims.run``) and of ``reproduce``: their flags.
+_RUN_FLAGS = {"store": "--store", "executor": "--executor", "device": "--device", "force": "--force",
+              "progress": "--quiet", "out": "--out", "only": "--only", "preset": "--preset", "address": "--address"}
+
+
+def _kind(args) -> str | None:
+    """The key of ``_OWNED`` for this command line: the sweep kind or the real-data experiment."""
+    if args.command == "sweep":
+        return args.kind
+    if args.command == "realdata":
+        return "convai" if args.dataset == "convai" else "realdata"
+    return None
+
+
+def _owned_fields(args) -> dict:
+    """Fields of this command's config that a flag sets (field -> flag), the swept ones included."""
+    owned = dict(_OWNED.get(_kind(args), {}))
+    if _kind(args) in ("linear", "shallow"):
+        swept = getattr(args, "vary", None)
+        grid = getattr(args, "grid", None)
+        names = [item.partition("=")[0] for item in grid] if grid else [swept] if swept else []
+        for name in names:
+            owned[name] = "--grid" if grid else "--values"
+        if grid:
+            owned.update(vary="--grid", values="--grid")
+    return owned
+
+
+#: The arguments of the store reader and the plot, for ``show`` and ``plot``.
+_VIEW_FLAGS = {"folder": "folder", "fmt": "--format", "metric": "--metric", "path": "-o/--output"}
+
+
+def _flag_map(args) -> dict:
+    """Config field or function argument -> the user's flag (or positional argument), for the
+    messages of this command."""
+    if args.command in ("show", "plot"):
+        return dict(_VIEW_FLAGS)
+    flags = dict(_RUN_FLAGS)
+    cls = _config_class(args)
+    if cls is not None:
+        flags.update({f.name: f"--set {f.name}" for f in dataclasses.fields(cls)})
+    flags.update({k: v for k, v in _owned_fields(args).items() if v is not None})
+    return flags
+
+
+def _config_class(args):
+    import sims
+
+    return {"linear": sims.LinearConfig, "shallow": sims.ShallowConfig, "realdata": sims.RealDataConfig,
+            "convai": sims.ConvAIConfig}.get(_kind(args))
+
+
+_QUOTED = r"'[^']+'(?:(?:, | and | or )'[^']+')*"
+_CONFIG_FUNCS = r"(?:LinearConfig|ShallowConfig|RealDataConfig|ConvAIConfig|linear_sweep|shallow_sweep|" \
+                r"realdata_sweep|finetune_comparison)"
+
+
+def _user_message(message: str, flags: dict | None) -> str:
+    """A message of the library in the command line's words: "The 'trials' parameter of
+    ShallowConfig must be ..." becomes "--runs must be ...", and a config's own prefix goes."""
+    if not flags:
+        return message
+
+    def names(match):
+        found = list(dict.fromkeys(flags.get(n, f"'{n}'") for n in re.findall(r"'([^']+)'", match.group(1))))
+        return found[0] if len(found) == 1 else ", ".join(found[:-1]) + " and " + found[-1]
+
+    message = re.sub(r" \(the '[^']+' parameter(?: of [A-Za-z_][\w.]*)?\)", "", message)   # "--data (the ...)"
+    message = re.sub(rf"The ({_QUOTED}) parameters? of [A-Za-z_][\w.]*", names, message)
+    message = re.sub(rf"^{_CONFIG_FUNCS} with ({_QUOTED})", names, message)
+    return re.sub(rf"^{_CONFIG_FUNCS}: ", "", message)
+
+
+def _parse_set(items, cls, owned=None):
+    """The ``--set NAME=VALUE`` overrides of config class ``cls``, each converted to its field's type
+    (ints, reals, booleans, comma-separated lists); ``owned`` (field -> flag) are the fields that
+    another flag sets, refused here so that neither silently overrides the other."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}            # not the ClassVars (engine_version)
+    owned = owned or {}
+    settable = [name for name in fields if name not in owned]
     out = {}
     for item in items:
         name, sep, raw = item.partition("=")
         if not sep or name not in fields:
-            raise ValueError(f"--set takes NAME=VALUE with NAME a config field; got {item!r}. "
-                             f"Fields:\n{cls.describe()}")
-        default = fields[name].default
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            try:
-                out[name] = type(default)(raw)
-            except ValueError:
-                raise ValueError(f"--set {item}: the field {name!r} takes {type(default).__name__} values; "
-                                 f"got {raw!r}.") from None
-        else:
-            out[name] = raw
+            raise ValueError(f"--set takes NAME=VALUE with NAME one of {', '.join(settable)}; got {item!r} "
+                             f"(see --help).")
+        if name in owned:
+            flag = owned[name]
+            if flag is None:
+                raise ValueError(f"--set {item}: {name!r} is computed by the command, not set.")
+            if flag in ("--values", "--grid") and name not in ("vary", "values"):
+                raise ValueError(f"--set {item}: {name!r} is the swept field; give its values with {flag}.")
+            raise ValueError(f"--set {item}: {name!r} is set by {flag}; give it there.")
+        if name in out:
+            raise ValueError(f"--set {item}: {name!r} is set twice; give each field once.")
+        out[name] = _set_value(name, raw, fields[name].default, item)
     return out
+
+
+def _set_value(name, raw, default, item):
+    """One ``--set`` value, as the type of the field's default."""
+    def convert(kind, text):
+        if kind is bool:
+            if text.lower() in ("true", "1", "yes"):
+                return True
+            if text.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(text)
+        return kind(text)
+
+    if isinstance(default, (tuple, list)):
+        kinds = {type(v) for v in default}
+        kind = int if kinds == {int} else str
+        try:
+            return tuple(convert(kind, part) for part in raw.split(","))
+        except ValueError:
+            raise ValueError(f"--set {item}: the field {name!r} takes a comma-separated list of {kind.__name__} "
+                             f"values; got {raw!r}.") from None
+    if isinstance(default, (bool, int, float)):
+        kind = type(default)
+        try:
+            return convert(kind, raw)
+        except ValueError:
+            allowed = "true or false" if kind is bool else f"{kind.__name__} values"
+            raise ValueError(f"--set {item}: the field {name!r} takes {allowed}; got {raw!r}.") from None
+    return raw
 
 
 def _check_folder(path, option):
     """An output folder must be creatable and writable: checked before any work, so that a bad
-    --store or --out fails at once (not after the sweep) and leaves nothing behind."""
+    --store or --out fails at once (not after the sweep) and leaves nothing behind.
+
+    The check does what the command will do: it creates the missing folders of the path (or, where
+    the folder exists, a probe folder inside it) and removes them again. ``os.access`` is no test:
+    it answers yes to root everywhere and knows nothing of read-only or virtual file systems
+    (``/proc``)."""
     if path is None:
         return
     path = Path(path)
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise ValueError(f"{option} {path}: {probe} is a file, not a folder.")
-    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {path}: the folder {probe} is not writable.")
+    created = []
+    try:
+        missing = []
+        existing = path
+        while not existing.exists() and existing.parent != existing:
+            missing.append(existing)
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ValueError(f"{option} {path}: {existing} is a file, not a folder.")
+        if missing:
+            for folder in reversed(missing):
+                folder.mkdir()
+                created.append(folder)
+        else:
+            created.append(Path(tempfile.mkdtemp(prefix=".loraml-probe-", dir=path)))
+    except (OSError, ValueError) as err:
+        if isinstance(err, ValueError) and str(err).startswith(option):
+            raise
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ValueError(f"{option} {path}: cannot create or write a folder there ({reason}).") from None
+    finally:
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
 def _check_outputs(args):
     for attr, option in (("store", "--store"), ("out", "--out")):
         _check_folder(getattr(args, attr, None), option)
     if getattr(args, "csv", None) is not None:
-        if args.csv.is_dir():
+        if args.csv.is_dir() or not args.csv.name:
             raise ValueError(f"--csv {args.csv}: is a folder, not a file.")
         _check_folder(args.csv.parent, "--csv")
+
+
+def _write_csv(table, path: Path) -> None:
+    """Write ``table`` to ``path`` atomically (a temporary file beside it, then a rename), creating
+    its folder: an interrupted write never leaves a truncated file under the name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            table.to_csv(f, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def summarize(table):
@@ -322,14 +487,14 @@ def _cmd_sweep(args):
         table = sims.finetune_comparison(d=args.d, k=args.k, T=args.T, N=args.N, n=args.n, sigma=args.sigma,
                                          runs=args.runs, seed=args.seed, max_steps=args.steps)
         if args.csv:
-            table.to_csv(args.csv, index=False)
+            _write_csv(table, args.csv)
         print(sims.finetune_summary(table).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
         return
     if args.kind == "linear":
         cfg = _linear_sweep_from_args(args, sims)
         engine = {}
     else:
-        overrides = _parse_set(args.set, sims.ShallowConfig)
+        overrides = _parse_set(args.set, sims.ShallowConfig, _owned_fields(args))
         if args.steps is not None:
             overrides["ft_steps"] = args.steps
         if args.retrain_steps is not None:
@@ -353,7 +518,10 @@ def _cmd_realdata(args):
                          ("ranks", "--ranks")):
         if getattr(args, flag) is not None:
             raise ValueError(f"The '{option}' option is for 'loraml realdata convai'. Got it with {args.dataset}.")
-    overrides = _parse_set(args.set, sims.RealDataConfig)
+    if args.dataset == "digits" and args.data_root is not None:
+        raise ValueError("The '--data-root' option is for vision (CIFAR-10); digits are scikit-learn's bundled "
+                         "images and read no folder.")
+    overrides = _parse_set(args.set, sims.RealDataConfig, _owned_fields(args))
     for flag, name in (("methods", "values"), ("epochs", "retrain_epochs"), ("reptile_epochs", "reptile_epochs"),
                        ("ft_epochs", "ft_epochs"), ("n_finetune", "n_finetune")):
         if getattr(args, flag) is not None:
@@ -365,11 +533,12 @@ def _cmd_realdata(args):
     else:
         device = args.device or "cpu"
     cfg = sims.realdata_sweep(args.dataset, preset=args.preset, seeds=tuple(args.seeds),
-                              chunk_trials=args.chunk_trials or 1, **overrides)
+                              chunk_trials=args.chunk_trials, **overrides)
+    out = args.out or Path("figures") / "realdata" / f"{args.dataset}-{args.preset}"
+    _check_folder(out, "--out")                           # the default folder too, before any work
     table = _run_real(cfg, args, device, args.store / f"realdata-{cfg.key}")
     from .figures.realdata import realdata_markdown, write_realdata_outputs
 
-    out = args.out or Path("figures") / "realdata" / f"{args.dataset}-{args.preset}"
     title = f"{args.dataset}, {args.preset} preset, {len(cfg.seeds)} seed(s)"
     _print_outputs(realdata_markdown(sims.realdata_summary(table)),
                    write_realdata_outputs(table, out, title=title, name=args.dataset))
@@ -403,21 +572,22 @@ def _cmd_convai(args):
     for flag, option in (("data", "--data"), ("persona_map", "--persona-map"), ("model", "--model")):
         if getattr(args, flag) is None:
             raise ValueError(f"The '{option}' option is required for convai: {sims.CONVAI_HELP}.")
-    overrides = _parse_set(args.set, sims.ConvAIConfig)
+    overrides = _parse_set(args.set, sims.ConvAIConfig, _owned_fields(args))
     for flag, name in (("methods", "methods"), ("epochs", "retrain_epochs"), ("reptile_epochs", "reptile_epochs"),
                        ("ft_epochs", "ft_epochs"), ("ranks", "ranks")):
         if getattr(args, flag) is not None:
             overrides[name] = tuple(getattr(args, flag)) if isinstance(getattr(args, flag), list) else getattr(args, flag)
     device = args.device or sims.default_device()
     cfg = sims.realdata_sweep("convai", preset=args.preset, seeds=tuple(args.seeds), data=args.data,
-                              persona_map=args.persona_map, model=args.model, chunk_trials=args.chunk_trials or 1,
+                              persona_map=args.persona_map, model=args.model, chunk_trials=args.chunk_trials,
                               **overrides)
     folder = args.store / f"convai-{cfg.key}"
     cfg = sims.ConvAIConfig(**{**cfg.to_dict(), "checkpoint_dir": str((folder / "retrained").resolve())})
+    out = args.out or Path("figures") / "realdata" / f"convai-{args.preset}"
+    _check_folder(out, "--out")                           # the default folder too, before any work
     table = _run_real(cfg, args, device, folder)
     from .figures.realdata import convai_markdown, write_convai_outputs
 
-    out = args.out or Path("figures") / "realdata" / f"convai-{args.preset}"
     title = f"ConvAI2, {args.preset} preset, {len(cfg.seeds)} seed(s), {cfg.n_test_personas} test personas"
     _print_outputs(convai_markdown(sims.convai_summary(table)), write_convai_outputs(table, out, title=title))
 
@@ -499,8 +669,8 @@ def main(argv=None) -> int:
         {"reproduce": _cmd_reproduce, "sweep": _cmd_sweep, "show": _cmd_show, "plot": _cmd_plot,
          "realdata": _cmd_realdata}[args.command](args)
     except ValueError as err:
-        first = str(err).splitlines()[0]
-        print(f"loraml {args.command}: error: {first}", file=sys.stderr)
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        print(f"loraml {args.command}: error: {_user_message(first, _flag_map(args))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"loraml {args.command}: interrupted; the chunks already stored are kept, rerun to resume",

@@ -9,7 +9,15 @@ from typing import ClassVar
 
 import numpy as np
 
-from theory.validation import check_int, check_values
+from theory.validation import MAX_COUNT, check_int, check_values
+
+#: The most optimisation steps (or epochs) one trial may take, all phases together: 10**7, like the
+#: most trials (``theory.validation.MAX_COUNT``), far above every experiment here (43,000 per linear
+#: trial, 55,000 per shallow one). A step count beyond it is refused, not run for months.
+MAX_STEPS = MAX_COUNT
+#: The most trial-steps one sweep may imply (values × trials × steps of one trial): 10**12, about
+#: a month of one core at the linear engine's microsecond per trial-step; more would not finish.
+MAX_WORK = 10**12
 
 
 class SweepConfig:
@@ -72,6 +80,27 @@ class SweepConfig:
         """Raise a ``ValueError`` naming the file when a data file the config fingerprinted when it was
         made has changed since (its key, and so its stored results, name the old contents). By
         default nothing: a config that reads no files."""
+
+    @staticmethod
+    def check_steps(steps: int, names: str, formula: str, func: str) -> int:
+        """Refuse more than :data:`MAX_STEPS` steps per trial; ``names`` lists the fields that set
+        them (e.g. "'retrain_steps' and 'ft_steps'") and ``formula`` how they add up."""
+        if steps > MAX_STEPS:
+            raise ValueError(f"The {names} parameters of {func} imply {steps:,} steps per trial ({formula}); at "
+                             f"most {MAX_STEPS:,} are allowed. Use fewer steps.")
+        return steps
+
+    def check_work(self, steps_per_value, names: str, func: str) -> int:
+        """Refuse a sweep that implies more than :data:`MAX_WORK` trial-steps: the trials
+        (``runs``) times the steps of one trial, summed over the values; ``names`` lists the
+        fields that set them."""
+        work = self.runs * sum(int(s) for s in steps_per_value)
+        if work > MAX_WORK:
+            raise ValueError(f"The {names} parameters of {func} imply {work:,} trial-steps ({self.runs:,} trial(s) "
+                             f"per value x up to {max(steps_per_value):,} steps per trial, "
+                             f"{len(steps_per_value)} value(s)); at most {MAX_WORK:,} are allowed. Use fewer "
+                             f"trials, values or steps.")
+        return work
 
     def chunk_key(self, value_index: int, trials) -> str:
         """Content hash of what determines one chunk's numbers. By default the config and the

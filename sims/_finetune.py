@@ -22,7 +22,10 @@ import pandas as pd
 
 from theory import finetune_lora, fit_loraml, sample_ground_truth, sample_tasks, standard_retraining
 from theory import loraone as lo
-from theory.validation import MAX_COUNT, MAX_DIM, check_entries, check_int, check_real, check_seed
+from theory.validation import (MAX_COUNT, MAX_DIM, check_entries, check_int, check_memory, check_real,
+                               check_seed)
+
+from ._config import MAX_STEPS
 
 __all__ = ["finetune_comparison", "finetune_summary", "JOINED_METHODS"]
 
@@ -76,11 +79,16 @@ def finetune_comparison(*, d=10, k=1, T=3, N=5000, n=100, sigma=0.1, runs=5, see
     T = check_int(T, "T", func, low=2, high=MAX_COUNT)
     N = check_int(N, "N", func, low=1, high=MAX_COUNT)
     n = check_int(n, "n", func, low=d + 1, high=MAX_COUNT)
-    sigma = check_real(sigma, "sigma", func, low=0.0)
+    sigma = check_real(sigma, "sigma", func, low=0.0, high=1e100)          # the noise std of theory.draw_noise
     runs = check_int(runs, "runs", func, low=1, high=MAX_COUNT)
     seed = check_seed(seed, "seed", func)
     check_entries(T * N * d, "'T', 'N' and 'd'", func)
-    max_steps = check_int(max_steps, "max_steps", func, low=1)
+    max_steps = check_int(max_steps, "max_steps", func, low=1, high=MAX_STEPS)
+    # Every run's test data and bases (float64), and the table: one row per base, method, run and
+    # step (about 200 bytes a row while it is built).
+    rows = 2 * len(JOINED_METHODS) * runs * (max_steps + 1)
+    check_memory(8 * runs * (3 * n * d + 12 * d * d) + 200 * rows,
+                 f"'runs', 'max_steps', 'n' and 'd' ({rows:,} table rows)", func)
     lr_gd = check_real(lr_gd, "lr_gd", func, low=0.0, low_open=True)
     lr_prec = check_real(lr_prec, "lr_prec", func, low=0.0, low_open=True)
     lam = check_real(lam, "lam", func, low=0.0)

@@ -43,9 +43,9 @@ from theory import (
     sample_ground_truth,
     standard_retraining_from_statistics,
 )
-from theory.validation import MAX_COUNT, MAX_DIM, check_choice, check_int, check_real
+from theory.validation import MAX_COUNT, MAX_DIM, check_choice, check_int, check_memory, check_real
 
-from ._config import SweepConfig
+from ._config import MAX_STEPS, SweepConfig
 
 __all__ = [
     "KNOBS",
@@ -186,21 +186,25 @@ class LinearConfig(SweepConfig):
             raise ValueError(f"The 'values' parameter of {func} must be non-empty without repeats. Got {values!r}.")
         object.__setattr__(self, "values", values)
         self._check_fields(func)
-        for v in values:
-            _point(self, v)                 # every point is a valid config (ranks, knobs), else one line naming it
+        points = [_point(self, v) for v in values]   # every point is a valid config (ranks, knobs), else one line
+        self.check_work([c.outer_steps * (c.inner_steps + 1) + c.ft_steps for c in points],
+                        "'runs', 'values', 'outer_steps', 'inner_steps' and 'ft_steps'", func)
 
     def _check_fields(self, func):
         """Validate (and normalise) every field but ``vary`` and ``values``."""
         for name, low, high in (("runs", 1, MAX_COUNT), ("d", 1, MAX_DIM), ("k", 1, MAX_DIM), ("T", 2, MAX_COUNT),
-                                ("N", 1, MAX_COUNT), ("n", 1, MAX_COUNT), ("outer_steps", 0, None),
-                                ("inner_steps", 0, None), ("ft_steps", 0, None), ("ft_rank_factor_T2", 1, MAX_DIM),
-                                ("record_every", 0, None), ("chunk_trials", 0, None), ("seed", 0, 2**63 - 1),
+                                ("N", 1, MAX_COUNT), ("n", 1, MAX_COUNT), ("outer_steps", 0, MAX_STEPS),
+                                ("inner_steps", 0, MAX_STEPS), ("ft_steps", 0, MAX_STEPS),
+                                ("ft_rank_factor_T2", 1, MAX_DIM),
+                                ("record_every", 0, None), ("chunk_trials", 0, MAX_COUNT), ("seed", 0, 2**63 - 1),
                                 ("k_fit", 0, MAX_DIM)):
             object.__setattr__(self, name, check_int(getattr(self, name), name, func, low=low, high=high))
         if not isinstance(self.exact_reference, (bool, np.bool_)):
             raise ValueError(f"The 'exact_reference' parameter of {func} must be a bool. Got {self.exact_reference!r}.")
-        for name in ("sigma", "lr_A", "lr_U", "init_scale", "ft_lr"):
+        for name in ("sigma", "lr_A", "lr_U", "ft_lr"):
             object.__setattr__(self, name, check_real(getattr(self, name), name, func, low=0.0))
+        # Adapters start as init_scale × N(0, 1) draws, which must be finite.
+        object.__setattr__(self, "init_scale", check_real(self.init_scale, "init_scale", func, low=0.0, high=1e100))
         object.__setattr__(self, "condition", check_real(self.condition, "condition", func, low=1.0, high=1e12))
         object.__setattr__(self, "rho", check_real(self.rho, "rho", func, low=0.0, high=0.999))
         object.__setattr__(self, "nu", check_real(self.nu, "nu", func, low=2.0, low_open=True, high=1e6))
@@ -213,6 +217,12 @@ class LinearConfig(SweepConfig):
             if getattr(self, switch) == "":
                 object.__setattr__(self, switch, PRESETS[self.preset][switch])
             check_choice(getattr(self, switch), switch, func, choices)
+        # The noise std, sigma or sigma² (quirk Q1), must stay within theory.draw_noise's 1e100.
+        if self.noise == "sigma_squared" and self.sigma > 1e50:
+            raise ValueError(f"The 'sigma' parameter of {func} must be a finite real number in [0, 1e+50] with "
+                             f"noise='sigma_squared' (the paper preset's noise std is sigma², at most 1e+100). "
+                             f"Got {self.sigma!r} instead.")
+        check_real(self.sigma, "sigma", func, low=0.0, high=1e100)
 
     def _check_point(self, func):
         """The cross-field rules at one point (every field set)."""
@@ -227,6 +237,17 @@ class LinearConfig(SweepConfig):
                 f"{func}: at {point} the ranks exceed d = {self.d} (k = {self.k}, fitted rank {self.fit_rank}, "
                 f"fine-tuning rank {self.ft_rank()}); choose k, k_fit <= d (and 3k <= d when T = 2)."
             )
+
+    def _check_size(self, func):
+        """The work of one trial and the memory of one chunk's table, at one point (every field
+        set); the message names the fields, a swept one included."""
+        self.check_steps(self.outer_steps * (self.inner_steps + 1) + self.ft_steps,
+                         "'outer_steps', 'inner_steps' and 'ft_steps'", "outer_steps x (inner_steps + 1) + ft_steps",
+                         func)
+        rows = min(self.block, self.runs) * len(METHODS) * (self.ft_steps // self.stride + 1)
+        # A chunk's table: about 90 bytes a row, twice while its pieces are joined.
+        check_memory(200 * rows, f"'runs', 'chunk_trials', 'ft_steps' and 'record_every' ({rows:,} table rows "
+                                 f"per chunk)", func)
 
     def to_dict(self) -> dict:
         """The fields, without the knobs that sit at their defaults (so a config of the paper's model
@@ -338,6 +359,7 @@ def _point(config: LinearConfig, value) -> LinearConfig:
         if "ranks exceed" in str(err):
             raise
         raise ValueError(f"The 'values' parameter of LinearConfig is impossible for {names[0]!r}: {err}") from None
+    point._check_size("LinearConfig")
     return point
 
 

@@ -182,11 +182,16 @@ def MLPMixer(**options):
     if image % patch:
         raise ValueError(f"The 'patch_size' parameter of {func} must divide image_size ({image}). Got {patch} instead.")
     dim, depth = options.get("dim", 512), options.get("depth", 1)
-    tokens = (image // patch) ** 2
-    check_entries(int(depth * (tokens * tokens * options.get("token_expansion", 4.0) + dim * dim)
-                      + dim * options.get("channels", 3) * patch * patch),
+    check_entries(_mixer_entries(image, patch, dim, depth, options.get("token_expansion", 4.0),
+                                 options.get("channels", 3)),
                   "'image_size', 'patch_size', 'dim' and 'depth'", func)
     return _mixer_module()(**options)
+
+
+def _mixer_entries(image, patch, dim, depth, token_expansion, channels) -> int:
+    """Weights of the Mixer's largest layers: token MLPs, channel MLPs and the patch embedding."""
+    tokens = (image // patch) ** 2
+    return int(depth * (tokens * tokens * token_expansion + dim * dim) + dim * channels * patch * patch)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -388,15 +393,19 @@ class RealDataConfig(SweepConfig):
                 raise ValueError(f"The {name!r} parameter of {func} must be a non-empty sequence of distinct ints. "
                                  f"Got {items!r}.")
             object.__setattr__(self, name, tuple(check_int(v, name, func, low=0, high=2**63 - 1) for v in items))
-        for name, lo in (("train_per_task", 0), ("val_per_task", 0), ("ft_val", 1), ("test_size", 0),
-                         ("image_size", 1), ("patch_size", 1), ("width", 1), ("depth", 1), ("r", 1),
-                         ("batch_size", 1), ("retrain_epochs", 0), ("reptile_epochs", 0),
-                         ("reptile_inner_steps", 0), ("ft_epochs", 0), ("ft_batch_size", 1), ("chunk_trials", 0)):
-            object.__setattr__(self, name, check_int(getattr(self, name), name, func, low=lo))
+        # Upper limits: those of MLPMixer for the model, and epochs and steps capped as ConvAIConfig's.
+        for name, lo, hi in (("train_per_task", 0, MAX_COUNT), ("val_per_task", 0, MAX_COUNT), ("ft_val", 1, MAX_COUNT),
+                             ("test_size", 0, MAX_COUNT), ("image_size", 1, MAX_DIM), ("patch_size", 1, MAX_DIM),
+                             ("width", 1, 65536), ("depth", 1, 1000), ("r", 1, MAX_DIM), ("batch_size", 1, MAX_COUNT),
+                             ("retrain_epochs", 0, 100_000), ("reptile_epochs", 0, 100_000),
+                             ("reptile_inner_steps", 0, 100_000), ("ft_epochs", 0, 100_000),
+                             ("ft_batch_size", 1, MAX_COUNT), ("chunk_trials", 0, MAX_COUNT)):
+            object.__setattr__(self, name, check_int(getattr(self, name), name, func, low=lo, high=hi))
         for name, hi in (("dropout", 1.0), ("lora_dropout", 1.0), ("lora_alpha", None), ("retrain_lr", None),
                          ("retrain_wd", None), ("reptile_lr", None), ("reptile_inner_lr", None), ("ft_lr", None),
                          ("ft_wd", None)):
-            object.__setattr__(self, name, check_real(getattr(self, name), name, func, low=0.0, high=hi))
+            object.__setattr__(self, name, check_real(getattr(self, name), name, func, low=0.0, high=hi,
+                                                      low_open=name == "lora_alpha"))
         aug = self.augment
         if isinstance(aug, str) and aug.lower() in ("true", "false", "1", "0"):
             aug = aug.lower() in ("true", "1")          # from the command line's --set augment=false
@@ -406,6 +415,8 @@ class RealDataConfig(SweepConfig):
         if self.image_size % self.patch_size:
             raise ValueError(f"The 'patch_size' parameter of {func} must divide image_size ({self.image_size}). "
                              f"Got {self.patch_size} instead.")
+        check_entries(_mixer_entries(self.image_size, self.patch_size, self.width, self.depth, 4.0, 3),
+                      "'image_size', 'patch_size', 'width' and 'depth'", func)
         if self.dataset == "digits" and max(self.n_finetune) > _DIGITS_POOL:
             raise ValueError(f"The 'n_finetune' parameter of {func} must hold ints in [0, {_DIGITS_POOL}] for digits "
                              f"(the fine-tuning pool of 8/9 images; 0: all). Got {self.n_finetune!r} instead.")

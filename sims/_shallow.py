@@ -61,9 +61,9 @@ import numpy as np
 import pandas as pd
 
 from theory import sample_ground_truth
-from theory.validation import check_choice, check_int, check_real
+from theory.validation import MAX_COUNT, MAX_DIM, check_choice, check_entries, check_int, check_memory, check_real
 
-from ._config import SweepConfig
+from ._config import MAX_STEPS, SweepConfig
 from ._peftml import _check_device
 
 __all__ = ["ShallowConfig", "shallow_sweep", "simulate_shallow_chunk", "SHALLOW_SWEEPS", "default_device"]
@@ -141,20 +141,47 @@ class ShallowConfig(SweepConfig):
         if isinstance(self.values, (str, bytes)) or not hasattr(self.values, "__iter__") or not tuple(self.values):
             raise ValueError(f"The 'values' parameter of {func} must be a non-empty sequence of ints. "
                              f"Got {self.values!r}.")
-        low = {"d": 1, "T": 2}[self.vary]
-        object.__setattr__(self, "values", tuple(check_int(v, "values", func, low=low) for v in self.values))
+        low, high = {"d": (1, MAX_DIM), "T": (2, MAX_COUNT)}[self.vary]
+        object.__setattr__(self, "values", tuple(check_int(v, "values", func, low=low, high=high)
+                                                 for v in self.values))
         if len(set(self.values)) != len(self.values):
             raise ValueError(f"The 'values' parameter of {func} must not repeat. Got {self.values!r}.")
-        for name, lo in (("trials", 1), ("seed", 0), ("d", 1), ("T", 2), ("k", 1), ("N", 1), ("n", 1),
-                         ("retrain_steps", 0), ("ft_steps", 0), ("record_every", 1), ("chunk_trials", 0)):
-            object.__setattr__(self, name, check_int(getattr(self, name), name, func, low=lo))
-        for name in ("noise", "lr", "weight_decay"):
+        for name, lo, hi in (("trials", 1, MAX_COUNT), ("seed", 0, 2**63 - 1), ("d", 1, MAX_DIM), ("T", 2, MAX_COUNT),
+                             ("k", 1, MAX_DIM), ("N", 1, MAX_COUNT), ("n", 1, MAX_COUNT),
+                             ("retrain_steps", 0, MAX_STEPS), ("ft_steps", 0, MAX_STEPS), ("record_every", 1, None),
+                             ("chunk_trials", 0, MAX_COUNT)):
+            object.__setattr__(self, name, check_int(getattr(self, name), name, func, low=lo, high=hi))
+        for name in ("lr", "weight_decay"):
             object.__setattr__(self, name, check_real(getattr(self, name), name, func, low=0.0))
+        # The label noise std, as theory.draw_noise's: every draw stays finite.
+        object.__setattr__(self, "noise", check_real(self.noise, "noise", func, low=0.0, high=1e100))
         for v in self.values:
             p = self.params(v)
             if max(self.ft_ranks(v)) > p["d"]:
                 raise ValueError(f"{func}: at {self.vary} = {v} the fine-tuning rank {max(self.ft_ranks(v))} "
                                  f"exceeds d = {p['d']}.")
+            self._check_size(v, func)
+        self.check_work([self._trial_steps(v) for v in self.values],
+                        "'trials', 'values', 'retrain_steps' and 'ft_steps'", func)
+
+    def _trial_steps(self, value) -> int:
+        """AdamW steps of one trial: retraining, then fine-tuning at each rank."""
+        return self.retrain_steps + self.ft_steps * len(self.ft_ranks(value))
+
+    def _check_size(self, value, func):
+        """Steps of one trial, the arrays of one trial and the memory of one chunk, at one value."""
+        self.check_steps(self._trial_steps(value), "'retrain_steps' and 'ft_steps'",
+                         "retrain_steps + ft_steps per fine-tuning rank", func)
+        p = self.params(value)
+        check_entries(max((p["T"] + 1) * p["d"] ** 2, p["T"] * p["N"] * p["d"], p["n"] * p["d"]),
+                      "'T', 'N', 'n' and 'd'", func)
+        # The chunk's draws in float64 (inputs, labels and weights of every trial; three copies at the
+        # peak: the draws, their stack and the device's) and its table (about 200 bytes a row).
+        block = min(self.block, self.runs)
+        entries = block * (p["T"] * p["N"] * (p["d"] + 1) + (p["T"] + 1) * p["d"] ** 2 + p["n"] * (p["d"] + 2))
+        rows = block * 2 * len(self.ft_ranks(value)) * (self.ft_steps // self.record_every + 2)
+        check_memory(24 * entries + 200 * rows, f"'trials', 'chunk_trials', 'T', 'N', 'd', 'ft_steps' and "
+                                                f"'record_every' at {self.vary} = {value}", func)
 
     def params(self, value) -> dict:
         p = {name: getattr(self, name) for name in ("d", "T", "k", "N", "n")}

@@ -306,7 +306,7 @@ def test_cli_sweep_and_show(tmp_path):
     (("sweep", "linear", "--vary", "q"), "invalid choice"),
     (("sweep", "linear", "--vary", "k", "--values", "1", "40"), "ranks exceed"),
     (("sweep", "linear", "--vary", "T", "--set", "nonsense=1"), "--set takes NAME=VALUE"),
-    (("show", "/nonexistent/folder"), "'folder'"),
+    (("show", "/nonexistent/folder"), "folder must be an existing results folder"),
 ])
 def test_cli_bad_options_exit_nonzero_with_one_line(args, message):
     out = _cli(*args)

@@ -869,7 +869,14 @@ def finetune_lora(A_hat, X, Y, rank) -> np.ndarray:
     """
     func = "finetune_lora"
     A_hat = check_array(A_hat, "A_hat", func, ndim=2)
-    X = check_array(X, "X", func, ndim=2, shape=(None, A_hat.shape[1]))
-    Y = check_array(Y, "Y", func, ndim=2, shape=(X.shape[0], A_hat.shape[0]))
+    X = check_array(X, "X", func, ndim=2)
+    Y = check_array(Y, "Y", func, ndim=2, shape=(X.shape[0], None))
+    # A mismatch names both arrays: the base may be the wrong one as well as the samples.
+    if X.shape[1] != A_hat.shape[1]:
+        raise ValueError(f"The 'A_hat' and 'X' parameters of {func} must agree: A_hat (m, d) takes the d columns "
+                         f"of X. Got A_hat of shape {A_hat.shape} and X of shape {X.shape}.")
+    if Y.shape[1] != A_hat.shape[0]:
+        raise ValueError(f"The 'A_hat' and 'Y' parameters of {func} must agree: A_hat (m, d) maps the inputs to "
+                         f"the m columns of Y. Got A_hat of shape {A_hat.shape} and Y of shape {Y.shape}.")
     rank = check_int(rank, "rank", func, low=1, high=min(A_hat.shape))
     return reduced_rank_regression(X, Y - X @ A_hat.T, rank)

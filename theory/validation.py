@@ -11,7 +11,9 @@ The module is public: `sims`, the command line and user code call the same check
 
 from __future__ import annotations
 
+import math
 import numbers
+import os
 
 import numpy as np
 
@@ -25,6 +27,8 @@ __all__ = [
     "check_values",
     "check_seed",
     "check_entries",
+    "check_memory",
+    "memory_limit",
     "MAX_DIM",
     "MAX_COUNT",
     "MAX_ENTRIES",
@@ -165,6 +169,16 @@ def check_array(value, name: str, func: str, *, ndim: int | tuple[int, ...], sha
     The 'M' parameter of best_rank_approx must be an array with 2 dimensions. Got an array of shape (3,) instead.
     """
     ndims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        # An array (a memory map, a broadcast view) may describe far more entries than memory
+        # holds: its float64 copy (unless it is one already) and the finiteness mask below are
+        # allocated in full, so their size is checked first.
+        try:
+            entries = math.prod(int(n) for n in value.shape)
+        except (TypeError, ValueError):
+            entries = 0
+        copy = not (isinstance(value, np.ndarray) and value.dtype == np.float64)
+        check_memory(entries * (1 + 8 * copy), f"the {name!r} parameter (shape {tuple(value.shape)})", func)
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -385,3 +399,73 @@ def check_entries(count, names: str, func: str, *, limit: int | None = None) -> 
         raise ValueError(f"The {names} parameters of {func} ask for an array of {count:.3g} entries; "
                          f"at most {limit:.3g} are allowed (memory). Use smaller sizes.")
     return count
+
+
+def _cgroup_limit() -> int | None:
+    """The memory limit of this process's control group (cgroup v2, else v1), if one is set."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            return int(text)
+    return None
+
+
+def memory_limit() -> int | None:
+    """Bytes of memory this process may use: the physical memory, or the control group's limit
+    (a container, a batch job) where it is lower; ``None`` where neither can be read.
+
+    Examples
+    --------
+    >>> from theory import validation as v
+    >>> limit = v.memory_limit()
+    >>> limit is None or limit > 2**20
+    True
+    """
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        physical = None
+    limits = [b for b in (physical, _cgroup_limit()) if b is not None and b > 0]
+    return min(limits) if limits else None
+
+
+#: Needs up to this many bytes pass :func:`check_memory` without asking the system (every machine
+#: that runs the toolkit has this much), so the check costs nothing on the common small calls.
+_ALWAYS_FITS = 2**30
+
+
+def _bytes_text(nbytes: float) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if nbytes >= size:
+            return f"{nbytes / size:.3g} {unit}"
+    return f"{nbytes:.0f} bytes"
+
+
+def check_memory(nbytes, what: str, func: str) -> int:
+    """Refuse a call whose arrays would need more than :func:`memory_limit` bytes, before any of
+    them is allocated; ``what`` says which arguments set the size (e.g. "d = 3000, k = 1, T = 3").
+    Returns ``nbytes``. Needs of at most 1 GiB always pass.
+
+    Examples
+    --------
+    >>> from theory import validation as v
+    >>> v.check_memory(2**20, "d = 10", "identifiability")
+    1048576
+    >>> try:
+    ...     v.check_memory(3 * 2**50, "d = 10**5", "identifiability")
+    ... except ValueError as e:
+    ...     print(e)                                     # doctest: +ELLIPSIS
+    identifiability with d = 10**5 would need about 3.07e+03 TiB of memory; this machine has ... Use smaller sizes.
+    """
+    nbytes = check_int(nbytes, "nbytes", "check_memory", low=0)
+    if nbytes <= _ALWAYS_FITS:
+        return nbytes
+    limit = memory_limit()
+    if limit is not None and nbytes > limit:
+        raise ValueError(f"{func} with {what} would need about {_bytes_text(nbytes)} of memory; this machine has "
+                         f"{_bytes_text(limit)}. Use smaller sizes.")
+    return nbytes

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._results import ArrayFields
-from ..validation import MAX_COUNT, check_array, check_choice, check_int, check_rng
+from ..validation import MAX_COUNT, check_array, check_choice, check_int, check_memory, check_rng
 from ._objective import _base, _center, _check_truth, _prod, _tr
 from ._solver import _gram, _lm_batch
 
@@ -456,6 +456,33 @@ def _search(W, A_star, U_star, symmetric, n_starts, max_iter, rng):
 # Public
 
 
+def _memory_need(B, T, d, k, symmetric, search) -> int:
+    """Bytes at the peak of :func:`identifiability_batch`, before anything is allocated.
+
+    The local check builds the tangent map (B, (T − 1)·N, n) of :func:`_tangent_map` and factors
+    it: measured peaks are about four times its size for symmetric adapters (the two products
+    that build it, the map and the SVD's copy) and twice asymmetric; 4.5 and 2.5 leave a margin.
+    A search, where one may run, holds Gauss–Newton matrices of side m = T·d·k (about
+    3·max(m², 3·10⁶) entries per chunk of starts: measured twice the matrices, plus the
+    factorisation's workspace). The two phases do not overlap, so the peak is the larger.
+    (Instances with a rank-deficient adapter take the Gram route in the local check instead, m²
+    entries each: rare, and not counted.)
+    """
+    c = d - k
+    if T == 1 or d == k:
+        tangent = 0
+    elif symmetric:
+        tangent = 4.5 * B * (T - 1) * (c * (c + 1) // 2) * (k * (k + 1) // 2 + k * c)
+    else:
+        tangent = 2.5 * B * (T - 1) * c * c * (d * d - c * c)
+    m = T * d * k * (1 if symmetric else 2)
+    theorem = T >= 3 and d >= 2 * k and (T - 1) * (d - 2 * k) >= d - k
+    plane = symmetric and T == 3 and d == 3 * k - 1
+    searches = search in ("always", "only") or (search == "auto" and not theorem and not plane)
+    gram = 3 * max(m * m, 3 * 10**6) if searches else 0
+    return int(8 * max(tangent, gram))
+
+
 def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts=16, max_iter=100,
                           search="auto") -> IdentifiabilityBatch:
     """Classify B instances as identified, isolated or continuum (see the module docstring).
@@ -510,6 +537,8 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
     max_iter = check_int(max_iter, "max_iter", func, low=1)
     search = check_choice(search, "search", func, ("auto", "always", "only", "never"))
     symmetric = adapters == "symmetric"
+    check_memory(_memory_need(B, T, d, k, symmetric, search), f"B = {B}, T = {T}, d = {d}, k = {k} ({adapters})",
+                 func)
     W = A[:, None] + _prod(U, None)
 
     gauge = T * k * (k - 1) // 2 if symmetric else T * k * k
@@ -629,6 +658,10 @@ def identifiability(truth, *, adapters="symmetric", rng, n_starts=16, max_iter=1
     truth = _check_truth(truth, func)
     adapters = check_choice(adapters, "adapters", func, ("symmetric", "asymmetric"))
     rng = check_rng(rng, func)
+    search = check_choice(search, "search", func, ("auto", "always", "only", "never"))
+    T, d, k = truth.T, truth.d, truth.k
+    check_memory(_memory_need(1, T, d, k, adapters == "symmetric", search), f"T = {T}, d = {d}, k = {k} ({adapters})",
+                 func)
     out = identifiability_batch(np.asarray(truth.A_star)[None], np.asarray(truth.U_star[: truth.T])[None],
                                 adapters=adapters, rng=rng, n_starts=n_starts, max_iter=max_iter, search=search)
     return out.instance(0)
