@@ -238,11 +238,11 @@ _OWNED = {
     "realdata": {"dataset": "DATASET", "preset": "--preset", "values": "--methods", "seeds": "--seeds",
                  "retrain_epochs": "--epochs", "reptile_epochs": "--reptile-epochs", "ft_epochs": "--ft-epochs",
                  "n_finetune": "--n-finetune", "chunk_trials": "--chunk-trials", "data_root": "--data-root",
-                 "root": "--data-root"},
+                 "root": "--data-root", "fingerprint": None, "data_files": None},
     "convai": {"preset": "--preset", "methods": "--methods", "ranks": "--ranks", "seeds": "--seeds",
                "retrain_epochs": "--epochs", "reptile_epochs": "--reptile-epochs", "ft_epochs": "--ft-epochs",
                "chunk_trials": "--chunk-trials", "data": "--data", "persona_map": "--persona-map",
-               "model": "--model", "fingerprint": None, "checkpoint_dir": None},
+               "model": "--model", "fingerprint": None, "data_files": None, "checkpoint_dir": None},
 }
 #: Arguments of the scheduler and the store (``sims.run``) and of ``reproduce``: their flags.
 _RUN_FLAGS = {"store": "--store", "executor": "--executor", "device": "--device", "force": "--force",
@@ -333,7 +333,8 @@ def _parse_set(items, cls, owned=None):
         if name in owned:
             flag = owned[name]
             if flag is None:
-                raise ValueError(f"--set {item}: {name!r} is computed by the command, not set.")
+                raise ValueError(f"--set {item}: {name!r} is computed by the command (from the data files it "
+                                 f"reads, or where it stores), not set.")
             if flag in ("--values", "--grid") and name not in ("vary", "values"):
                 raise ValueError(f"--set {item}: {name!r} is the swept field; give its values with {flag}.")
             raise ValueError(f"--set {item}: {name!r} is set by {flag}; give it there.")
@@ -374,41 +375,14 @@ def _set_value(name, raw, default, item):
 
 def _check_folder(path, option):
     """An output folder must be creatable and writable: checked before any work, so that a bad
-    --store or --out fails at once (not after the sweep) and leaves nothing behind.
-
-    The check does what the command will do: it creates the missing folders of the path (or, where
-    the folder exists, a probe folder inside it) and removes them again. ``os.access`` is no test:
-    it answers yes to root everywhere and knows nothing of read-only or virtual file systems
-    (``/proc``)."""
+    --store or --out fails at once (not after the sweep) and leaves nothing behind."""
     if path is None:
         return
-    path = Path(path)
-    created = []
-    try:
-        missing = []
-        existing = path
-        while not existing.exists() and existing.parent != existing:
-            missing.append(existing)
-            existing = existing.parent
-        if not existing.is_dir():
-            raise ValueError(f"{option} {path}: {existing} is a file, not a folder.")
-        if missing:
-            for folder in reversed(missing):
-                folder.mkdir()
-                created.append(folder)
-        else:
-            created.append(Path(tempfile.mkdtemp(prefix=".loraml-probe-", dir=path)))
-    except (OSError, ValueError) as err:
-        if isinstance(err, ValueError) and str(err).startswith(option):
-            raise
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise ValueError(f"{option} {path}: cannot create or write a folder there ({reason}).") from None
-    finally:
-        for folder in reversed(created):
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
+    from sims._store import folder_problem
+
+    problem = folder_problem(path)
+    if problem is not None:
+        raise ValueError(f"{option} {path}: {problem}.")
 
 
 def _check_outputs(args):

@@ -746,7 +746,10 @@ def check_convai_inputs(data, persona_map, model) -> str:
     ...
     ValueError: --model (the 'model' parameter) ... is not a RoBERTa checkpoint folder ...
     """
-    return manifest_digest(file_manifest(_convai_files(data, persona_map, model)))
+    files = _convai_files(data, persona_map, model)
+    for path in dict.fromkeys(_map_paths(persona_map)):
+        read_persona_map(path)                 # a map that is no pickled dict is refused now, not in a chunk
+    return manifest_digest(file_manifest(files))
 
 
 # ------------------------------------------------------------------------------------------------

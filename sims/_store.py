@@ -92,20 +92,56 @@ def _atomic_write(path: Path, write) -> None:
                 os.unlink(tmp)
 
 
+def folder_problem(path) -> str | None:
+    """Why no file could be written into the folder ``path`` (made where missing), or None.
+
+    The check does what a writer will do: it creates the missing folders of the path (or, where
+    the folder exists, a probe folder inside it) and removes them again. ``os.access`` is no
+    test: it answers yes to root everywhere and knows nothing of read-only or virtual file
+    systems (``/proc``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     folder_problem(Path(tmp) / "a" / "b"), (Path(tmp) / "a").exists()   # made, then removed
+    (None, False)
+    >>> folder_problem("/proc/loraml/x")
+    'cannot create or write a folder there (No such file or directory)'
+    """
+    path = Path(path)
+    created = []
+    try:
+        missing, existing = [], path
+        while not existing.exists() and existing.parent != existing:
+            missing.append(existing)
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{existing} is a file, not a folder"
+        if missing:
+            for folder in reversed(missing):
+                folder.mkdir()
+                created.append(folder)
+        else:
+            created.append(Path(tempfile.mkdtemp(prefix=".loraml-probe-", dir=path)))
+    except OSError as err:
+        return f"cannot create or write a folder there ({err.strerror or err})"
+    finally:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    return None
+
+
 def check_store_root(root, func: str, name: str = "store") -> Path:
-    """The store root as a Path, refused (ValueError naming ``name``) where no folder can be made."""
+    """The store root as a Path, refused (ValueError naming ``name``) where no folder can be made
+    or written (see :func:`folder_problem`)."""
     if not isinstance(root, (str, os.PathLike)) or str(root) == "":
         raise ValueError(f"The {name!r} parameter of {func} must be a folder path. Got {root!r} instead.")
     root = Path(root)
-    for parent in (root, *root.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"The {name!r} parameter of {func} must be a folder path, but {str(parent)!r} "
-                                 f"is a file. Got {str(root)!r}.")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise ValueError(f"The {name!r} parameter of {func} must be a writable folder; {str(parent)!r} "
-                                 f"is not writable. Got {str(root)!r}.")
-            break
+    problem = folder_problem(root)
+    if problem is not None:
+        raise ValueError(f"The {name!r} parameter of {func} must be a writable folder; {str(root)!r}: {problem}.")
     return root
 
 

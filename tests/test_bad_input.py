@@ -1054,15 +1054,7 @@ CLI_ACCEPTED = {
 
 #: (base, flag, value) that still break the contract in code owned elsewhere: each must still fail
 #: (strict), so that a fix elsewhere removes its entry here.
-CLI_OWNED_ELSEWHERE = {
-    ("realdata convai", "--persona-map", "@FILE"): "sims/_convai.py: check_convai_inputs checks that the map "
-                                                   "exists, its content is read in the first chunk",
-    ("plot", "--output", "/proc/loraml-no/x.png"): "loraml/figures/explore.py: check_plot_path trusts os.access, "
-                                                   "which says yes to root everywhere",
-    ("plot", "folder", "@FILE"): "_cmd_plot checks the default -o path (FOLDER/plot-...png) before FOLDER, and names "
-                                 "-o/--output for a FOLDER that is a file",
-    **{(view, "folder", "@GARBAGE"): "sims.read_store warns once per unreadable chunk file before its error: two "
-                                     "stderr lines" for view in ("show", "plot")},
+CLI_OWNED_ELSEWHERE: dict = {
 }
 
 

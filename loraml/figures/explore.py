@@ -34,13 +34,11 @@ def check_plot_path(path) -> Path:
         raise ValueError(f"-o/--output {path}: the file must end in .png or .pdf (got {path.suffix or 'no suffix'!r}).")
     if path.is_dir():
         raise ValueError(f"-o/--output {path}: is a folder, not a file.")
-    probe = path.parent
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"-o/--output {path}: {probe} is a file, not a folder.")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"-o/--output {path}: the folder {probe} is not writable.")
+    from sims._store import folder_problem
+
+    problem = folder_problem(path.parent)
+    if problem is not None:
+        raise ValueError(f"-o/--output {path}: {problem}.")
     return path
 
 
