@@ -99,7 +99,7 @@ _SLOW_POOL = textwrap.dedent("""
     import sims
 
     def wait(_):
-        print("started", os.getpid(), flush=True)
+        os.write(1, f"started {os.getpid()}\\n".encode())     # one write: two workers' lines never interleave
         time.sleep(120)
 
     if __name__ == "__main__":
