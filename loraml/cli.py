@@ -378,7 +378,7 @@ def _check_folder(path, option):
     --store or --out fails at once (not after the sweep) and leaves nothing behind."""
     if path is None:
         return
-    from sims._store import folder_problem
+    from sims import folder_problem
 
     problem = folder_problem(path)
     if problem is not None:

@@ -82,6 +82,7 @@ from ._shallow import default_device as default_device
 from ._shallow import shallow_sweep as shallow_sweep
 from ._shallow import simulate_shallow_chunk as simulate_shallow_chunk
 from ._store import ChunkStore as ChunkStore
+from ._store import folder_problem as folder_problem
 from ._store import read_records as read_records
 from ._store import read_store as read_store
 from ._theory_checks import finetune_rate_table as finetune_rate_table
@@ -164,6 +165,7 @@ __all__ = [
     "Pool",
     "read_records",
     "ChunkStore",
+    "folder_problem",
     "saddle_slice_table",
     "shallow_sweep",
     "simulate_chunk",

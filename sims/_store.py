@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 
 from theory.validation import check_int
 
-__all__ = ["ChunkStore", "read_store", "read_records"]
+__all__ = ["ChunkStore", "folder_problem", "read_store", "read_records"]
 
 log = logging.getLogger("sims")
 
@@ -100,6 +100,16 @@ def folder_problem(path) -> str | None:
     test: it answers yes to root everywhere and knows nothing of read-only or virtual file
     systems (``/proc``).
 
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The folder that would be written into; it need not exist.
+
+    Returns
+    -------
+    str or None
+        What stops a writer (one clause, for a message), or None when nothing does.
+
     Examples
     --------
     >>> import tempfile
@@ -109,6 +119,8 @@ def folder_problem(path) -> str | None:
     >>> folder_problem("/proc/loraml/x")
     'cannot create or write a folder there (No such file or directory)'
     """
+    if not isinstance(path, (str, os.PathLike)) or str(path) == "":
+        raise ValueError(f"The 'path' parameter of folder_problem must be a folder path. Got {path!r} instead.")
     path = Path(path)
     created = []
     try:

@@ -291,6 +291,7 @@ def _bases():
         "linear_sweep": (sims.linear_sweep, dict(vary="T", values=(2, 3), preset="paper", runs=1, seed=0)),
         "rate_prediction@sims": (sims.rate_prediction, dict(d=4, k=1, n=50, sigma=0.1)),
         "read_store": (sims.read_store, dict(folder=TmpPath("store"))),
+        "folder_problem": (sims.folder_problem, dict(path=TmpPath("new-store"))),
         "recovery_phase_table": (sims.recovery_phase_table,
                                  dict(Ts=(2,), ds=(2,), ks=(1,), reps=1, seed=0, adapters=("symmetric",), n_starts=1,
                                       max_iter=3, identify=False, search_starts=None, search_iter=3, landing=True,

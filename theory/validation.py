@@ -450,6 +450,25 @@ def check_memory(nbytes, what: str, func: str) -> int:
     them is allocated; ``what`` says which arguments set the size (e.g. "d = 3000, k = 1, T = 3").
     Returns ``nbytes``. Needs of at most 1 GiB always pass.
 
+    Parameters
+    ----------
+    nbytes : int >= 0
+        The bytes the call's arrays would need together.
+    what : str
+        The arguments that set that size, as the message should name them.
+    func : str
+        The caller's name, for the message.
+
+    Returns
+    -------
+    int
+        ``nbytes``.
+
+    Raises
+    ------
+    ValueError
+        ``nbytes`` exceeds :func:`memory_limit`; the message states both.
+
     Examples
     --------
     >>> from theory import validation as v

@@ -34,7 +34,7 @@ def check_plot_path(path) -> Path:
         raise ValueError(f"-o/--output {path}: the file must end in .png or .pdf (got {path.suffix or 'no suffix'!r}).")
     if path.is_dir():
         raise ValueError(f"-o/--output {path}: is a folder, not a file.")
-    from sims._store import folder_problem
+    from sims import folder_problem
 
     problem = folder_problem(path.parent)
     if problem is not None:
