@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -394,20 +392,6 @@ def _check_outputs(args):
         _check_folder(args.csv.parent, "--csv")
 
 
-def _write_csv(table, path: Path) -> None:
-    """Write ``table`` to ``path`` atomically (a temporary file beside it, then a rename), creating
-    its folder: an interrupted write never leaves a truncated file under the name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            table.to_csv(f, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def summarize(table):
     """Final-step metric per method and value (and rank): mean, median, min, max over trials. A
     real-data table (a ``phase`` column) gets its own summary: test accuracy per fine-tuning scheme,
@@ -461,7 +445,7 @@ def _cmd_sweep(args):
         table = sims.finetune_comparison(d=args.d, k=args.k, T=args.T, N=args.N, n=args.n, sigma=args.sigma,
                                          runs=args.runs, seed=args.seed, max_steps=args.steps)
         if args.csv:
-            _write_csv(table, args.csv)
+            sims.atomic_write(args.csv, lambda tmp: table.to_csv(tmp, index=False))
         print(sims.finetune_summary(table).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
         return
     if args.kind == "linear":

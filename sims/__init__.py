@@ -82,6 +82,7 @@ from ._shallow import default_device as default_device
 from ._shallow import shallow_sweep as shallow_sweep
 from ._shallow import simulate_shallow_chunk as simulate_shallow_chunk
 from ._store import ChunkStore as ChunkStore
+from ._store import atomic_write as atomic_write
 from ._store import folder_problem as folder_problem
 from ._store import read_records as read_records
 from ._store import read_store as read_store
@@ -165,6 +166,7 @@ __all__ = [
     "Pool",
     "read_records",
     "ChunkStore",
+    "atomic_write",
     "folder_problem",
     "saddle_slice_table",
     "shallow_sweep",

@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 
 from theory.validation import check_int
 
-__all__ = ["ChunkStore", "folder_problem", "read_store", "read_records"]
+__all__ = ["ChunkStore", "atomic_write", "folder_problem", "read_store", "read_records"]
 
 log = logging.getLogger("sims")
 
@@ -78,8 +78,46 @@ def _deferred_interrupts():
             signal.raise_signal(sig)
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def atomic_write(path, write) -> Path:
+    """Write a file atomically: ``write(tmp)`` fills a temporary file beside ``path`` (its folder made
+    where missing), which is then renamed into place, so a reader never sees a half-written file
+    and an interrupted write leaves the old file (or none) and no temporary file. Ctrl-C and
+    SIGTERM arriving meanwhile are delivered after the rename (main thread). The file gets mode 644.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file to write.
+    write : callable
+        Called once with the temporary file's path (a str whose name ends in ``.tmp``: a writer
+        that infers the format from the name needs it given).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = atomic_write(Path(tmp) / "a" / "x.txt", lambda t: Path(t).write_text("hello"))
+    ...     path.read_text(), sorted(p.name for p in path.parent.iterdir())
+    ('hello', ['x.txt'])
+    """
+    if not isinstance(path, (str, os.PathLike)) or str(path) == "":
+        raise ValueError(f"The 'path' parameter of atomic_write must be a file path. Got {path!r} instead.")
+    if not callable(write):
+        raise ValueError(f"The 'write' parameter of atomic_write must be callable (it fills the temporary file). "
+                         f"Got {write!r} instead.")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"The 'path' parameter of atomic_write must be a file path; {str(path)!r} is a folder.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"The 'path' parameter of atomic_write must be a file in a folder that exists or can be "
+                         f"made; {str(path)!r}: {err.strerror or err}.") from None
     with _deferred_interrupts():
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
@@ -90,6 +128,7 @@ def _atomic_write(path: Path, write) -> None:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    return path
 
 
 def folder_problem(path) -> str | None:
@@ -276,7 +315,7 @@ class ChunkStore:
     def write_config(self) -> None:
         path = self.folder / "config.json"
         text = json.dumps({**self.config.to_dict(), "_kind": self.kind}, indent=2, sort_keys=True, default=list)
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
     def record(self, value_index: int, trials, frame: pd.DataFrame, **extra) -> dict:
         """The record stored with a chunk."""
@@ -301,7 +340,7 @@ class ChunkStore:
         meta = dict(table.schema.metadata or {})
         meta[_RECORD_KEY] = json.dumps(self.record(value_index, trials, frame, **extra), sort_keys=True).encode()
         table = table.replace_schema_metadata(meta)
-        _atomic_write(self.chunk_path(value_index, trials), lambda tmp: pq.write_table(table, tmp))
+        atomic_write(self.chunk_path(value_index, trials), lambda tmp: pq.write_table(table, tmp))
 
     def load(self, value_index: int, trials) -> pd.DataFrame | None:
         """The stored chunk, or None when it is missing, unreadable, stale or not this chunk.

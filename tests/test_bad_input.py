@@ -123,6 +123,10 @@ def _materialize(value, tmp_path: Path):
     return path
 
 
+def _write_x(tmp):
+    Path(tmp).write_text("x")
+
+
 _CONVAI = None
 
 
@@ -292,6 +296,7 @@ def _bases():
         "rate_prediction@sims": (sims.rate_prediction, dict(d=4, k=1, n=50, sigma=0.1)),
         "read_store": (sims.read_store, dict(folder=TmpPath("store"))),
         "folder_problem": (sims.folder_problem, dict(path=TmpPath("new-store"))),
+        "atomic_write": (sims.atomic_write, dict(path=TmpPath("new-file.txt"), write=_write_x)),
         "recovery_phase_table": (sims.recovery_phase_table,
                                  dict(Ts=(2,), ds=(2,), ks=(1,), reps=1, seed=0, adapters=("symmetric",), n_starts=1,
                                       max_iter=3, identify=False, search_starts=None, search_iter=3, landing=True,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +9,8 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+import sims  # noqa: E402
 
 COLORS = {
     "LoRA-ML": "#1f77b4",
@@ -44,18 +44,9 @@ def save(fig, path: Path, *, pdf: bool = True) -> list[Path]:
     fig.canvas.draw()
     tight = fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
     for suffix in [".png"] + ([".pdf"] if pdf else []):
-        target = path.with_suffix(suffix)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=suffix)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, bbox_inches=tight, metadata={"Software": None} if suffix == ".png"
-                        else {"Creator": None, "Producer": None, "CreationDate": None})
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        out.append(target)
+        metadata = {"Software": None} if suffix == ".png" else {"Creator": None, "Producer": None, "CreationDate": None}
+        out.append(sims.atomic_write(path.with_suffix(suffix), lambda tmp: fig.savefig(
+            tmp, format=suffix[1:], bbox_inches=tight, metadata=metadata)))
     plt.close(fig)
     return out
 
@@ -65,8 +56,6 @@ def plot_many(plot, jobs, executor="serial") -> list:
     ("processes" or a ``concurrent.futures.ProcessPoolExecutor``: they share this file system),
     else here (dask workers may be other machines; files must land where the driver runs)."""
     import concurrent.futures as cf
-
-    import sims
 
     jobs = list(jobs)
     local = (isinstance(executor, str) and executor == "processes") or isinstance(executor, cf.ProcessPoolExecutor)

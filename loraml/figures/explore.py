@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import sims
+
 from ._style import COLORS, RC, legend_entries, plt
 
 __all__ = ["check_plot_path", "format_summary", "grid_fields", "final_values", "plot_stored"]
@@ -247,8 +249,6 @@ def plot_stored(table: pd.DataFrame, path, *, metric: str = "test_loss", title: 
 def _plot_real(table: pd.DataFrame, path: Path, title: str) -> Path:
     """A real-data table drawn as ``loraml realdata`` draws it (digits/vision: accuracy against the
     fine-tuning images; convai: hits@1 against the LoRA rank), to ``path`` alone."""
-    import sims
-
     from .realdata import plot_convai, plot_realdata
 
     convai = "persona" in table.columns
@@ -265,16 +265,10 @@ def _plot_real(table: pd.DataFrame, path: Path, title: str) -> Path:
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
+    png = path.suffix.lower() == ".png"
     try:
-        fig.savefig(tmp, bbox_inches="tight", metadata={"Software": None} if path.suffix.lower() == ".png"
-                    else {"Creator": None, "Producer": None, "CreationDate": None})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        return sims.atomic_write(path, lambda tmp: fig.savefig(
+            tmp, format=path.suffix.lower()[1:], bbox_inches="tight",
+            metadata={"Software": None} if png else {"Creator": None, "Producer": None, "CreationDate": None}))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
