@@ -69,7 +69,7 @@ import pandas as pd
 from theory.validation import MAX_COUNT, check_choice, check_int, check_real, check_rng, check_values
 
 from ._config import SweepConfig
-from ._fingerprint import check_manifest, file_manifest, manifest_digest, manifest_for
+from ._fingerprint import check_manifest, file_manifest, manifest_digest, record_manifest
 from ._peftml import (
     FINETUNING_SCHEMES,
     RETRAINING_METHODS,
@@ -620,16 +620,11 @@ class ConvAIConfig(SweepConfig):
             if not isinstance(value, str):
                 raise ValueError(f"The {name!r} parameter of {func} must be a path (str). Got {value!r} instead.")
             object.__setattr__(self, name, value)
-        if not isinstance(self.data_files, (tuple, list)):
-            raise ValueError(f"The 'data_files' parameter of {func} is computed from the files when the config is "
-                             f"made (leave it out). Got {self.data_files!r}.")
         # The files read are part of the key: fingerprint them now, in the process that plans the run
         # (hashed once per process); the chunks carry the manifest and check it before they run. A
         # config that lacks one of the three paths gets no fingerprint, and its chunks refuse to run.
         paths = (self.data, self.persona_map, self.model)
-        entries = manifest_for(lambda: _convai_files(*paths), self.data_files) if all(paths) else ()
-        object.__setattr__(self, "data_files", entries)
-        object.__setattr__(self, "fingerprint", manifest_digest(entries))
+        record_manifest(self, (lambda: _convai_files(*paths)) if all(paths) else None, func)
         if not self.values:
             raise ValueError(f"The 'methods' parameter of {func} gives no table with the fine-tuning schemes "
                              f"{self.finetuning!r}: LoRA tables need SR, LoRA-ML or Reptile, the last-layer table "

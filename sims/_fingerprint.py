@@ -147,3 +147,18 @@ def manifest_for(files, given) -> tuple:
             raise ValueError(f"The 'data_files' parameter must hold (name, size, SHA-256, mtime_ns) entries. "
                              f"Got {given!r}.") from None
     return file_manifest(files())
+
+
+def record_manifest(config, files, func: str) -> None:
+    """Set a frozen config's ``data_files`` (the manifest of ``files()``, a callable giving
+    ``[(relative name, path)]``, or nothing where ``files`` is None) and its ``fingerprint``, in
+    ``__post_init__``: the data read becomes part of the key. Both fields are computed, never
+    given: a value passed in is replaced (a view keeps a recorded manifest: see
+    :func:`recorded_manifests`)."""
+    for name, kind in (("fingerprint", str), ("data_files", (tuple, list))):
+        if not isinstance(getattr(config, name), kind):
+            raise ValueError(f"The {name!r} parameter of {func} is computed from the data files when the config is "
+                             f"made (leave it out). Got {getattr(config, name)!r}.")
+    entries = manifest_for(files, config.data_files) if files is not None else ()
+    object.__setattr__(config, "data_files", entries)
+    object.__setattr__(config, "fingerprint", manifest_digest(entries))

@@ -48,7 +48,7 @@ from theory.validation import (MAX_COUNT, MAX_DIM, check_choice, check_entries, 
                                check_values)
 
 from ._config import SweepConfig
-from ._fingerprint import check_manifest, manifest_digest, manifest_for
+from ._fingerprint import check_manifest, record_manifest
 from ._peftml import (
     FINETUNING_SCHEMES,
     RETRAINING_METHODS,
@@ -425,16 +425,10 @@ class RealDataConfig(SweepConfig):
             raise ValueError(f"The 'r' parameter of {func} must be an int in [1, 2] (the smallest side of a "
                              f"LoRA-adapted layer: the head has 2 outputs). Got {self.r} instead.")
         object.__setattr__(self, "data_root", str(self.data_root))
-        for name, kind in (("fingerprint", str), ("data_files", (tuple, list))):
-            if not isinstance(getattr(self, name), kind):
-                raise ValueError(f"The {name!r} parameter of {func} is computed from the data files when the config "
-                                 f"is made (leave it out). Got {getattr(self, name)!r}.")
         # The data read is part of the key: fingerprint the files now, in the process that plans the
         # run (hashed once per process); the chunks carry the manifest and check it before they run.
         # A vision config without data_root gets no fingerprint, and its chunks refuse to run.
-        entries = manifest_for(self._files, self.data_files) if self.dataset == "digits" or self.data_root else ()
-        object.__setattr__(self, "data_files", entries)
-        object.__setattr__(self, "fingerprint", manifest_digest(entries))
+        record_manifest(self, self._files if self.dataset == "digits" or self.data_root else None, func)
 
     def _files(self) -> list:
         """``[(relative name, path)]`` of every data file the config's chunks read."""
