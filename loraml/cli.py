@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import logging
 import re
 import sys
 import time
@@ -550,19 +552,18 @@ def _cmd_convai(args):
     _print_outputs(convai_markdown(sims.convai_summary(table)), write_convai_outputs(table, out, title=title))
 
 
+@contextlib.contextmanager
 def _store_lines(command):
-    """A context in which the store's lines (a chunk file left out and why; logger ``sims``) go to
-    stderr as ``loraml COMMAND: ...``."""
-    import contextlib
-    import logging
-
+    """The store's lines (a chunk file left out and why; logger ``sims``) go to stderr as
+    ``loraml COMMAND: ...`` inside the block."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"loraml {command}: %(message)s"))
     logger = logging.getLogger("sims")
-    stack = contextlib.ExitStack()
-    stack.callback(logger.removeHandler, handler)
     logger.addHandler(handler)
-    return stack
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _cmd_show(args):
