@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import math
 import contextlib
+import functools
 import os
 from pathlib import Path
 
@@ -127,23 +128,25 @@ def _write_x(tmp):
     Path(tmp).write_text("x")
 
 
-_CONVAI = None
+def _process_tmpdir(prefix: str) -> Path:
+    """A temporary folder that lives as long as this process (the cases below build on it at
+    collection and in many tests)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
 
 
+@functools.lru_cache(maxsize=None)
 def _convai_files():
     """(data folder, model folder) of a tiny language experiment, written once per process."""
-    global _CONVAI
-    if _CONVAI is None:
-        import atexit
-        import shutil
-        import tempfile
+    from helpers import convai_files
 
-        from helpers import convai_files
-
-        root = Path(tempfile.mkdtemp(prefix="loraml-convai-"))
-        atexit.register(shutil.rmtree, root, ignore_errors=True)
-        _CONVAI = convai_files(root, vocab=5, train_sizes=(5, 5), valid_sizes=(5, 5), turns=1, n_candidates=3)
-    return _CONVAI
+    return convai_files(_process_tmpdir("loraml-convai-"), vocab=5, train_sizes=(5, 5), valid_sizes=(5, 5),
+                        turns=1, n_candidates=3)
 
 
 def _tiny_convai():
@@ -958,22 +961,13 @@ def _stop(*args, **kwargs):
     raise _Reached
 
 
-_STORED = None
-
-
+@functools.lru_cache(maxsize=None)
 def _stored_sweep():
     """A tiny stored linear sweep (its folder), written once per process."""
-    global _STORED
-    if _STORED is None:
-        import atexit
-        import shutil
-        import tempfile
-
-        root = Path(tempfile.mkdtemp(prefix="loraml-stored-"))
-        atexit.register(shutil.rmtree, root, ignore_errors=True)
-        sims.run(_linear_cfg(), store=root, progress=False)
-        (_STORED,) = root.iterdir()
-    return _STORED
+    root = _process_tmpdir("loraml-stored-")
+    sims.run(_linear_cfg(), store=root, progress=False)
+    (folder,) = root.iterdir()
+    return folder
 
 
 @pytest.fixture
