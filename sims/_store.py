@@ -463,7 +463,33 @@ class _Survey:
     missing: list
 
 
+#: The last survey, under the state of the files it read: ``loraml show`` asks for the table
+#: (:func:`read_store`) and then the records (:func:`read_records`) of one folder, which would
+#: otherwise read and checksum every chunk file twice.
+_LAST_SURVEY: list = [None, None]
+
+
+def _folder_state(folder: Path) -> tuple:
+    """(name, size, mtime_ns) of a folder's config.json and chunk files: what a survey read."""
+    out = []
+    for path in sorted([folder / "config.json", *folder.glob("chunk-*.parquet")]):
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            out.append((path.name, st.st_size, st.st_mtime_ns))
+    return (str(folder.resolve()), tuple(out))
+
+
 def _survey(folder: Path, func: str) -> _Survey:
+    """:func:`_check_survey` of ``folder``, or the last one where the folder's files have not
+    changed since (same names, sizes and modification times)."""
+    state = _folder_state(folder)
+    if _LAST_SURVEY[0] != state:
+        _LAST_SURVEY[:] = [None, None]                 # a survey that raises leaves no stale entry
+        _LAST_SURVEY[:] = [state, _check_survey(folder, func)]
+    return _LAST_SURVEY[1]
+
+
+def _check_survey(folder: Path, func: str) -> _Survey:
     """Check every chunk file of a results folder as a sweep would, and choose, per swept value,
     the files the views show.
 

@@ -357,3 +357,26 @@ def test_a_vision_folder_is_shown_where_its_data_is_not(tmp_path, capsys):
     assert sims.read_store(store.folder).equals(shown)
     assert cli.main(["show", str(store.folder)]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_show_reads_each_chunk_file_once_and_a_changed_folder_is_read_again(tmp_path, capsys, monkeypatch):
+    """``loraml show`` asks for the table and then the records of one folder: each chunk file is
+    read (and checksummed) once, not twice. The views' last survey is reused only while the
+    folder's files are unchanged: a record rewritten in between is seen by the next read. Rules
+    out the double read, and a cache that serves a folder after its files changed."""
+    from sims import _store
+
+    cfg = _linear()
+    sims.run(cfg, store=tmp_path, progress=False)
+    folder = sims.ChunkStore(tmp_path, "linear", cfg).folder
+    reads = []
+    real = _store._read_chunk
+    monkeypatch.setattr(_store, "_read_chunk", lambda path: reads.append(path.name) or real(path))
+    monkeypatch.setattr(_store, "_LAST_SURVEY", [None, None])
+    assert cli.main(["show", str(folder)]) == 0
+    capsys.readouterr()
+    files = sorted(p.name for p in folder.glob("chunk-*.parquet"))
+    assert sorted(reads) == files                                 # once each
+    _rewrite_record(folder / files[0], engine_version=cfg.engine_version - 1)
+    records = {r["file"]: r for r in sims.read_records(folder)}
+    assert "stale" in records[files[0]]["problem"] and "problem" not in records[files[1]]
