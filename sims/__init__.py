@@ -47,7 +47,7 @@ from ._convai import ConvAIConfig as ConvAIConfig
 from ._convai import check_convai_inputs as check_convai_inputs
 from ._convai import convai_summary as convai_summary
 from ._convai import persona_clusters as persona_clusters
-from ._convai import persona_description as persona_description
+from ._convai import persona_key as persona_key
 from ._convai import read_persona_map as read_persona_map
 from ._convai import read_personachat as read_personachat
 from ._convai import simulate_convai_chunk as simulate_convai_chunk
@@ -126,7 +126,7 @@ __all__ = [
     "check_convai_inputs",
     "convai_summary",
     "persona_clusters",
-    "persona_description",
+    "persona_key",
     "read_persona_map",
     "read_personachat",
     "simulate_convai_chunk",

@@ -6,38 +6,46 @@ Data
 ----
 - :func:`read_personachat` reads the "self_original" text format: numbered lines, the number
   restarting at 1 with each dialogue; ``your persona: …`` lines, then turns
-  ``partner utterance<TAB>response<TAB><TAB>cand1|cand2|…`` (the response is among the candidates).
-- :func:`read_persona_map` reads a persona map: a pickled dict cluster id → set of persona
-  descriptions. A dialogue's description is its persona sentences joined by one space (whitespace
-  runs collapsed; :func:`persona_description`); a map may also hold tuples of sentences.
-- :func:`persona_clusters`: dialogues grouped by cluster (a dialogue whose description is in no
-  cluster is left out), cluster 0 dropped, clusters with more than one dialogue kept, sorted by
-  size, largest first (ties: the smaller cluster id first), the first ``top``; each cluster's
-  dialogues stay in file order.
-- Retraining: the ``n_train_personas`` (10) largest clusters of the train file; the last
+  ``partner utterance<TAB>response<TAB><TAB>cand1|cand2|…`` (the response is among the
+  candidates). A dialogue's persona key (:func:`persona_key`) is the sorted list of its persona
+  sentences, each without its leading space and its last character. Under ``paper`` the file's
+  last dialogue is not read (the authors' parser stores a dialogue when the next one starts, C3).
+- :func:`read_persona_map` reads the genuine persona maps ``train_persona_map`` and
+  ``valid_persona_map``: a pickle of a dict ``numpy.int32`` cluster id → list of members, each
+  member a persona key (a sorted list of sentences without their last character).
+- :func:`persona_clusters`: each distinct persona key, in order of first appearance, goes to the
+  cluster one of whose members equals it (cluster 0 when none does), so a cluster's dialogues are
+  grouped by persona, each persona's in file order; clusters with more than one dialogue are kept,
+  cluster 0 dropped; ranked by their training turns (ties: the smaller id first), the first ``top``.
+- Retraining: the ``n_train_personas`` (10) first clusters of the train file; the last
   ``val_dialogues`` (3) dialogues of each are its validation set. Test: the ``n_test_personas`` (10)
-  largest clusters of the valid file; the last ``eval_dialogues`` (2) dialogues of each are its
-  evaluation set, the ``ft_val_dialogues`` (1) before them choose the best fine-tuning epoch (the
-  spec names only an evaluation set; choosing the best epoch on it would be quirk V4 of the vision
-  code, so a validation dialogue is held out in both presets), the rest train.
-- Every turn is one example: the context is the previous utterances of both speakers up to the
-  partner's current one, joined by spaces, without persona text; paired with each of
-  ``n_candidates`` (20) candidates: the true response and the first 19 others in file order. A
-  pair is ``<s> context </s></s> candidate </s>``, the context cut from the left (the most recent
-  words kept) so the pair fits ``max_length`` tokens (the candidate keeps at most half of them).
+  first clusters of the valid file; the last ``eval_dialogues`` (2) dialogues of each are its
+  evaluation set and all others train (``paper``: the best epoch is then chosen on the evaluation
+  dialogues, C4); ``clean`` holds out the ``ft_val_dialogues`` (1) before them to choose it.
+- Every turn is one example: the context is the utterances of both speakers up to the partner's
+  current one, concatenated with no separator, without persona text; paired with each of
+  ``n_candidates`` (20) candidates in the file's order. A pair is ``<s> context </s><s> candidate
+  </s>``, context and candidate tokenised separately, not truncated: a pair longer than the model's
+  positions is refused naming its dialogue (``clean``: the context is cut from the left).
 
 Model: ``RobertaForSequenceClassification`` (2 labels) from a local folder (``local_files_only``),
 wrapped so that a batch (B, C, L) of token ids gives (B, C, 2) logits (padding masked, trailing
 padding trimmed per batch: RoBERTa's positions come from the padding mask, so trimming changes no
 number). The head is ``model.classifier``; LoRA targets every Linear of the encoder.
 
-Protocol (presets ``paper`` / ``clean`` differ only in SR's order, the spec's L1): SR visits the
-tasks one after another within each epoch (``paper``: all batches of task 0, then task 1, …) or
-shuffles the pooled batches (``clean``); LoRA-ML (per-task adapters and heads) and last-layer-ML
-(per-task heads) go round-robin with one AdamW step per task batch; Reptile takes inner AdamW steps
-on a copy per task and one outer AdamW step per task on (θ − θ_t)/T. The retraining checkpoint is
-chosen by mean validation hits@1. Each test persona is fine-tuned separately with a new random
-head: LoRA of rank r (head trainable) or the head alone.
+Protocol: AdamW, batches of ``batch_size`` (8) contexts, one optimiser step per task batch, Σ_t
+len_t steps per epoch for SR, LoRA-ML and last-layer-ML alike (len_t = ⌈N_t / 8⌉). SR visits the
+tasks one after another (``paper``, C1) or in a shuffled interleaving of the same batches
+(``clean``); LoRA-ML (per-task adapters and heads) and last-layer-ML (per-task heads) go round-robin
+over the tasks that still have batches. The retraining schedule is linear with warm-up, from task
+0's batch count len0 under ``paper`` (warm-up 0.1·len0·E, zero at 6.67·len0·E, the scheduler
+stepped after the optimiser so the first step runs at lr 0: C2) and from the real step count under
+``clean``. Reptile: one round per epoch, per task a copy takes ``reptile_inner_steps`` (20) steps of
+a fresh constant-rate AdamW on that task's batches (an iterator made afresh each epoch, wrapping
+around), then one outer AdamW step on (θ − θ_t)/T; outer schedule warm-up 10, zero at 667. The
+retraining checkpoint is chosen by mean validation hits@1 (strict rise over a best that starts at
+0). Each test persona is fine-tuned separately with a new random head: LoRA of rank r (head
+trainable) or the head alone; AdamW with warm-up over one epoch's len_t steps, zero at 40·len_t.
 
 Values of the sweep (one chunk = one value × one (seed, persona) trial by default):
 ``"<method> lora r=<r>"`` for every rank and method other than last-layer-ML, and
@@ -62,6 +70,7 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -82,23 +91,23 @@ from ._peftml import (
     _reset,
     _seeded,
     _torch,
-    best_and_last,
     finetune,
     retrain,
 )
 
 __all__ = ["write_tiny_roberta", "ConvAIConfig", "CONVAI_HELP", "CONVAI_RANKS", "read_personachat", "read_persona_map",
-           "persona_description", "persona_clusters", "write_convai", "simulate_convai_chunk", "convai_summary",
+           "persona_key", "persona_clusters", "write_convai", "simulate_convai_chunk", "convai_summary",
            "check_convai_inputs"]
 
 CONVAI_RANKS = (1, 4, 8, 12, 16)
 DATA_FILES = ("train_self_original.txt", "valid_self_original.txt")
-MAP_FILES = ("train_persona_map.pkl", "valid_persona_map.pkl")
+MAP_FILES = ("train_persona_map", "valid_persona_map")
 CONVAI_HELP = ("--data is the ConvAI2 folder holding train_self_original.txt and valid_self_original.txt "
                "(PersonaChat 'self_original' text: numbered lines, 'your persona: ...' lines, then "
-               "'utterance<TAB>response<TAB><TAB>cand1|...|cand20' turns); --persona-map is a pickled dict "
-               "cluster id -> set of persona descriptions, one file for both splits or a folder with "
-               "train_persona_map.pkl and valid_persona_map.pkl; --model is a local folder of a RoBERTa "
+               "'utterance<TAB>response<TAB><TAB>cand1|...|cand20' turns); --persona-map is a persona-map pickle "
+               "(a dict of numpy.int32 cluster ids to lists of members, each member the sorted list of a persona's "
+               "sentences without their last character), one file for both splits or a folder with "
+               "train_persona_map and valid_persona_map; --model is a local folder of a RoBERTa "
                "checkpoint with its tokenizer (config.json with model_type 'roberta', e.g. roberta-base "
                "saved by save_pretrained)")
 _LINE = re.compile(r"^(\d+) (.*)$")
@@ -115,16 +124,27 @@ def _path(value, name, func, flag):
     return Path(value)
 
 
-def read_personachat(path) -> list[dict]:
+def _check_flag(value, name, func):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"The {name!r} parameter of {func} must be a bool. Got {value!r} instead.")
+    return bool(value)
+
+
+def read_personachat(path, *, keep_last: bool = True) -> list[dict]:
     """The dialogues of one PersonaChat "self_original" file, in file order.
 
-    Each dialogue is ``{"persona": (sentence, …), "turns": ((utterance, response, (candidate, …)), …)}``
-    (persona sentences without the ``your persona:`` prefix).
+    Each dialogue is ``{"persona": key, "turns": ((utterance, response, (candidate, …)), …),
+    "line": n}``, where ``key`` is :func:`persona_key` of its persona lines (sorted sentences, the
+    text after ``your persona:`` without its leading space and its last character) and ``n`` the
+    line of the file it starts at.
 
     Parameters
     ----------
     path : str or pathlib.Path
         A ``*_self_original.txt`` file.
+    keep_last : bool
+        Keep the file's last dialogue. The authors' parser stores a dialogue when the next one
+        starts, so it never reads the last one (quirk C3): ``False`` reproduces that.
 
     Raises
     ------
@@ -139,9 +159,12 @@ def read_personachat(path) -> list[dict]:
     >>> dialogues = read_personachat(data / "train_self_original.txt")
     >>> len(dialogues), len(dialogues[0]["turns"]), len(dialogues[0]["turns"][0][2])   # 3 + 2 + 4 extra; 20 candidates
     (9, 1, 20)
+    >>> len(read_personachat(data / "train_self_original.txt", keep_last=False))       # C3: the last one unread
+    8
     """
     func = "read_personachat"
     path = _path(path, "path", func, "--data")
+    keep_last = _check_flag(keep_last, "keep_last", func)
     if not path.is_file():
         raise ValueError(f"--data (the 'path' parameter of {func}): {path} is not a file. {CONVAI_HELP}.")
     dialogues = []
@@ -159,10 +182,10 @@ def read_personachat(path) -> list[dict]:
                              f"line number. {CONVAI_HELP}.")
         number, body = int(m.group(1)), m.group(2)
         if number == 1 or not dialogues:
-            dialogues.append({"persona": [], "turns": []})
+            dialogues.append({"persona": [], "turns": [], "line": i})
         d = dialogues[-1]
         if body.startswith(_PERSONA):
-            d["persona"].append(body[len(_PERSONA):].strip())
+            d["persona"].append(body[len(_PERSONA):])
             continue
         parts = body.split("\t")
         if len(parts) < 4 or not parts[3]:
@@ -173,41 +196,48 @@ def read_personachat(path) -> list[dict]:
             raise ValueError(f"--data (the 'path' parameter of {func}): {path} line {i}: the response is not among "
                              f"its candidates. {CONVAI_HELP}.")
         d["turns"].append((parts[0], parts[1], cands))
-    return [{"persona": tuple(d["persona"]), "turns": tuple(d["turns"])} for d in dialogues]
+    if not keep_last:
+        dialogues = dialogues[:-1]
+    return [{"persona": persona_key(d["persona"]), "turns": tuple(d["turns"]), "line": d["line"]} for d in dialogues]
 
 
-def persona_description(sentences) -> str:
-    """A persona's description as persona maps hold it: the sentences joined by one space, runs of
-    whitespace collapsed (a string is normalised the same way).
+def persona_key(sentences) -> tuple:
+    """The key a persona is matched by: each sentence without one leading space and without its
+    last character (normally the "."), no other change (no lower-casing, no whitespace collapsed),
+    sorted. Persona-map members are lists of exactly these strings.
 
     Parameters
     ----------
-    sentences : sequence of str, or str
-        The persona's sentences (or a description to normalise).
+    sentences : sequence of str
+        The text after ``your persona:`` of each persona line.
 
     Examples
     --------
-    >>> persona_description(("i like dogs.", "my  favourite colour is blue. "))
-    'i like dogs. my favourite colour is blue.'
+    >>> persona_key((" i like dogs.", " my favourite colour is blue."))
+    ('i like dogs', 'my favourite colour is blue')
+    >>> persona_key((" zebras are fine.", " apples."))      # sorted
+    ('apples', 'zebras are fine')
     """
-    if isinstance(sentences, str):
-        text = sentences
-    elif isinstance(sentences, (tuple, list, frozenset, set)) and all(isinstance(s, str) for s in sentences):
-        text = " ".join(sentences)
-    else:
-        raise ValueError(f"The 'sentences' parameter of persona_description must be a string or a sequence of "
-                         f"strings. Got {type(sentences).__name__}.")
-    return " ".join(text.split())
+    if isinstance(sentences, (str, bytes)) or not hasattr(sentences, "__iter__"):
+        raise ValueError(f"The 'sentences' parameter of persona_key must be a sequence of strings. "
+                         f"Got {type(sentences).__name__}.")
+    sentences = list(sentences)
+    if not all(isinstance(s, str) for s in sentences):
+        raise ValueError("The 'sentences' parameter of persona_key must hold strings. Got "
+                         f"{type(next(s for s in sentences if not isinstance(s, str))).__name__}.")
+    return tuple(sorted((s[1:] if s.startswith(" ") else s)[:-1] for s in sentences))
 
 
-def read_persona_map(path) -> dict[int, frozenset]:
-    """A persona map: a pickled dict cluster id (int) → set of persona descriptions, returned with
-    normalised descriptions (:func:`persona_description`).
+def read_persona_map(path) -> dict[int, list[tuple]]:
+    """A persona map in the genuine format: a pickle of one dict whose keys are integer cluster ids
+    (``numpy.int32`` in the genuine files) and whose values are lists of members, each member a
+    list of str (a persona's sentences, sorted, last character removed). Returned as
+    ``{int id: [member as a tuple of str, …]}`` with the members in file order.
 
     Parameters
     ----------
     path : str or pathlib.Path
-        The pickle file.
+        The pickle file (``train_persona_map``, ``valid_persona_map``: no extension).
 
     Raises
     ------
@@ -219,9 +249,9 @@ def read_persona_map(path) -> dict[int, frozenset]:
     >>> import tempfile
     >>> tmp = tempfile.TemporaryDirectory()          # removed when the example ends
     >>> data = write_convai(tmp.name, train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
-    >>> clusters = read_persona_map(data / "train_persona_map.pkl")
-    >>> sorted(clusters), len(clusters[1])      # cluster 0, the two clusters, a one-dialogue cluster
-    ([0, 1, 2, 3], 2)
+    >>> clusters = read_persona_map(data / "train_persona_map")
+    >>> sorted(clusters), len(clusters[1]), clusters[3]     # cluster 0, the two clusters, a one-dialogue cluster
+    ([0, 1, 2, 3], 2, [('train lonely persona',)])
     """
     func = "read_persona_map"
     path = _path(path, "path", func, "--persona-map")
@@ -236,27 +266,37 @@ def read_persona_map(path) -> dict[int, frozenset]:
         for k, v in raw.items():
             if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
                 raise TypeError
-            if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
+            if not isinstance(v, list) or not all(isinstance(m, list) and all(isinstance(s, str) for s in m)
+                                                  for m in v):
                 raise TypeError
-            out[int(k)] = frozenset(persona_description(s) for s in v)
+            out[int(k)] = [tuple(m) for m in v]
     except Exception:
-        raise ValueError(f"--persona-map (the 'path' parameter of {func}): {path} is not a pickled dict of int "
-                         f"cluster ids to sets of persona descriptions. {CONVAI_HELP}.") from None
+        raise ValueError(f"--persona-map (the 'path' parameter of {func}): {path} is not a persona map (a pickled "
+                         f"dict of integer cluster ids to lists of members, each a list of str). "
+                         f"{CONVAI_HELP}.") from None
     return out
 
 
-def persona_clusters(dialogues, persona_map, *, top: int = 10) -> list[tuple[int, list]]:
-    """(cluster id, dialogues in file order) of the ``top`` largest clusters with more than one
-    dialogue, cluster 0 dropped, largest first (ties: smaller id first); fewer when fewer qualify.
+def persona_clusters(dialogues, persona_map, *, top: int = 10, held_out: int = 0) -> list[tuple[int, list]]:
+    """(cluster id, dialogues) of the ``top`` clusters with the most training turns.
+
+    Each distinct persona key, in order of its first appearance among ``dialogues``, goes to the
+    cluster one of whose members equals it, or to cluster 0 when none does; a cluster's dialogues
+    are therefore grouped by persona, each persona's dialogues in file order. Clusters with more
+    than one dialogue are kept, then cluster 0 is dropped (a genuine cluster and the fallback of
+    unmatched personas at once). They are ranked by their training turns (the turns of all their
+    dialogues but the last ``held_out``), most first; ties by cluster id, smaller first.
 
     Parameters
     ----------
     dialogues : list of dict
         Dialogues of :func:`read_personachat`.
     persona_map : dict
-        A persona map of :func:`read_persona_map` (cluster id → descriptions).
+        A persona map of :func:`read_persona_map` (cluster id → members).
     top : int >= 1
         The most clusters returned.
+    held_out : int >= 0
+        Dialogues at the end of each cluster that do not train (they do not count in the ranking).
 
     Examples
     --------
@@ -264,7 +304,7 @@ def persona_clusters(dialogues, persona_map, *, top: int = 10) -> list[tuple[int
     >>> tmp = tempfile.TemporaryDirectory()          # removed when the example ends
     >>> data = write_convai(tmp.name, train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
     >>> dialogues = read_personachat(data / "train_self_original.txt")
-    >>> clusters = persona_clusters(dialogues, read_persona_map(data / "train_persona_map.pkl"))
+    >>> clusters = persona_clusters(dialogues, read_persona_map(data / "train_persona_map"))
     >>> [(cid, len(ds)) for cid, ds in clusters]      # cluster 0 and the one-dialogue cluster 3 dropped
     [(1, 3), (2, 2)]
     """
@@ -276,23 +316,26 @@ def persona_clusters(dialogues, persona_map, *, top: int = 10) -> list[tuple[int
         raise ValueError(f"The 'persona_map' parameter of {func} must be a dict (read_persona_map). "
                          f"Got {type(persona_map).__name__}.")
     top = check_int(top, "top", func, low=1, high=MAX_COUNT)
-    where = {}
-    for cid, descriptions in sorted(persona_map.items()):
-        if isinstance(descriptions, (str, bytes)) or not hasattr(descriptions, "__iter__"):
-            raise ValueError(f"The 'persona_map' parameter of {func} must map cluster ids to sets of descriptions. "
-                             f"Got {type(descriptions).__name__} for cluster {cid!r}.")
-        for desc in descriptions:
-            where.setdefault(persona_description(desc), cid)
-    groups: dict = {}
+    held_out = check_int(held_out, "held_out", func, low=0, high=MAX_COUNT)
+    where: dict = {}                            # member -> cluster (the first cluster of the map holding it)
+    for cid, ms in persona_map.items():
+        if isinstance(ms, (str, bytes)) or not hasattr(ms, "__iter__"):
+            raise ValueError(f"The 'persona_map' parameter of {func} must map cluster ids to lists of members. "
+                             f"Got {type(ms).__name__} for cluster {cid!r}.")
+        for m in ms:
+            where.setdefault(tuple(m), cid)
+    by_persona: dict = {}
     for d in dialogues:
         if not isinstance(d, dict) or "persona" not in d or "turns" not in d:
             raise ValueError(f"The 'dialogues' parameter of {func} must hold dialogues of read_personachat. "
                              f"Got an item of type {type(d).__name__}.")
-        cid = where.get(persona_description(d["persona"]))
-        if cid is not None and cid != 0:
-            groups.setdefault(cid, []).append(d)
-    kept = [(cid, ds) for cid, ds in groups.items() if len(ds) > 1]
-    kept.sort(key=lambda item: (-len(item[1]), item[0]))
+        by_persona.setdefault(tuple(d["persona"]), []).append(d)
+    groups: dict = {}
+    for key, ds in by_persona.items():          # first appearance order, as a dict keeps insertion order
+        cid = where.get(key, 0)
+        groups.setdefault(int(cid), []).extend(ds)
+    kept = [(cid, ds) for cid, ds in groups.items() if len(ds) > 1 and cid != 0]
+    kept.sort(key=lambda item: (-sum(len(d["turns"]) for d in item[1][:max(0, len(item[1]) - held_out)]), item[0]))
     return kept[:top]
 
 
@@ -301,7 +344,7 @@ def _map_paths(persona_map) -> tuple[Path, Path]:
     if path.is_dir():
         found = []
         for name in MAP_FILES:
-            cands = [path / name, path / name[:-4]]
+            cands = [path / name, path / f"{name}.pkl"]
             hit = next((c for c in cands if c.is_file()), None)
             if hit is None:
                 raise ValueError(f"--persona-map (the 'persona_map' parameter) {path} lacks {name}. {CONVAI_HELP}.")
@@ -352,19 +395,23 @@ def _check_model_path(model) -> Path:
 # Writing files in the real formats (tests, offline demos)
 
 
-def write_convai(root, *, train_sizes=(6, 5, 5, 4), valid_sizes=(6, 5, 4), turns: int = 3, n_candidates: int = 20,
+def write_convai(root, *, train_sizes=(6, 5, 5, 4), valid_sizes=(6, 5, 4), turns=3, n_candidates: int = 20,
                  vocab: int = 40, rng=0) -> Path:
-    """Write PersonaChat "self_original" files and persona maps under ``root`` (``train_self_original.txt``,
-    ``valid_self_original.txt``, ``train_persona_map.pkl``, ``valid_persona_map.pkl``).
+    """Write PersonaChat "self_original" files and persona maps in the genuine formats under
+    ``root``: ``train_self_original.txt``, ``valid_self_original.txt``, ``train_persona_map`` and
+    ``valid_persona_map`` (pickle protocol 4 of a dict with ``numpy.int32`` keys in shuffled order,
+    each value a list of members, each member the sorted list of a persona's sentences without
+    their last character; no file extension).
 
     Cluster ``c`` (ids 1, 2, …) of a split holds ``sizes[c - 1]`` dialogues, written interleaved
-    across clusters; each cluster has two persona descriptions (its dialogues alternate between
-    them). Beside them each file has 2 dialogues of cluster 0, 1 dialogue of a cluster of its own
-    (one dialogue: dropped) and 1 dialogue whose persona is in no cluster. Every dialogue has
-    ``turns`` turns of ``n_candidates`` candidates. A learnable task: utterances use words ``aK``,
-    distractors words ``bK``, and the true response is three words ``cK`` and one word of the
-    partner's utterance (so it repeats a word of the context, and its words differ in kind from the
-    distractors': a bag of words ranks it first).
+    across clusters; each cluster has two personas (of two sentences each, written in a random
+    order; its dialogues alternate between them). Beside them each file has 2 dialogues of cluster
+    0, 1 dialogue of a cluster of its own (one dialogue: dropped) and 1 dialogue whose persona is in
+    no cluster, all near the start: the file's last dialogue is a cluster's (the one quirk C3
+    loses). A learnable task: utterances are four words ``aK`` and a ".", distractors words ``bK``,
+    and the true response is three words ``cK``, one word of the partner's utterance and a "." (so
+    it repeats a word of the context, and its words differ in kind from the distractors': a bag of
+    words ranks it first).
 
     Parameters
     ----------
@@ -372,8 +419,9 @@ def write_convai(root, *, train_sizes=(6, 5, 5, 4), valid_sizes=(6, 5, 4), turns
         The folder to write (created if missing).
     train_sizes, valid_sizes : sequence of int >= 1
         Dialogues per cluster of the training and the validation split.
-    turns : int >= 1
-        Turns per dialogue.
+    turns : int >= 1, or a sequence of them
+        Turns per dialogue; a sequence gives cluster ``c``'s dialogues ``turns[c - 1]`` turns (in
+        both splits; at least as many entries as clusters), the other dialogues ``turns[0]``.
     n_candidates : int >= 2
         Candidates per turn (the true response among them).
     vocab : int >= 2
@@ -387,13 +435,24 @@ def write_convai(root, *, train_sizes=(6, 5, 5, 4), valid_sizes=(6, 5, 4), turns
     >>> tmp = tempfile.TemporaryDirectory()          # removed when the example ends
     >>> data = write_convai(tmp.name, train_sizes=(3, 2), valid_sizes=(2, 2), turns=1)
     >>> sorted(p.name for p in data.iterdir())
-    ['train_persona_map.pkl', 'train_self_original.txt', 'valid_persona_map.pkl', 'valid_self_original.txt']
+    ['train_persona_map', 'train_self_original.txt', 'valid_persona_map', 'valid_self_original.txt']
+    >>> import pickle
+    >>> raw = pickle.loads((data / "train_persona_map").read_bytes())
+    >>> type(next(iter(raw))).__name__, sorted(int(k) for k in raw)
+    ('int32', [0, 1, 2, 3])
     """
     func = "write_convai"
     root = _path(root, "root", func, "root")
     for name, sizes in (("train_sizes", train_sizes), ("valid_sizes", valid_sizes)):
         check_values(sizes, name, func, lambda v: check_int(v, name, func, low=1, high=10_000), least=1)
-    turns = check_int(turns, "turns", func, low=1, high=1000)
+    K_max = max(len(tuple(train_sizes)), len(tuple(valid_sizes)))
+    if isinstance(turns, (int, np.integer)) and not isinstance(turns, (bool, np.bool_)):
+        per = (check_int(turns, "turns", func, low=1, high=1000),) * K_max
+    else:
+        per = check_values(turns, "turns", func, lambda v: check_int(v, "turns", func, low=1, high=1000), least=1)
+        if len(per) < K_max:
+            raise ValueError(f"The 'turns' parameter of {func} must be an int or hold one int per cluster (at least "
+                             f"{K_max}). Got {len(per)}.")
     n_candidates = check_int(n_candidates, "n_candidates", func, low=2, high=1000)
     vocab = check_int(vocab, "vocab", func, low=2, high=100_000)
     rng = check_rng(rng, func)
@@ -408,35 +467,37 @@ def write_convai(root, *, train_sizes=(6, 5, 5, 4), valid_sizes=(6, 5, 4), turns
 
     for split, sizes in (("train", tuple(train_sizes)), ("valid", tuple(valid_sizes))):
         K = len(sizes)
-        personas = {c: [tuple(f"{split} persona {c} {v} likes {words('p', 2)}." for _ in range(2))
+        personas = {c: [[f"{split} persona {c} {v} {j} likes {words('p', 2)}." for j in range(2)]
                         for v in range(2)] for c in range(1, K + 1)}
-        extra = {0: [(f"{split} zero persona {v}.",) for v in range(2)], K + 1: [(f"{split} lonely persona.",)]}
-        stray = (f"{split} stray persona.",)
+        extra = {0: [[f"{split} zero persona {v}."] for v in range(2)], K + 1: [[f"{split} lonely persona."]]}
+        stray = [f"{split} stray persona."]
         order = []
         left = dict(enumerate(sizes, start=1))
         while any(left.values()):
             for c in range(1, K + 1):
                 if left[c]:
-                    order.append(personas[c][left[c] % 2])
+                    order.append((c, personas[c][left[c] % 2]))
                     left[c] -= 1
-        order[1:1] = [extra[0][0], extra[K + 1][0]]
-        order += [extra[0][1], stray]
+        order[1:1] = [(0, extra[0][0]), (K + 1, extra[K + 1][0])]
+        order[4:4] = [(0, extra[0][1]), (0, stray)]
         lines = []
-        for persona in order:
+        for c, persona in order:
             n = 1
-            for sentence in persona:
+            for sentence in rng.permutation(persona):       # the file's order is not the key's
                 lines.append(f"{n} your persona: {sentence}")
                 n += 1
-            for _ in range(turns):
+            for _ in range(per[c - 1] if 1 <= c <= K else per[0]):
                 utterance = words("a", 4)
-                true = words("c", 3) + " " + rng.choice(utterance.split())
-                cands = [words("b", 4) for _ in range(n_candidates - 1)] + [true]
-                lines.append(f"{n} {utterance}\t{true}\t\t{'|'.join(cands)}")
+                true = words("c", 3) + " " + rng.choice(utterance.split()) + " ."
+                cands = [words("b", 4) + " ." for _ in range(n_candidates - 1)] + [true]
+                lines.append(f"{n} {utterance} .\t{true}\t\t{'|'.join(cands)}")
                 n += 1
         (root / f"{split}_self_original.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        cmap = {c: {persona_description(p) for p in ps} for c, ps in {**personas, **extra}.items()}
-        with open(root / f"{split}_persona_map.pkl", "wb") as fh:
-            pickle.dump(cmap, fh)
+        members = {c: [sorted(s[:-1] for s in p) for p in ps] for c, ps in {**personas, **extra}.items()}
+        ids = list(members)
+        cmap = {np.int32(ids[i]): members[ids[i]] for i in rng.permutation(len(ids))}
+        with open(root / f"{split}_persona_map", "wb") as fh:
+            pickle.dump(cmap, fh, protocol=4)
     return root
 
 
@@ -480,10 +541,11 @@ def write_tiny_roberta(folder, *, vocab: int = 40, hidden: int = 32, layers: int
     from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaForSequenceClassification
 
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
-    words = sorted({f"{p}{k}" for p in "abcp" for k in range(vocab)})
+    words = sorted({f"{p}{k}" for p in "abcp" for k in range(vocab)}) + ["."]
     table = {w: i for i, w in enumerate(specials + words)}
     tok = Tokenizer(models.WordLevel(table, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # punctuation splits off: a context is its utterances concatenated without a separator ("a1 .a2")
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<unk>")
     cfg = RobertaConfig(vocab_size=len(table), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
@@ -535,6 +597,9 @@ class ConvAIConfig(SweepConfig):
     (('LoRA-ML lora r=2',), 1)
     """
 
+    #: 2: the spec's protocol of step budgets, schedules, selection and inputs (numbers changed)
+    engine_version: ClassVar[int] = 2
+
     data: str = _doc("folder with train_self_original.txt and valid_self_original.txt (not part of the key)", "")
     persona_map: str = _doc("persona-map pickle, or a folder of train_/valid_persona_map.pkl (not part of the key)",
                             "")
@@ -542,8 +607,9 @@ class ConvAIConfig(SweepConfig):
     fingerprint: str = _doc("digest of the names, sizes and SHA-256 hashes of the data, persona-map and model files, "
                             "computed when the config is made (a value passed in is replaced); part of the key: "
                             "other files, other results", "")
-    preset: str = _doc("'paper' (SR visits tasks in order, spec L1) or 'clean' (SR shuffles the pooled batches)",
-                       "clean")
+    preset: str = _doc("'paper' (the authors' quirks C1-C4 of spec §3: SR visits the tasks in order, the "
+                       "retraining schedule from the first task's batch count, the file's last dialogue unread, "
+                       "the best fine-tuning epoch chosen on the test dialogues) or 'clean' (each fixed)", "clean")
     methods: tuple = _doc("retraining methods (a subset of SR, LoRA-ML, last-layer-ML, Reptile)", RETRAINING_METHODS)
     ranks: tuple = _doc("LoRA ranks (retraining adapters of LoRA-ML and the fine-tuning adapter)", CONVAI_RANKS)
     finetuning: tuple = _doc("fine-tuning schemes ('lora', 'last-layer')", FINETUNING_SCHEMES)
@@ -552,9 +618,12 @@ class ConvAIConfig(SweepConfig):
     n_test_personas: int = _doc("test personas (largest valid clusters)", 10)
     val_dialogues: int = _doc("last dialogues of each retraining persona used for validation", 3)
     eval_dialogues: int = _doc("last dialogues of each test persona used for evaluation", 2)
-    ft_val_dialogues: int = _doc("dialogues before the evaluation ones that choose the best fine-tuning epoch", 1)
+    ft_val_dialogues: int = _doc("clean: dialogues before the evaluation ones that choose the best fine-tuning "
+                                 "epoch (paper: none, the epoch is chosen on the evaluation dialogues, C4)", 1)
     n_candidates: int = _doc("candidates per context (the true one and the first others)", 20)
-    max_length: int = _doc("tokens per (context, candidate) pair", 128)
+    max_length: int = _doc("the most tokens of a <s> context </s><s> candidate </s> pair (0: the model's "
+                           "positions); a longer pair is refused naming its dialogue (paper) or its context cut "
+                           "from the left (clean)", 0)
     batch_size: int = _doc("contexts per batch (x n_candidates pairs), retraining and fine-tuning", 8)
     micro_batch: int = _doc("contexts per backpropagated slice of a batch (gradient accumulation, for a GPU or "
                             "CPU that cannot hold a whole batch's activations; other dropout draws, so part of "
@@ -562,7 +631,9 @@ class ConvAIConfig(SweepConfig):
     retrain_epochs: int = _doc("retraining epochs (SR, LoRA-ML, last-layer-ML)", 10)
     retrain_lr: float = _doc("retraining AdamW learning rate (linear schedule with warm-up)", 5e-5)
     retrain_wd: float = _doc("AdamW weight decay of retraining and Reptile", 0.01)
-    warmup: float = _doc("fraction of retraining steps of linear warm-up", 0.1)
+    warmup: float = _doc("retraining warm-up: clean, this fraction of the real steps, then linear to 0 at the "
+                         "last; paper (C2), warmup x len0 x epochs steps, 0 at 6.67 x len0 x epochs (len0: task "
+                         "0's batches)", 0.1)
     reptile_epochs: int = _doc("Reptile outer epochs", 10)
     reptile_lr: float = _doc("Reptile outer AdamW learning rate", 1e-4)
     reptile_inner_steps: int = _doc("Reptile inner AdamW steps per task", 20)
@@ -570,7 +641,8 @@ class ConvAIConfig(SweepConfig):
     lora_alpha: float = _doc("LoRA alpha (scaling alpha / r)", 16.0)
     lora_dropout: float = _doc("LoRA dropout", 0.1)
     ft_epochs: int = _doc("fine-tuning epochs", 10)
-    ft_lr: float = _doc("fine-tuning AdamW learning rate (constant)", 1e-4)
+    ft_lr: float = _doc("fine-tuning AdamW learning rate (linear warm-up over one epoch's steps len_t, 0 at "
+                        "40 len_t)", 1e-4)
     ft_wd: float = _doc("fine-tuning AdamW weight decay", 0.01)
     chunk_trials: int = _doc("(seed, persona) trials per stored chunk (1: one chunk per method, rank, seed, persona)",
                              1)
@@ -601,7 +673,7 @@ class ConvAIConfig(SweepConfig):
             object.__setattr__(self, name, items)
         for name, lo, hi in (("n_train_personas", 1, 10_000), ("n_test_personas", 1, 10_000),
                              ("val_dialogues", 1, 10_000), ("eval_dialogues", 1, 10_000),
-                             ("ft_val_dialogues", 1, 10_000), ("n_candidates", 2, 10_000), ("max_length", 8, 65_536),
+                             ("ft_val_dialogues", 1, 10_000), ("n_candidates", 2, 10_000), ("max_length", 0, 65_536),
                              ("batch_size", 1, 1_000_000), ("micro_batch", 0, 1_000_000),
                              ("retrain_epochs", 0, 100_000), ("reptile_epochs", 0, 100_000),
                              ("reptile_inner_steps", 0, 100_000), ("ft_epochs", 0, 100_000),
@@ -611,6 +683,9 @@ class ConvAIConfig(SweepConfig):
                          ("reptile_inner_lr", None), ("lora_alpha", None), ("lora_dropout", 1.0), ("ft_lr", None),
                          ("ft_wd", None)):
             object.__setattr__(self, name, check_real(getattr(self, name), name, func, low=0.0, high=hi))
+        if 0 < self.max_length < 8:
+            raise ValueError(f"The 'max_length' parameter of {func} must be 0 (the model's positions) or an int in "
+                             f"[8, 65536]. Got {self.max_length} instead.")
         if self.lora_alpha == 0:
             raise ValueError(f"The 'lora_alpha' parameter of {func} must be a real number > 0. Got 0.0 instead.")
         for name in _PATHS + ("fingerprint",):
@@ -819,43 +894,57 @@ def _targets(scorer) -> tuple:
 
 
 def _examples(dialogues, n_candidates):
-    """(contexts, candidate lists with the true one first, true index) of every turn."""
-    contexts, cands = [], []
+    """(contexts, (candidate list, true index) per turn, the line each turn's dialogue starts at)
+    of every turn. A context is the utterances up to the partner's current one, concatenated with
+    no separator (no persona text); the candidates are the file's, in its order (the true response
+    and the first ``n_candidates − 1`` others, the true one kept at its place among them)."""
+    contexts, cands, where = [], [], []
     for d in dialogues:
-        history = []
+        history = ""
         for utterance, response, candidates in d["turns"]:
-            history.append(utterance)
+            history += utterance
             others = [c for c in candidates if c != response]
             if len(others) < n_candidates - 1:
                 raise ValueError(f"The 'n_candidates' parameter of ConvAIConfig must be at most "
                                  f"{len(others) + 1} (a turn of the data has that many candidates). "
                                  f"Got {n_candidates}.")
-            # the true response keeps its place among the first candidates of the file
             pos = candidates.index(response)
             chosen = others[:n_candidates - 1]
             at = min(pos, n_candidates - 1)
-            contexts.append(" ".join(history))
+            contexts.append(history)
             cands.append((chosen[:at] + [response] + chosen[at:], at))
-            history.append(response)
-    return contexts, cands
+            where.append(d.get("line"))
+            history += response
+    return contexts, cands, where
 
 
-def _encode(tok, dialogues, n_candidates, max_length):
-    """Token ids (N, C, L) of every turn's pairs (padded to the longest pair) and the true index (N,)."""
+def _pair_ids(tok, ctx_ids, cand_ids, limit, truncate, where, split):
+    """``<s> ctx </s><s> cand </s>`` (context and candidate tokenised separately, not the
+    tokenizer's pair encoding); a pair over ``limit`` tokens is refused naming its dialogue, or
+    (``truncate``) its context is cut from the left."""
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    over = len(ctx_ids) + len(cand_ids) + 4 - limit
+    if over > 0:
+        if not truncate or over > len(ctx_ids):
+            raise ValueError(f"--data (the 'data' parameter): a (context, candidate) pair of the {split} dialogue "
+                             f"starting at line {where} has {len(ctx_ids) + len(cand_ids) + 4} tokens, more than "
+                             f"the {limit} the model's positions (or max_length) allow; the paper preset refuses "
+                             f"it (the clean preset cuts the context from the left).")
+        ctx_ids = ctx_ids[over:]
+    return [bos] + list(ctx_ids) + [eos, bos] + list(cand_ids) + [eos]
+
+
+def _encode(tok, dialogues, n_candidates, limit, truncate=False, split="train"):
+    """Token ids (N, C, L) of every turn's pairs (right-padded to the longest pair) and the true
+    index (N,)."""
     torch = _torch()
-    contexts, cands = _examples(dialogues, n_candidates)
+    contexts, cands, where = _examples(dialogues, n_candidates)
     texts = sorted(set(contexts) | {c for cs, _ in cands for c in cs})
     ids = dict(zip(texts, tok(texts, add_special_tokens=False)["input_ids"])) if texts else {}
-    bos, eos, pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    pad = tok.pad_token_id
     rows, labels = [], []
-    for ctx, (cs, at) in zip(contexts, cands):
-        c_ids = ids[ctx]
-        row = []
-        for c in cs:
-            cand = ids[c][:max(0, max_length // 2 - 2)]
-            room = max(0, max_length - len(cand) - 4)
-            row.append([bos] + (c_ids[-room:] if room else []) + [eos, eos] + cand + [eos])
-        rows.append(row)
+    for ctx, (cs, at), line in zip(contexts, cands, where):
+        rows.append([_pair_ids(tok, ids[ctx], ids[c], limit, truncate, line, split) for c in cs])
         labels.append(at)
     L = max((len(p) for row in rows for p in row), default=1)
     x = torch.full((len(rows), n_candidates, L), pad, dtype=torch.long)
@@ -865,7 +954,18 @@ def _encode(tok, dialogues, n_candidates, max_length):
     return x, torch.tensor(labels, dtype=torch.long)
 
 
+def _positions(net) -> int:
+    """Tokens a RoBERTa input may hold: its position ids start after the padding id."""
+    return int(net.config.max_position_embeddings - net.config.pad_token_id - 1)
+
+
 _DATA_CACHE: dict = {}
+
+
+def _ft_val(config) -> int:
+    """Fine-tuning validation dialogues: none under ``paper`` (C4: the epoch is chosen on the
+    evaluation dialogues), ``ft_val_dialogues`` under ``clean``."""
+    return 0 if config.preset == "paper" else config.ft_val_dialogues
 
 
 def _split(config, clusters, last, before, split, top):
@@ -888,29 +988,44 @@ def _split(config, clusters, last, before, split, top):
     return out
 
 
+def _dialogues(config):
+    """(train clusters, test clusters) of the config's files: :func:`persona_clusters` of each file
+    (the last dialogue unread under ``paper``, C3), ranked by the turns that train."""
+    train_file, valid_file = _data_paths(config.data)
+    train_map, valid_map = (read_persona_map(p) for p in _map_paths(config.persona_map))
+    keep = config.preset != "paper"
+    tr = persona_clusters(read_personachat(train_file, keep_last=keep), train_map, top=config.n_train_personas,
+                          held_out=config.val_dialogues)
+    te = persona_clusters(read_personachat(valid_file, keep_last=keep), valid_map, top=config.n_test_personas,
+                          held_out=config.eval_dialogues + _ft_val(config))
+    return (_split(config, tr, config.val_dialogues, 0, "train", config.n_train_personas),
+            _split(config, te, config.eval_dialogues, _ft_val(config), "valid", config.n_test_personas))
+
+
 def _data(config):
     """Tokenised tasks of the config's files: (train tasks [(cluster, train, val)], test tasks
-    [(cluster, train, val, eval)]) as (x, y) tensors on the CPU, cached per process."""
-    key = (config.data, config.persona_map, config.model, config.fingerprint, config.n_train_personas,
+    [(cluster, train, val, eval)]) as (x, y) tensors on the CPU, cached per process (under
+    ``paper`` a test task's val is its eval: C4)."""
+    key = (config.data, config.persona_map, config.model, config.fingerprint, config.preset, config.n_train_personas,
            config.n_test_personas, config.val_dialogues, config.eval_dialogues, config.ft_val_dialogues,
            config.n_candidates, config.max_length)
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]
-    train_file, valid_file = _data_paths(config.data)
-    train_map, valid_map = (read_persona_map(p) for p in _map_paths(config.persona_map))
-    tok, _ = _load(str(config.model), config.fingerprint)
-    tr = persona_clusters(read_personachat(train_file), train_map, top=config.n_train_personas)
-    te = persona_clusters(read_personachat(valid_file), valid_map, top=config.n_test_personas)
-    enc = functools.partial(_encode, tok, n_candidates=config.n_candidates, max_length=config.max_length)
-    train = [(cid, enc(a), enc(c)) for cid, a, _, c in _split(config, tr, config.val_dialogues, 0, "train",
-                                                              config.n_train_personas)]
-    test = [(cid, enc(a), enc(b), enc(c)) for cid, a, b, c in _split(config, te, config.eval_dialogues,
-                                                                     config.ft_val_dialogues, "valid",
-                                                                     config.n_test_personas)]
+    tok, net = _load(str(config.model), config.fingerprint)
+    limit = min(config.max_length or _positions(net), _positions(net))
+    tr, te = _dialogues(config)
+    enc = functools.partial(_encode, tok, n_candidates=config.n_candidates, limit=limit,
+                            truncate=config.preset == "clean")
+    train = [(cid, enc(a, split="train"), enc(c, split="train")) for cid, a, _, c in tr]
+    test = []
+    for cid, a, b, c in te:
+        held = enc(c, split="valid")
+        test.append((cid, enc(a, split="valid"), enc(b, split="valid") if b else held, held))
     config.check_data()                  # the bytes just read are those the key names
     _DATA_CACHE.clear()
     _DATA_CACHE[key] = (train, test)
     return train, test
+
 
 
 # ------------------------------------------------------------------------------------------------
@@ -923,7 +1038,7 @@ def _gen(stream, i):
 
 
 class _Sequential:
-    """SR in the paper's order: every batch of task 0, then of task 1, …"""
+    """SR in the paper's order (C1): every batch of task 0, then of task 1, …"""
 
     def __init__(self, loaders):
         self.loaders = loaders
@@ -934,6 +1049,52 @@ class _Sequential:
     def __iter__(self):
         for ld in self.loaders:
             yield from ld
+
+
+class _Shuffled(_Sequential):
+    """SR in the clean order: the same per-task batches (Σ_t len_t of them), the tasks' turns
+    shuffled each epoch by ``generator`` (a uniformly random interleaving of the task sequences)."""
+
+    def __init__(self, loaders, generator):
+        super().__init__(loaders)
+        self.generator = generator
+
+    def __iter__(self):
+        torch = _torch()
+        slots = torch.cat([torch.full((len(ld),), t) for t, ld in enumerate(self.loaders)])
+        order = slots[torch.randperm(len(slots), generator=self.generator)].tolist()
+        iters = [iter(ld) for ld in self.loaders]
+        for t in order:
+            yield next(iters[t])
+
+
+#: The language code's linear schedules (transformers' warm-up schedule, stepped after the
+#: optimiser): retraining under ``paper`` (C2) reaches 0 at this many times len0 × epochs steps;
+#: Reptile's outer schedule warms up over 10 outer steps and reaches 0 at 667; fine-tuning warms
+#: up over one epoch's len_t steps and reaches 0 at 40 len_t.
+C2_END = 6.67
+REPTILE_WARMUP, REPTILE_END = 10, 667
+FT_END = 40
+
+
+def _retrain_optim(config, method, train) -> OptimSpec:
+    """The retraining optimiser and schedule of ``method`` on the task loaders ``train``."""
+    if method == "Reptile":
+        return OptimSpec(epochs=config.reptile_epochs, lr=config.reptile_lr, weight_decay=config.retrain_wd,
+                         optimizer="adamw", schedule="steps", warmup_steps=REPTILE_WARMUP, total_steps=REPTILE_END)
+    if config.preset == "paper":             # C2: from task 0's batch count, whatever the real step count
+        span = len(train[0]) * config.retrain_epochs
+        return OptimSpec(epochs=config.retrain_epochs, lr=config.retrain_lr, weight_decay=config.retrain_wd,
+                         optimizer="adamw", schedule="steps", warmup_steps=config.warmup * span,
+                         total_steps=C2_END * span)
+    return OptimSpec(epochs=config.retrain_epochs, lr=config.retrain_lr, weight_decay=config.retrain_wd,
+                     optimizer="adamw", schedule="linear", warmup=config.warmup)
+
+
+def _finetune_optim(config, batches) -> OptimSpec:
+    """Fine-tuning: AdamW, warm-up over one epoch's ``batches`` steps, 0 at ``FT_END`` epochs' worth."""
+    return OptimSpec(epochs=config.ft_epochs, lr=config.ft_lr, weight_decay=config.ft_wd, optimizer="adamw",
+                     schedule="steps", warmup_steps=batches, total_steps=FT_END * batches)
 
 
 _RETRAIN_CACHE: dict = {}
@@ -980,17 +1141,12 @@ def _retrained(config, method, rank, seed, device, amp):
     val = [BatchLoader(x.to(device), y.to(device), bs) for _, _, (x, y) in train_tasks]
     pooled = None
     if method == "SR":
-        pooled = _Sequential(train) if config.preset == "paper" else BatchLoader.pooled(train)
+        pooled = _Sequential(train) if config.preset == "paper" else _Shuffled(train, _gen(streams[2], len(train)))
     targets = _targets(scorer)
     lora = dataclasses.replace(_specs(config, rank), target_modules=targets)
-    if method == "Reptile":
-        optim = OptimSpec(epochs=config.reptile_epochs, lr=config.reptile_lr, weight_decay=config.retrain_wd,
-                          optimizer="adamw", schedule="constant")
-    else:
-        optim = OptimSpec(epochs=config.retrain_epochs, lr=config.retrain_lr, weight_decay=config.retrain_wd,
-                          optimizer="adamw", schedule="linear", warmup=config.warmup)
+    optim = _retrain_optim(config, method, train)
     reptile = ReptileSpec(inner_steps=config.reptile_inner_steps, inner_lr=config.reptile_inner_lr, sign=1,
-                          inner_optimizer="adamw", inner_weight_decay=config.retrain_wd)
+                          inner_optimizer="adamw", inner_weight_decay=config.retrain_wd, persistent=False)
     res = retrain(scorer, train, method=method, head=HEAD, val=val, pooled=pooled, lora=lora, optim=optim,
                   reptile=reptile, seed=int(streams[2].generate_state(1)[0]), device=device, amp=amp,
                   objective="pairs", task_heads=True, step="task", micro_batch=config.micro_batch or None)
@@ -1078,8 +1234,7 @@ def simulate_convai_chunk(config: ConvAIConfig, value_index: int, trials, device
         va = BatchLoader(xb.to(device), yb.to(device), bs)
         te = BatchLoader(xc.to(device), yc.to(device), bs)
         lora = dataclasses.replace(_specs(config, rank), target_modules=_targets(base))
-        optim = OptimSpec(epochs=config.ft_epochs, lr=config.ft_lr, weight_decay=config.ft_wd, optimizer="adamw",
-                          schedule="constant")
+        optim = _finetune_optim(config, len(tr))
         ft = finetune(base, tr, scheme=scheme, val=va, test=te, head=HEAD, lora=lora, optim=optim,
                       seed=int(streams[3].generate_state(1)[0]) + p, device=device, amp=amp, fresh_head=True,
                       train_head=True, objective="pairs", micro_batch=config.micro_batch or None)
@@ -1102,11 +1257,25 @@ def _mean_se(v):
     return float(v.mean()), (float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan"))
 
 
+def _last_best(history, paper: bool) -> tuple[float, float]:
+    """(last, best) test hits@1 of one fine-tuning history, over the epochs after the first
+    evaluation: ``paper`` (C4) the largest test value, both rounded to 3 decimals as the authors
+    report them; otherwise the test value at the epoch of best validation (the earliest on ties)."""
+    h = history[history["epoch"] > 0] if (history["epoch"] > 0).any() else history
+    test = h[h["split"] == "test"].set_index("epoch")["accuracy"].sort_index()
+    if paper:
+        return round(float(test.iloc[-1]), 3), round(float(test.max()), 3)
+    val = h[h["split"] == "val"].set_index("epoch")["accuracy"].sort_index()
+    return float(test.iloc[-1]), float(test.loc[val.idxmax()])
+
+
 def convai_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per retraining method × fine-tuning scheme × rank × persona, and averaged over the personas
     (``persona == "average"``: each seed's mean over personas, then over seeds): mean and standard
-    error (ddof 1) over seeds of the last-epoch and the best-epoch (chosen on the validation
-    dialogues) hits@1.
+    error (ddof 1) over seeds of the last-epoch and the best-epoch hits@1. The best epoch is one of
+    the training epochs (the evaluation before training excluded), chosen on the validation
+    dialogue (``clean``) or, for rows of the ``paper`` preset, the largest test value (C4; last and
+    best rounded to 3 decimals, as the authors report them).
 
     Parameters
     ----------
@@ -1135,10 +1304,11 @@ def convai_summary(table: pd.DataFrame) -> pd.DataFrame:
         raise ValueError("The 'table' parameter of convai_summary must hold fine-tuning rows (phase 'finetune'). "
                          "Got none.")
     per = []
+    paper = ft["preset"].astype(str) == "paper" if "preset" in ft.columns else pd.Series(False, index=ft.index)
     for (m, s, r, seed, p), g in ft.groupby(["retraining", "finetuning", "rank", "seed", "persona"], observed=True):
-        bl = best_and_last(g)
+        last, best = _last_best(g, bool(paper.loc[g.index].all()))
         per.append({"retraining": m, "finetuning": s, "rank": int(r), "seed": int(seed), "persona": int(p),
-                    "last": bl["last"], "best": bl["best"]})
+                    "last": last, "best": best})
     per = pd.DataFrame(per)
     rows = []
     for (m, s, r), g in per.groupby(["retraining", "finetuning", "rank"], observed=True, sort=False):

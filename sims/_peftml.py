@@ -12,15 +12,19 @@ Retraining (:func:`retrain`):
 - ``"LoRA-ML"``: one peft adapter per task (``task0``, ``task1``, …, ``LoraConfig(r, lora_alpha,
   lora_dropout, target_modules)``), the base trainable beside them; a step activates each task's
   adapter in turn on one batch of that task, back-propagates (the base and that adapter get
-  gradients), and then steps the optimiser once on the base and all adapters.
+  gradients), and then steps the optimiser once on the base and all adapters (``step="round"``,
+  max_t len_t rounds per epoch, a shorter task's loader starting over), or steps after every task
+  batch (``step="task"``: round-robin over the tasks that still have batches, Σ_t len_t steps per
+  epoch).
 - ``"last-layer-ML"``: T copies of the head (fresh initialisations), one body; same step.
 - ``"Reptile"``: per task a copy of θ takes ``inner_steps`` SGD steps, then the outer optimiser
   steps once on the pseudo-gradient ``sign · (θ − θ_t) / T`` (``sign = +1`` moves θ toward θ_t;
-  the authors' code has ``sign = −1``, quirk V3). One outer epoch passes over every task's data
-  once, ``inner_steps`` batches at a time.
+  the authors' code has ``sign = −1``, quirk V3). One outer epoch visits every task once: T
+  outer steps.
 
 The checkpoint with the best mean validation accuracy over tasks (each task evaluated with its own
-adapter or head; SR and Reptile with the base) is returned, never one chosen on a test set.
+adapter or head; SR and Reptile with the base) is returned, never one chosen on a test set: the
+running best starts at 0 and only a strict rise replaces it.
 
 Fine-tuning (:func:`finetune`): a deep copy of θ̂ is frozen and gets a fresh peft adapter
 (``"lora"``: every targeted Linear layer, head included when it is targeted) or a new trainable
@@ -161,14 +165,23 @@ class LoraSpec:
 @dataclass(frozen=True)
 class OptimSpec:
     """Optimiser and schedule of one phase: Adam with L2 weight decay (``"adam"``) or AdamW,
-    learning rate on a cosine schedule over ``epochs`` (stepped per epoch), constant, or
-    ``"linear"``: a linear warm-up over the first ``warmup`` fraction of the optimiser steps, then a
-    linear decay to 0 at the last step (stepped per optimiser step).
+    learning rate on a cosine schedule over ``epochs`` (stepped per epoch), constant, or stepped
+    after every optimiser step:
+
+    - ``"linear"``: step ``s`` (0-based) runs at ``lr·(s + 1)/w`` for ``s < w``, then at
+      ``lr·(S − s)/(S − w)``, where ``S`` is the real number of steps (``epochs`` × steps per
+      epoch) and ``w = round(warmup · S)``: it ends one step short of 0.
+    - ``"steps"``: transformers' linear schedule with warm-up as the authors' language code steps
+      it (after the optimiser): step ``s`` runs at ``lr·s/max(1, w)`` for ``s < w``, then at
+      ``lr·max(0, (Z − s)/max(1, Z − w))``, with ``w = warmup_steps`` and ``Z = total_steps`` given
+      in steps, whatever the real number of steps; the first step runs at lr 0.
 
     Examples
     --------
     >>> OptimSpec(epochs=3, lr=1e-2, optimizer="adamw", schedule="linear", warmup=0.1).schedule
     'linear'
+    >>> OptimSpec(epochs=3, schedule="steps", warmup_steps=10, total_steps=667).total_steps
+    667.0
     """
 
     epochs: int = 10
@@ -177,14 +190,18 @@ class OptimSpec:
     optimizer: str = "adam"
     schedule: str = "cosine"
     warmup: float = 0.0
+    warmup_steps: float = 0.0
+    total_steps: float = 0.0
 
     def __post_init__(self):
         check_int(self.epochs, "epochs", "OptimSpec", low=0)
         check_real(self.lr, "lr", "OptimSpec", low=0.0)
         check_real(self.weight_decay, "weight_decay", "OptimSpec", low=0.0)
         check_choice(self.optimizer, "optimizer", "OptimSpec", ("adam", "adamw"))
-        check_choice(self.schedule, "schedule", "OptimSpec", ("cosine", "constant", "linear"))
+        check_choice(self.schedule, "schedule", "OptimSpec", ("cosine", "constant", "linear", "steps"))
         check_real(self.warmup, "warmup", "OptimSpec", low=0.0, high=1.0)
+        for name in ("warmup_steps", "total_steps"):
+            object.__setattr__(self, name, float(check_real(getattr(self, name), name, "OptimSpec", low=0.0)))
 
 
 @dataclass(frozen=True)
@@ -192,7 +209,9 @@ class ReptileSpec:
     """Reptile's inner loop: ``inner_steps`` steps of ``inner_optimizer`` (``"sgd"``, or
     ``"adamw"`` with ``inner_weight_decay``, a fresh optimiser state per task) at ``inner_lr`` on a
     copy per task; the outer pseudo-gradient is ``sign · (θ − θ_t) / T`` (+1 correct, −1 the
-    authors' vision code, quirk V3).
+    authors' vision code, quirk V3). Each epoch visits every task once (T outer steps). A task's
+    batches come from an iterator that wraps around: made once and kept across visits and epochs
+    (``persistent``, the vision code) or made afresh every epoch (the language code).
 
     Examples
     --------
@@ -205,8 +224,12 @@ class ReptileSpec:
     sign: int = 1
     inner_optimizer: str = "sgd"
     inner_weight_decay: float = 0.0
+    persistent: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.persistent, (bool, np.bool_)):
+            raise ValueError(f"The 'persistent' parameter of ReptileSpec must be a bool. Got {self.persistent!r} "
+                             f"instead.")
         check_int(self.inner_steps, "inner_steps", "ReptileSpec", low=0)
         check_real(self.inner_lr, "inner_lr", "ReptileSpec", low=0.0)
         check_choice(self.inner_optimizer, "inner_optimizer", "ReptileSpec", ("sgd", "adamw"))
@@ -538,6 +561,15 @@ def _optimizer(params, optim: OptimSpec, steps_per_epoch: int = 1):
               **({"fused": True} if fused else {"foreach": True} if foreach else {}))
     if optim.schedule == "cosine" and optim.epochs > 0:
         return opt, _Schedule(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=optim.epochs), False)
+    if optim.schedule == "steps" and optim.epochs > 0:
+        warm, end = optim.warmup_steps, optim.total_steps
+
+        def factor(step):
+            if step < warm:
+                return step / max(1.0, warm)
+            return max(0.0, (end - step) / max(1.0, end - warm))
+
+        return opt, _Schedule(torch.optim.lr_scheduler.LambdaLR(opt, factor), True)
     if optim.schedule == "linear" and optim.epochs > 0:
         total = max(1, optim.epochs * steps_per_epoch)
         warm = int(round(optim.warmup * total))
@@ -933,12 +965,15 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
         params = [p for p in params if p.requires_grad]
     trainable = trainable_count(params)
     if method == "Reptile":
-        m = reptile.inner_steps
-        per_epoch = T * (1 if m == 0 else max(-(-len(ld) // m) for ld in train))
+        per_epoch = T                                  # one outer step per task and epoch
     elif method == "SR" and pooled is not None:
         per_epoch = len(pooled)
+    elif step == "task":
+        per_epoch = sum(len(ld) for ld in train)       # every task batch once, round-robin
     else:
-        per_epoch = max(len(ld) for ld in train) * (T if step == "task" else 1)
+        per_epoch = max(len(ld) for ld in train)
+    # Reptile's per-task batch iterators: kept across epochs (persistent) or made afresh per epoch
+    reptile_iters = [_cycle(ld) for ld in train] if method == "Reptile" and reptile.persistent else None
     opt, sched = _optimizer(params, optim, per_epoch)
 
     modes = _Modes(net, extra=heads if heads is not None else ())
@@ -958,12 +993,15 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
         return state
 
     rows = [{"epoch": 0, "val_accuracy": evaluate(), "train_loss": float("nan")}]
-    best, best_epoch, best_state = rows[0]["val_accuracy"], 0, snapshot()
+    # the running best starts at 0 and a strict rise replaces it: the untrained model is returned
+    # only when no epoch beats 0
+    best, best_epoch, best_state = 0.0, 0, snapshot()
     modes.set(True)
     for epoch in range(1, optim.epochs + 1):
         losses = []
         if method == "Reptile":
-            _reptile_epoch(net, train, opt, reptile, T, device, amp, losses, objective, sched, micro_batch)
+            _reptile_epoch(net, train, opt, reptile, T, device, amp, losses, objective, sched, micro_batch,
+                           reptile_iters)
         elif method == "SR" and pooled is not None:
             for batch in pooled:
                 opt.zero_grad(set_to_none=True)
@@ -972,9 +1010,13 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
                 sched.batch()
                 losses.append(loss.detach())
         elif step == "task":
-            iters = [_cycle(ld) for ld in train]
-            for _ in range(max(len(ld) for ld in train)):
+            # round-robin over the tasks that still have batches, until each task's are used once
+            iters = [iter(ld) for ld in train]
+            counts = [len(ld) for ld in train]
+            for r in range(max(counts)):
                 for t in range(T):
+                    if r >= counts[t]:
+                        continue
                     opt.zero_grad(set_to_none=True)
                     activate(t)
                     loss = _backward(fwd, next(iters[t]), device, amp, objective, micro_batch)
@@ -1026,11 +1068,13 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
 
 
 def _reptile_epoch(net, train, opt, reptile: ReptileSpec, T, device, amp, losses, objective="classify",
-                   sched=None, micro_batch=None):
+                   sched=None, micro_batch=None, iters=None):
+    """One outer epoch: each task visited once (``inner_steps`` inner steps on a copy, one outer
+    step); ``iters``: per-task batch iterators kept across epochs (None: made afresh here)."""
     torch = _torch()
     m = reptile.inner_steps
-    rounds = 1 if m == 0 else max(-(-len(ld) // m) for ld in train)
-    iters = [_cycle(ld) for ld in train]
+    rounds = 1
+    iters = [_cycle(ld) for ld in train] if iters is None else iters
     params = [p for p in net.parameters() if p.requires_grad]
     # One copy of θ per epoch, reset to θ in place before each task (what a fresh deep copy per
     # task held: the same values, train mode, a stateless SGD).
@@ -1210,10 +1254,11 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
             else None
 
         def record(epoch):
+            acc = {}
             for split, ld in (("val", val), ("test", test)):
-                rows.append({"epoch": epoch, "split": split,
-                             "accuracy": _accuracy(fwd, ld, device, amp, modes=modes, cache=cache,
-                                                   objective=objective)})
+                if id(ld) not in acc:            # one loader as both splits is evaluated once
+                    acc[id(ld)] = _accuracy(fwd, ld, device, amp, modes=modes, cache=cache, objective=objective)
+                rows.append({"epoch": epoch, "split": split, "accuracy": acc[id(ld)]})
 
         try:
             record(0)

@@ -118,7 +118,7 @@ def _materialize(value, tmp_path: Path):
     elif value.kind == "convai-train":
         return sims.write_convai(path, train_sizes=(3, 2), valid_sizes=(4,), turns=1) / "train_self_original.txt"
     elif value.kind == "convai-map":
-        return sims.write_convai(path, train_sizes=(3, 2), valid_sizes=(4,), turns=1) / "train_persona_map.pkl"
+        return sims.write_convai(path, train_sizes=(3, 2), valid_sizes=(4,), turns=1) / "train_persona_map"
     elif value.kind == "convai-model":
         return _convai_files()[1]
     return path
@@ -382,9 +382,9 @@ def _bases():
                                                                persona_map=TmpPath("convai-data"),
                                                                model=TmpPath("convai-model"))),
         "convai_summary": (sims.convai_summary, dict(table=_convai_table())),
-        "persona_description": (sims.persona_description, dict(sentences=("i like dogs.", "i ski."))),
-        "persona_clusters": (sims.persona_clusters, dict(dialogues=[{"persona": ("a.",), "turns": ()}] * 2,
-                                                         persona_map={1: {"a."}}, top=2)),
+        "persona_key": (sims.persona_key, dict(sentences=(" i like dogs.", " i ski."))),
+        "persona_clusters": (sims.persona_clusters, dict(dialogues=[{"persona": ("a",), "turns": ()}] * 2,
+                                                         persona_map={1: [("a",)]}, top=2, held_out=0)),
         "read_persona_map": (sims.read_persona_map, dict(path=TmpPath("convai-map"))),
         "read_personachat": (sims.read_personachat, dict(path=TmpPath("convai-train"))),
         "simulate_convai_chunk": (sims.simulate_convai_chunk, dict(config=_tiny_convai(), value_index=0, trials=(0,),
@@ -1036,6 +1036,8 @@ CLI_ACCEPTED = {
     ("sweep linear", "--vary", "sigma"): "a numeric field; --values 2 is a valid sigma",
     ("realdata digits", "--seeds", "0"): "a seed",
     ("realdata digits", "--seeds", "1000000000000"): "a seed",
+    **{("realdata digits", "--set", f"data_seed={v}"): "any int in [0, 2**63) seeds the paper preset's one "
+       "augmentation" for v in ("1000000000000",)},
     ("realdata digits", "--epochs", "0"): "no retraining epochs: the initial model",
     ("realdata digits", "--reptile-epochs", "0"): "no Reptile epochs",
     ("realdata digits", "--ft-epochs", "0"): "no fine-tuning epochs",

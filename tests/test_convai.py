@@ -42,64 +42,123 @@ def _config(data, model, **kw):
 
 
 # ------------------------------------------------------------------------------------------------
-# Reading and splitting
+# Reading and splitting: the genuine formats
 
 
-def test_reader_counts_clusters_and_splits(files):
-    """Counts of a generated file with known structure. Rules out: a dialogue split at the wrong
-    line (count ≠ 24), cluster 0 or the one-dialogue cluster kept (5 or 6 clusters instead of 4),
-    an unstable size order (2 before 3 on a tie), the held-out dialogues taken from the front or
-    of the wrong number, persona text in a context, the true candidate dropped or duplicated."""
+def test_persona_maps_are_written_and_read_in_the_genuine_format(files, tmp_path):
+    """``write_convai`` writes the genuine persona maps: files without extension, a protocol-4
+    pickle of one dict with numpy.int32 keys (not in id order), each value a list of members, each
+    member a sorted list of str without a trailing "." or space. The reader accepts exactly that
+    and refuses the project's former format (a dict of sets of description strings), naming the
+    flag. A dialogue's persona as the parser reads it (sentences in file order, with their ".")
+    equals a member once its key is made (rules out the mismatch that put every dialogue in cluster
+    0: file order kept, the "." kept)."""
+    data, _ = files
+    for split in ("train", "valid"):
+        raw_bytes = (data / f"{split}_persona_map").read_bytes()
+        assert raw_bytes[:2] == b"\x80\x04"                       # pickle protocol 4
+        raw = pickle.loads(raw_bytes)
+        assert all(type(k) is np.int32 for k in raw)
+        assert sorted(int(k) for k in raw) == list(range(len(raw))) and list(map(int, raw)) != sorted(map(int, raw))
+        for members in raw.values():
+            assert isinstance(members, list) and members
+            for m in members:
+                assert isinstance(m, list) and m == sorted(m) and all(isinstance(s, str) for s in m)
+                assert not any(s.endswith((".", " ")) for s in m)
+    text = (data / "train_self_original.txt").read_text().splitlines()
+    persona = [line.split("your persona:", 1)[1] for line in text[:3] if "your persona:" in line]
+    assert persona and all(p.startswith(" ") and p.endswith(".") for p in persona)
+    tmap = sims.read_persona_map(data / "train_persona_map")
+    assert sims.persona_key(persona) in [m for ms in tmap.values() for m in ms]
+    assert tuple(p.strip() for p in persona) not in [m for ms in tmap.values() for m in ms]
+    old = tmp_path / "old_map"
+    old.write_bytes(pickle.dumps({1: {"i like dogs. i ski."}}))
+    with pytest.raises(ValueError, match="--persona-map .* is not a persona map"):
+        sims.read_persona_map(old)
+    assert C._map_paths(data) == (data / "train_persona_map", data / "valid_persona_map")
+
+
+def test_clusters_group_dialogues_by_persona_and_hold_out_the_last_ones(files):
+    """On the default generated files (train clusters of 6, 5, 5, 4 dialogues, 3 turns each, the
+    two personas of a cluster alternating in the file): a cluster's dialogues are grouped by exact
+    persona in order of first appearance (rules out file order, under which the held-out
+    dialogues would mix both personas); cluster 0, the unmatched persona and the one-dialogue
+    cluster are dropped; the held-out dialogues are the last n of that order; C3: the file's last
+    dialogue (cluster 1's) is read under clean and unread under paper."""
     data, model = files
     train = sims.read_personachat(data / "train_self_original.txt")
     assert len(train) == 6 + 5 + 5 + 4 + 2 + 1 + 1
-    assert all(len(d["turns"]) == 3 and len(d["persona"]) in (1, 2) for d in train)
-    assert all(len(c) == 20 and r in c for d in train for _, r, c in d["turns"])
-    tmap = sims.read_persona_map(data / "train_persona_map.pkl")
-    clusters = sims.persona_clusters(train, tmap, top=10)
+    assert all(len(d["turns"]) == 3 for d in train) and all(len(c) == 20 and r in c for d in train
+                                                               for _, r, c in d["turns"])
+    tmap = sims.read_persona_map(data / "train_persona_map")
+    clusters = sims.persona_clusters(train, tmap, top=10, held_out=3)
     assert [(cid, len(ds)) for cid, ds in clusters] == [(1, 6), (2, 5), (3, 5), (4, 4)]
-    assert [cid for cid, _ in sims.persona_clusters(train, tmap, top=2)] == [1, 2]
-    # each cluster's dialogues in file order: the persona alternates between its two descriptions
-    first = clusters[0][1]
-    assert [C.persona_description(d["persona"]) for d in first[:2]] != [C.persona_description(first[0]["persona"])] * 2
-
-    cfg = _config(data, model)
-    tr, te = C._data(cfg)
-    turns = 3
-    # T = 3 retraining personas (clusters 1, 2, 3), the last 3 dialogues of each for validation
-    assert [cid for cid, _, _ in tr] == [1, 2, 3]
-    assert [(len(a[1]), len(v[1])) for _, a, v in tr] == [(3 * turns, 3 * turns), (2 * turns, 3 * turns),
-                                                           (2 * turns, 3 * turns)]
-    # 2 test personas (valid clusters 1, 2): the last 2 dialogues evaluate, the one before validates
-    assert [cid for cid, *_ in te] == [1, 2]
-    assert [(len(a[1]), len(b[1]), len(c[1])) for _, a, b, c in te] == [(3 * turns, turns, 2 * turns),
-                                                                         (2 * turns, turns, 2 * turns)]
-    # the held-out dialogues are the cluster's last ones, in order
-    valid = sims.read_personachat(data / "valid_self_original.txt")
-    vmap = sims.read_persona_map(data / "valid_persona_map.pkl")
-    last2 = sims.persona_clusters(valid, vmap)[0][1][-2:]
-    contexts, cands = C._examples(last2, 20)
-    u = [t[0] for t in last2[0]["turns"]]
-    r = [t[1] for t in last2[0]["turns"]]
-    assert contexts[:3] == [u[0], f"{u[0]} {r[0]} {u[1]}", f"{u[0]} {r[0]} {u[1]} {r[1]} {u[2]}"]
-    assert not any("persona" in c for c in contexts)
-    assert all(len(cs) == 20 and cs[at] == resp for (cs, at), resp in zip(cands, r))
-    assert all(cs.count(cs[at]) == 1 for cs, at in cands)
+    one = clusters[0][1]
+    keys = [d["persona"] for d in one]
+    assert keys == [keys[0]] * 3 + [keys[3]] * 3 and keys[0] != keys[3]          # grouped, 3 + 3
+    assert [d["line"] for d in one[:3]] == sorted(d["line"] for d in one[:3])    # each persona's in file order
+    assert [d["line"] for d in one] != sorted(d["line"] for d in one)            # not file order
+    assert train[-1] is one[-1]                                                  # the file ends with cluster 1's
+    for preset, n_one in (("clean", 6), ("paper", 5)):
+        cfg = _config(data, model, preset=preset)
+        tr, te = C._dialogues(cfg)
+        assert [cid for cid, *_ in tr] == [1, 2, 3]
+        cid, rest, _, held = tr[0]
+        assert len(rest) + len(held) == n_one and len(held) == 3
+        clusters = sims.persona_clusters(sims.read_personachat(data / "train_self_original.txt",
+                                                               keep_last=preset == "clean"), tmap, held_out=3)
+        assert [d["line"] for d in held] == [d["line"] for d in clusters[0][1][-3:]]
+        # fine-tuning: the last 2 evaluate; paper trains on all the others, clean holds one out to choose the epoch
+        ft = [(len(a), len(b), len(c)) for _, a, b, c in te]
+        # (valid clusters of 6, 5, 4 dialogues; under paper cluster 1 loses the file's last one)
+        assert ft == ([(3, 0, 2), (3, 0, 2)] if preset == "paper" else [(3, 1, 2), (2, 1, 2)])
 
 
-def test_persona_map_as_one_file_with_tuples_gives_the_same_clusters(files, tmp_path):
-    """A single map file for both splits, descriptions as tuples of sentences with odd spacing:
-    rules out a description compared without normalisation or a folder-only reader."""
-    data, _ = files
-    tmap = pickle.loads((data / "train_persona_map.pkl").read_bytes())
-    merged = {c: {tuple("  " + part for part in re.split(r"(?<=\.) ", s)) for s in descs} for c, descs in tmap.items()}
-    path = tmp_path / "persona_map"
-    path.write_bytes(pickle.dumps(merged))
+def test_clusters_are_ranked_by_training_turns_then_by_id(tmp_path):
+    """Cluster 1 has 3 dialogues of 5 turns, cluster 2 has 4 of 2: by turns 1 comes first (15 > 8),
+    by dialogues 2 would (rules out the former ranking by dialogue count). Holding out 3 dialogues
+    leaves cluster 1 no training turn and cluster 2 two: the order flips (rules out counting the
+    held-out turns). Equal turns: the smaller id first even when the larger id appears first in the
+    file (rules out an order of appearance)."""
+    data = sims.write_convai(tmp_path / "a", train_sizes=(3, 4), valid_sizes=(2, 2), turns=(5, 2), n_candidates=2,
+                             vocab=3)
+    dialogues = sims.read_personachat(data / "train_self_original.txt")
+    tmap = sims.read_persona_map(data / "train_persona_map")
+    assert [c for c, _ in sims.persona_clusters(dialogues, tmap)] == [1, 2]
+    assert [c for c, _ in sims.persona_clusters(dialogues, tmap, held_out=3)] == [2, 1]
+    tie = sims.write_convai(tmp_path / "b", train_sizes=(2, 2), valid_sizes=(2, 2), turns=1, n_candidates=2, vocab=3)
+    dialogues = sims.read_personachat(tie / "train_self_original.txt")[::-1]
+    tmap = sims.read_persona_map(tie / "train_persona_map")
+    assert dialogues[0]["persona"] in tmap[2] or dialogues[0]["persona"] not in tmap[1]
+    assert [c for c, _ in sims.persona_clusters(dialogues, tmap)] == [1, 2]
+
+
+def test_pair_ids_are_two_separately_encoded_sequences_and_long_pairs_are_refused(files):
+    """The ids of a pair are <s> ctx </s><s> cand </s> with the context the turns' text concatenated
+    without a separator (rules out the tokenizer's pair encoding, which puts </s></s> in between,
+    and a separator between utterances); a pair over the limit is refused naming its dialogue's line
+    under paper, and cut from the left of its context under clean (the candidate and the context's
+    last tokens kept)."""
+    data, model = files
+    tok, _ = C._load(str(model))
     train = sims.read_personachat(data / "train_self_original.txt")
-    want = sims.persona_clusters(train, sims.read_persona_map(data / "train_persona_map.pkl"))
-    got = sims.persona_clusters(train, sims.read_persona_map(path))
-    assert [(c, len(d)) for c, d in got] == [(c, len(d)) for c, d in want]
-    assert C._map_paths(path) == (path, path)
+    d = train[0]
+    (u1, r1, _), (u2, r2, cands2) = d["turns"][:2]
+    x, y = C._encode(tok, [d], 20, 158)
+    ctx = u1 + r1 + u2
+    assert "." + r1[:2] in ctx                            # utterances end with " ." and nothing joins them
+    want = lambda c: [0] + tok(ctx, add_special_tokens=False)["input_ids"] + [2, 0] + \
+        tok(c, add_special_tokens=False)["input_ids"] + [2]       # noqa: E731
+    for j in (0, int(y[1])):
+        row = x[1, j][x[1, j] != tok.pad_token_id].tolist()
+        assert row == want(cands2[j]) and row.count(2) == 2
+    assert cands2[int(y[1])] == r2
+    n = len(want(cands2[0]))
+    with pytest.raises(ValueError, match=f"dialogue starting at line {d['line']} has {n} tokens"):
+        C._encode(tok, [d], 20, n - 3)
+    cut, _ = C._encode(tok, [d], 20, n - 3, truncate=True)
+    row = cut[1, 0][cut[1, 0] != tok.pad_token_id].tolist()
+    assert row == [0] + want(cands2[0])[4:]                # the context's first 3 tokens dropped
 
 
 # ------------------------------------------------------------------------------------------------
@@ -254,7 +313,7 @@ def test_the_files_read_are_part_of_every_key_and_a_changed_file_is_refused(file
     assert (a.key, a.chunk_key(0, (0,)), a.retrain_key("SR", 0, 0)) == \
         (b.key, b.chunk_key(0, (0,)), b.retrain_key("SR", 0, 0))
     assert {e[0] for e in a.data_files} >= {"data/train_self_original.txt", "data/valid_self_original.txt",
-                                            "persona_map/train_persona_map.pkl", "model/tokenizer.json"}
+                                            "persona_map/train_persona_map", "model/tokenizer.json"}
     C._data(b)                                           # b's data read and cached in this process
     path = copy_data / "valid_self_original.txt"
     text = path.read_text()
@@ -272,8 +331,8 @@ def test_the_files_read_are_part_of_every_key_and_a_changed_file_is_refused(file
         c.check_data()
     read = C.read_personachat
 
-    def read_while_written(file):
-        out = read(file)
+    def read_while_written(file, **options):
+        out = read(file, **options)
         with open(copy_data / "train_self_original.txt", "a") as fh:
             fh.write("\n")
         return out
@@ -328,7 +387,7 @@ def test_lora_ml_then_lora_finetuning_learns_the_generated_task(tmp_path):
 
 
 def test_a_chunk_is_the_same_whether_retraining_is_computed_or_loaded(files, tmp_path):
-    """Persona 1's chunk three ways: retraining computed (and saved), loaded from the checkpoint
+    """Persona 0's chunk (retraining rows included) three ways: retraining computed (and saved), loaded from the checkpoint
     folder in a 'fresh process' (the in-memory cache cleared), and computed without a folder.
     Rules out numbers that depend on how a chunk was resumed: torch's global random state after
     retraining leaking into fine-tuning, a checkpoint saved before the best epoch was restored, an
@@ -339,34 +398,12 @@ def test_a_chunk_is_the_same_whether_retraining_is_computed_or_loaded(files, tmp
 
     data, model = files
     cfg = _config(data, model, methods=("LoRA-ML",), finetuning=("lora",), ranks=(2,), retrain_epochs=2,
-                  ft_epochs=2, retrain_lr=3e-3, ft_lr=3e-3, checkpoint_dir=str(tmp_path / "ck"))
+                  ft_epochs=2, retrain_lr=3e-3, ft_lr=3e-3, n_candidates=4, checkpoint_dir=str(tmp_path / "ck"))
     frames = []
     for c in (cfg, cfg, dataclasses.replace(cfg, checkpoint_dir="")):
         C._RETRAIN_CACHE.clear()
-        frames.append(sims.simulate_convai_chunk(c, 0, (1,), device="cpu"))
+        frames.append(sims.simulate_convai_chunk(c, 0, (0,), device="cpu"))
     assert len(list((tmp_path / "ck").iterdir())) == 1
     pd.testing.assert_frame_equal(frames[0], frames[1], check_exact=True)
     pd.testing.assert_frame_equal(frames[0], frames[2], check_exact=True)
     assert frames[0]["accuracy"].nunique() > 1            # the numbers move: the comparison is not vacuous
-
-
-def test_presets_differ_only_in_the_order_sr_visits_the_tasks(files):
-    """``paper`` (SR: all of task 0, then task 1, …) and ``clean`` (SR: shuffled pooled batches)
-    give different SR retraining and identical LoRA-ML retraining. Rules out a preset that is not
-    wired to SR, or that leaks into the other methods."""
-    import numpy.testing as npt
-
-    data, model = files
-    hist = {}
-    for preset in ("paper", "clean"):
-        cfg = _config(data, model, preset=preset, methods=("SR", "LoRA-ML"), finetuning=("lora",), ranks=(2,),
-                      retrain_epochs=2, retrain_lr=3e-3)
-        for method in ("SR", "LoRA-ML"):
-            C._RETRAIN_CACHE.clear()
-            base, h = C._retrained(cfg, method, 2, 0, torch.device("cpu"), False)
-            hist[preset, method] = (h["train_loss"].to_numpy()[1:], torch.cat([p.flatten() for p in base.parameters()]))
-    npt.assert_array_equal(hist["paper", "LoRA-ML"][0], hist["clean", "LoRA-ML"][0])
-    assert torch.equal(hist["paper", "LoRA-ML"][1], hist["clean", "LoRA-ML"][1])
-    assert not np.array_equal(hist["paper", "SR"][0], hist["clean", "SR"][0])
-    seq = C._Sequential([[("a", 0), ("b", 0)], [("c", 1)]])
-    assert len(seq) == 3 and [b[0] for b in seq] == ["a", "b", "c"]

@@ -171,13 +171,13 @@ def _no_foreach(real, params, optim, *steps):
 
 
 def _reptile_epoch_deepcopy(net, train, opt, reptile, T, device, amp, losses, objective="classify", sched=None,
-                            micro_batch=None):
-    """Reptile's epoch as first written: a fresh deep copy of θ per task."""
+                            micro_batch=None, iters=None):
+    """Reptile's epoch as first written: a fresh deep copy of θ per task, each task visited once."""
     from sims._peftml import _cycle, _loss
 
     m = reptile.inner_steps
-    rounds = 1 if m == 0 else max(-(-len(ld) // m) for ld in train)
-    iters = [_cycle(ld) for ld in train]
+    rounds = 1
+    iters = [_cycle(ld) for ld in train] if iters is None else iters
     params = [p for p in net.parameters() if p.requires_grad]
     for _ in range(rounds):
         for t in range(T):
@@ -414,15 +414,20 @@ def test_digits_table_is_deterministic_and_resumes_from_the_store(tmp_path):
 def test_paper_preset_changes_the_numbers_where_its_quirks_act():
     clean = sims.run(_tiny_digits(values=("SR", "Reptile"), reptile_lr=0.05), progress=False)
     paper = sims.run(_tiny_digits(values=("SR", "Reptile"), reptile_lr=0.05, preset="paper"), progress=False)
-    key = ["retraining", "phase", "finetuning"]
+    key = ["retraining", "phase", "finetuning", "split"]
     same = (clean["accuracy"].to_numpy() == paper["accuracy"].to_numpy())
     frame = clean[key].assign(same=same)
     # V1 (biases dropped under LoRA) changes SR's LoRA fine-tuning; SR's retraining and
-    # last-layer fine-tuning are untouched; V3 (Reptile's sign) changes Reptile's base, seen
-    # through its last-layer fine-tuning.
+    # last-layer fine-tuning are untouched (V4 scores its epochs on the test split: the val rows
+    # of paper are its test rows); V3 (Reptile's sign) changes Reptile's base, seen through its
+    # last-layer fine-tuning.
     sr = frame[frame["retraining"] == "SR"]
     assert sr[sr["phase"] == "retrain"]["same"].all()
-    assert sr[sr["finetuning"] == "last-layer"]["same"].all()
+    assert sr[(sr["finetuning"] == "last-layer") & (sr["split"] == "test")]["same"].all()
+    assert not sr[(sr["finetuning"] == "last-layer") & (sr["split"] == "val")]["same"].all()
+    ft = paper[paper["phase"] == "finetune"]
+    np.testing.assert_array_equal(ft[ft["split"] == "val"]["accuracy"].to_numpy(),
+                                  ft[ft["split"] == "test"]["accuracy"].to_numpy())
     assert not sr[sr["finetuning"] == "lora"]["same"].all()
     rep = frame[(frame["retraining"] == "Reptile") & (frame["finetuning"] == "last-layer")]
     assert not rep["same"].all()
@@ -435,13 +440,16 @@ def test_vision_path_end_to_end_on_generated_cifar_files(tmp_path):
                               ft_batch_size=16, values=("LoRA-ML", "last-layer-ML"), preset="paper")
     table = sims.run(cfg, store=tmp_path / "store", progress=False, device="cpu")
     ft = table[table["phase"] == "finetune"]
-    assert set(ft["n_finetune"]) == {120 - 20}                       # 60 per class, 20 held out
+    assert set(ft["n_finetune"]) == {120}          # 60 per class, all fine-tune under paper (V4)
     assert ((ft["accuracy"] >= 0) & (ft["accuracy"] <= 1)).all()
     assert len(list((tmp_path / "store").glob("realdata-*/chunk-*.parquet"))) == 2
     with pytest.raises(ValueError, match="--data-root"):
         sims.run(cfg.__class__(**{**cfg.to_dict(), "data_root": str(tmp_path / "none")}), progress=False)
-    with pytest.raises(ValueError, match="'n_finetune'.*at most 100"):
-        sims.run(cfg.__class__(**{**cfg.to_dict(), "n_finetune": (101,)}), progress=False)
+    with pytest.raises(ValueError, match="'n_finetune'.*at most 120"):
+        sims.run(cfg.__class__(**{**cfg.to_dict(), "n_finetune": (121,)}), progress=False)
+    clean = cfg.__class__(**{**cfg.to_dict(), "preset": "clean"})
+    with pytest.raises(ValueError, match="'n_finetune'.*at most 100"):       # clean: 20 held out to validate
+        sims.run(clean.__class__(**{**clean.to_dict(), "n_finetune": (101,)}), progress=False)
 
 
 # ------------------------------------------------------------------------------------------------
