@@ -146,6 +146,7 @@ def test_pair_ids_are_two_separately_encoded_sequences_and_long_pairs_are_refuse
     (u1, r1, _), (u2, r2, cands2) = d["turns"][:2]
     x, y = C._encode(tok, [d], 20, 158)
     ctx = u1 + r1 + u2
+    assert C._examples([d], 20)[0][1] == ctx
     assert "." + r1[:2] in ctx                            # utterances end with " ." and nothing joins them
     want = lambda c: [0] + tok(ctx, add_special_tokens=False)["input_ids"] + [2, 0] + \
         tok(c, add_special_tokens=False)["input_ids"] + [2]       # noqa: E731
