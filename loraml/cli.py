@@ -118,14 +118,15 @@ def _parser() -> argparse.ArgumentParser:
     rd.add_argument("--data", type=Path,
                     help="convai: folder with train_self_original.txt and valid_self_original.txt (PersonaChat)")
     rd.add_argument("--persona-map", type=Path,
-                    help="convai: pickled dict cluster id -> set of persona descriptions, one file for both splits "
-                         "or a folder with train_persona_map.pkl and valid_persona_map.pkl")
+                    help="convai: a persona-map pickle (dict of numpy.int32 cluster ids to lists of members, each "
+                         "a persona's sorted sentences without their last character), one file for both splits "
+                         "or a folder with train_persona_map and valid_persona_map")
     rd.add_argument("--model", type=Path,
                     help="convai: local RoBERTa checkpoint folder with its tokenizer (save_pretrained of roberta-base)")
     rd.add_argument("--ranks", type=int, nargs="+",
                     help="convai: LoRA ranks (default 1 4 8 12 16)")
     rd.add_argument("--preset", choices=("paper", "clean"), default="clean",
-                    help="'paper' keeps the authors'-code quirks (vision V1-V3; convai: SR visits the tasks in order), "
+                    help="'paper' keeps the authors'-code quirks (vision V1-V4 and V6; convai C1-C4), "
                          "'clean' fixes them (default)")
     rd.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default 0 1 2 3 4)")
     rd.add_argument("--methods", nargs="+", choices=("SR", "LoRA-ML", "last-layer-ML", "Reptile"),

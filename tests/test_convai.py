@@ -242,7 +242,9 @@ def test_frozen_roberta_is_bit_identical_after_finetuning(files, scheme):
 
 
 def test_cli_convai_end_to_end_writes_the_tables_and_resumes(files, tmp_path, capsys):
-    """The whole command at tiny size (2 seeds, 2 ranks, every method and scheme): the store holds
+    """The whole command at tiny size (2 seeds, 2 ranks, every method and scheme) on files in the
+    genuine formats (PersonaChat text, persona maps of numpy.int32 keys) and a tiny random RoBERTa,
+    under a minute: the store holds
     one chunk per (value, seed, persona), the tables and the figure are written, and a rerun
     computes nothing (rules out chunk keys that change between runs, or retraining not reused)."""
     data, model = files
@@ -250,6 +252,7 @@ def test_cli_convai_end_to_end_writes_the_tables_and_resumes(files, tmp_path, ca
     argv = ["realdata", "convai", "--data", str(data), "--persona-map", str(data), "--model", str(model),
             "--ranks", "1", "2", "--seeds", "0", "1", "--epochs", "1", "--reptile-epochs", "1", "--ft-epochs", "1",
             "--set", "n_train_personas=3", "--set", "n_test_personas=2", "--set", "reptile_inner_steps=2",
+            "--set", "n_candidates=4",
             "--store", str(store), "--out", str(out), "--executor", "serial", "--quiet"]
     assert cli.main(argv) == 0
     (folder,) = store.iterdir()
@@ -362,21 +365,21 @@ def test_lora_ml_then_lora_finetuning_learns_the_generated_task(tmp_path):
     above chance.
 
     Threshold from a binomial bound: the evaluation holds n = 2 personas x 2 dialogues x 4 turns =
-    16 contexts of 20 candidates. A model no better than chance (hits@1 probability 1/20 per context,
-    independent) has P(X ≥ k) for X ~ Binomial(16, 1/20); k = 6 is the smallest count with
-    P(X ≥ 6) < 1e-4 (it is 8.1e-5; P(X ≥ 5) = 8.6e-4), so hits@1 ≥ 6/16 = 0.375 rules out chance
-    at that level. Seen to fail when the label is put on the wrong candidate (one_hot of
-    (y + 1) mod 20 in the pair loss). It does not rule out ranking by the class-0 logit: the
-    2-class cross-entropy leaves a shift common to both logits free, and here the true pair's
-    class-0 logit rose too."""
+    16 contexts of 4 candidates. A model no better than chance (hits@1 probability 1/4 per context,
+    independent) has P(X ≥ k) for X ~ Binomial(16, 1/4); k = 12 is the smallest count with
+    P(X ≥ 12) < 1e-4, so hits@1 ≥ 12/16 = 0.75 rules out chance at that level. Seen to fail when
+    the label is put on the wrong candidate (one_hot of (y + 1) mod C in the pair loss). It does
+    not rule out ranking by the class-0 logit: the 2-class cross-entropy leaves a shift common to
+    both logits free."""
     from scipy.stats import binom
 
-    n = 2 * 2 * 4
-    k = next(k for k in range(n + 1) if binom.sf(k - 1, n, 1 / 20) < 1e-4)
-    assert k == 6
+    n, chance = 2 * 2 * 4, 1 / 4
+    k = next(k for k in range(n + 1) if binom.sf(k - 1, n, chance) < 1e-4)
+    assert k == 12
     data, model = convai_files(tmp_path, train_sizes=(10, 10, 10), valid_sizes=(10, 10), turns=4, rng=1)
-    cfg = _config(data, model, methods=("LoRA-ML",), finetuning=("lora",), ranks=(4,), retrain_epochs=15,
-                  retrain_lr=3e-3, warmup=0.0, lora_dropout=0.0, ft_epochs=10, ft_lr=3e-3, chunk_trials=0)
+    cfg = _config(data, model, methods=("LoRA-ML",), finetuning=("lora",), ranks=(4,), retrain_epochs=10,
+                  retrain_lr=3e-3, warmup=0.0, lora_dropout=0.0, ft_epochs=10, ft_lr=3e-3, chunk_trials=0,
+                  n_candidates=4)
     table = sims.run(cfg, executor="serial", progress=False, device="cpu")
     s = sims.convai_summary(table)
     avg = s[s["persona"] == "average"]["last_mean"].iloc[0]
