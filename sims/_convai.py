@@ -1178,7 +1178,7 @@ def simulate_convai_chunk(config: ConvAIConfig, value_index: int, trials, device
                           amp: bool | None = None) -> pd.DataFrame:
     """Retrain with one value's method (once per seed, reused), fine-tune on each trial's test
     persona; return the tidy table (see the module docstring). ``device`` defaults to CUDA when
-    available; ``amp`` (bfloat16 autocast) to on for CUDA.
+    available; ``amp`` (bfloat16 autocast) to off: spec §3 trains in float32.
 
     Parameters
     ----------
@@ -1191,7 +1191,7 @@ def simulate_convai_chunk(config: ConvAIConfig, value_index: int, trials, device
     device : str, optional
         Torch device; None: CUDA when available, else the CPU.
     amp : bool, optional
-        bfloat16 autocast; None: on for CUDA.
+        bfloat16 autocast; None: off (the protocol trains in float32, without mixed precision).
 
     Examples
     --------
@@ -1213,7 +1213,7 @@ def simulate_convai_chunk(config: ConvAIConfig, value_index: int, trials, device
     device = _check_device(("cuda" if torch.cuda.is_available() else "cpu") if device is None else device, func)
     if amp is not None and not isinstance(amp, (bool, np.bool_)):
         raise ValueError(f"The 'amp' parameter of {func} must be a bool or None. Got {amp!r} instead.")
-    amp = device.type == "cuda" if amp is None else bool(amp)
+    amp = False if amp is None else bool(amp)
     config.check_data()                  # the files are those the keys name (before any training)
     method, scheme, rank = config.value_spec(value_index)
     frames = []

@@ -1293,7 +1293,8 @@ def _check_history(table, name, func, columns):
 
 def best_and_last(history: pd.DataFrame) -> dict:
     """Last-epoch test accuracy and the test accuracy at the epoch of best validation accuracy
-    (the earliest on ties) of one fine-tuning history.
+    (the earliest on ties) of one fine-tuning history. The best epoch is one of the training
+    epochs: the evaluation before training (epoch 0) is a candidate only when no epoch follows it.
 
     Parameters
     ----------
@@ -1306,10 +1307,13 @@ def best_and_last(history: pd.DataFrame) -> dict:
     ...                         "accuracy": [0.5, 0.5, 0.9, 0.7, 0.9, 0.8]})
     >>> best_and_last(history)          # validation peaks first at epoch 1
     {'last': 0.8, 'best': 0.7, 'best_epoch': 1, 'epochs': 2}
+    >>> best_and_last(history.assign(accuracy=[0.95, 0.9, 0.9, 0.7, 0.6, 0.8]))   # epoch 0 is no candidate
+    {'last': 0.8, 'best': 0.7, 'best_epoch': 1, 'epochs': 2}
     """
     _check_history(history, "history", "best_and_last", ("epoch", "split", "accuracy"))
     val = history[history["split"] == "val"].set_index("epoch")["accuracy"]
     test = history[history["split"] == "test"].set_index("epoch")["accuracy"]
-    best = int(val.idxmax())
+    trained = val[val.index > 0]
+    best = int((trained if len(trained) else val).idxmax())
     return {"last": float(test.iloc[-1]), "best": float(test.loc[best]), "best_epoch": best,
             "epochs": int(test.index.max())}
