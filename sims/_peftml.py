@@ -862,7 +862,9 @@ def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=N
         always has them.
     step : "round" or "task"
         LoRA-ML and last-layer-ML (and SR without ``pooled``): one optimiser step after a batch of
-        every task (``"round"``, vision) or after every task batch (``"task"``, language).
+        every task (``"round"``, vision: max_t len_t rounds per epoch) or after every task batch
+        (``"task"``, language: round-robin over the tasks that still have batches, Σ_t len_t
+        steps per epoch).
     micro_batch : int, optional
         Backpropagate each batch in slices of this many rows (gradient accumulation: the same
         step up to rounding and dropout draws, a slice's activations in memory at a time);

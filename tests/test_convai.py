@@ -160,6 +160,11 @@ def test_pair_ids_are_two_separately_encoded_sequences_and_long_pairs_are_refuse
     cut, _ = C._encode(tok, [d], 20, n - 3, truncate=True)
     row = cut[1, 0][cut[1, 0] != tok.pad_token_id].tolist()
     assert row == [0] + want(cands2[0])[4:]                # the context's first 3 tokens dropped
+    # the config's max_length caps the pairs the same way (0: the model's 158 positions)
+    with pytest.raises(ValueError, match="dialogue starting at line .* more than the 12"):
+        C._data(_config(data, model, preset="paper", max_length=12))
+    (_, (x, _), _), *_ = C._data(_config(data, model, preset="clean", max_length=12))[0]
+    assert x.shape[-1] == 12 and C._data(_config(data, model, preset="clean"))[0][0][1][0].shape[-1] > 12
 
 
 # ------------------------------------------------------------------------------------------------
