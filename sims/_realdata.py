@@ -407,7 +407,8 @@ class RealDataConfig(SweepConfig):
                                  f"Got {items!r}.")
             object.__setattr__(self, name, tuple(check_int(v, name, func, low=0, high=2**63 - 1) for v in items))
         # Upper limits: those of MLPMixer for the model, and epochs and steps capped as ConvAIConfig's.
-        for name, lo, hi in (("train_per_task", 0, MAX_COUNT), ("val_per_task", 0, MAX_COUNT), ("ft_val", 1, MAX_COUNT), ("data_seed", 0, 2**63 - 1),
+        for name, lo, hi in (("train_per_task", 0, MAX_COUNT), ("val_per_task", 0, MAX_COUNT), ("ft_val", 1, MAX_COUNT),
+                             ("data_seed", 0, 2**63 - 1),
                              ("test_size", 0, MAX_COUNT), ("image_size", 1, MAX_DIM), ("patch_size", 1, MAX_DIM),
                              ("width", 1, 65536), ("depth", 1, 1000), ("r", 1, MAX_DIM), ("batch_size", 1, MAX_COUNT),
                              ("retrain_epochs", 0, 100_000), ("reptile_epochs", 0, 100_000),

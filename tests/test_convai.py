@@ -9,7 +9,6 @@ of width 32) with a word-level tokenizer built offline (``sims.write_tiny_robert
 import copy
 import json
 import pickle
-import re
 import shutil
 
 import numpy as np
@@ -396,8 +395,9 @@ def test_lora_ml_then_lora_finetuning_learns_the_generated_task(tmp_path):
 
 
 def test_a_chunk_is_the_same_whether_retraining_is_computed_or_loaded(files, tmp_path):
-    """Persona 0's chunk (retraining rows included) three ways: retraining computed (and saved), loaded from the checkpoint
-    folder in a 'fresh process' (the in-memory cache cleared), and computed without a folder.
+    """Persona 0's chunk (retraining rows included) three ways: retraining computed (and saved),
+    loaded from the checkpoint folder in a 'fresh process' (the in-memory cache cleared), and
+    computed without a folder.
     Rules out numbers that depend on how a chunk was resumed: torch's global random state after
     retraining leaking into fine-tuning, a checkpoint saved before the best epoch was restored, an
     unseeded draw anywhere."""
