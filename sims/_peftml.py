@@ -1166,7 +1166,7 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
     device : str or torch.device
         Where to train.
     amp : bool
-        bfloat16 autocast (on CUDA).
+        bfloat16 autocast (on CUDA) for training; the evaluations run in float32.
     init_adapter : dict, optional
         ``"lora"``: start the adapter from these (lora_A, lora_B) weights per layer (quirk V2).
     init_head : torch.nn.Module, optional
@@ -1259,7 +1259,8 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
             acc = {}
             for split, ld in (("val", val), ("test", test)):
                 if id(ld) not in acc:            # one loader as both splits is evaluated once
-                    acc[id(ld)] = _accuracy(fwd, ld, device, amp, modes=modes, cache=cache, objective=objective)
+                    # in float32, also when training runs under autocast (spec §2)
+                    acc[id(ld)] = _accuracy(fwd, ld, device, False, modes=modes, cache=cache, objective=objective)
                 rows.append({"epoch": epoch, "split": split, "accuracy": acc[id(ld)]})
 
         try:
