@@ -676,8 +676,6 @@ def _digits_data(config, rng):
     order = rng.permutation(len(labels))
     pool, val, test = order[:_DIGITS_POOL], order[_DIGITS_POOL:_DIGITS_POOL + 60], order[_DIGITS_POOL + 60:]
     new = {"pool": (xs[pool], labels[pool]), "val": (xs[val], labels[val]), "test": (xs[test], labels[test])}
-    if config.preset == "paper":                 # V4: the epochs are scored on the test split
-        new["val"] = new["test"]
     return tasks, new
 
 
@@ -1006,7 +1004,7 @@ def _one_seed(config, method, seed, device, amp, budget, timings, cache=None):
             if timings is not None:
                 timings[f"finetune {method} {scheme} n={n_used} seed {seed}"] = time.perf_counter() - t1
             h = ft.history
-            if val_ld is test_ld:                # V4: the epochs scored on the test split (also when shared)
+            if paper:           # V4: the epochs scored on the test split (digits: the same training, shared)
                 h = _val_is_test(h)
             frames.append(pd.DataFrame({**base_row, "phase": "finetune", "finetuning": scheme,
                                         "n_finetune": np.int64(n_used), "epoch": h["epoch"].astype(np.int64),
