@@ -19,8 +19,11 @@
 # and d ≥ 3k it always is (generic U*, P5); at T = 3, d = 3k − 1 a second zero-loss base exists with
 # positive probability; below, the zero-loss set is a continuum. One run of a local solver cannot
 # tell these apart — it may land on A* in every class — so `theory.identifiability` measures
-# uniqueness itself: the Jacobian at the truth modulo the gauge (continuum or not), a rank
-# argument, an exact construction at d = 3k − 1, and a multi-start search where nothing else applies.
+# uniqueness itself: the Jacobian at the truth modulo the gauge; where it has excess null
+# directions, the second-order term of the residual on them and a curve-following test (a
+# continuum is called so only when a curve of zero-loss bases is exhibited); a rank argument, an
+# exact construction at d = 3k − 1, and a multi-start search where nothing else applies. Four
+# classes: identified, isolated (other isolated zero-loss bases), continuum, and undetermined.
 
 # %%
 import os
@@ -35,17 +38,24 @@ from loraml.figures.landscape import plot_recovery_phase
 FAST = os.environ.get("LORAML_FAST") == "1"
 
 # %% [markdown]
-# **Three instances, three classes.** (T, d, k) = (3, 4, 2): the Jacobian has one null direction
-# beyond the 3 gauge rotations (a continuum through A*); (3, 5, 2): locally identified, and the plane
-# construction finds the second zero-loss base, checked without any solver; (3, 6, 2): identified.
+# **Four instances, three classes, and a degenerate Jacobian that is not a continuum.**
+# (T, d, k) = (3, 4, 2): the Jacobian has one null direction beyond the 3 gauge rotations, and
+# following it gives zero-loss bases at distances 0.1ρ … 0.003ρ whose residual stays at rounding
+# (a continuum through A*); (3, 5, 2): locally identified, and the plane construction finds the
+# second zero-loss base, checked without any solver; (3, 6, 2): identified. (4, 4, 2) with
+# asymmetric adapters: 2 excess null directions, yet the second-order term is nonzero on all of them
+# (obstruction order 2: the residual on the sphere ‖Δ‖ = ε grows like ε², the loss like ε⁴), so A*
+# is isolated; the search finds a pair of other isolated zero-loss bases Δ, Δᵀ.
 
 # %%
-for d in (4, 5, 6):
-    truth = th.sample_ground_truth(d, 2, 3, rng=0)
-    r = th.identifiability(truth, rng=0)
-    checks = [f"{th.zero_loss_residual(A, truth):.0e}" for A in r.alternatives]
-    print(f"d = {d}: {r.status:10s} by {r.method:8s} nullity − gauge = {r.nullity - r.gauge_dim}, "
-          f"spectrum gap {r.spectrum_gap:.0e}, alternatives {len(r.alternatives)} (residuals {checks})")
+for d, T, kind in ((4, 3, "symmetric"), (5, 3, "symmetric"), (6, 3, "symmetric"), (4, 4, "asymmetric")):
+    truth = th.sample_ground_truth(d, 2, T, rng=1 if T == 4 else 0)
+    r = th.identifiability(truth, adapters=kind, rng=0)
+    checks = [f"{th.zero_loss_residual(A, truth, adapters=kind):.0e}" for A in r.alternatives]
+    curve = np.nanmax(r.curve_residuals, initial=np.nan)
+    print(f"T = {T}, d = {d}, {kind[:4]}: {r.status:10s} by {r.method:8s} nullity − gauge = {r.nullity - r.gauge_dim}, "
+          f"order {r.obstruction_order}, ω = {r.second_order_obstruction:.1e}, growth {r.growth_exponent:.2f}, "
+          f"curve residual {curve:.0e}, alternatives {len(r.alternatives)} (residuals {checks})")
 
 # %% [markdown]
 # **The solver lands on the true base even where it is not the only zero-loss base.** At (3, 5, 2),

@@ -265,8 +265,8 @@ def test_four_tasks_at_d_2k_are_identified(k):
 
 @pytest.mark.parametrize(("T", "d", "k", "adapters", "search"), [
     (3, 2, 1, "symmetric", "auto"), (3, 5, 2, "symmetric", "auto"), (3, 2, 1, "symmetric", "only"),
-    (4, 3, 2, "symmetric", "auto"), (4, 2, 1, "asymmetric", "auto"),
-])
+    (4, 3, 2, "symmetric", "auto"),
+])                                  # asymmetric alternatives: the (4, 4, 2) test below
 def test_every_alternative_has_zero_loss(T, d, k, adapters, search):
     """Each reported alternative passes the test's own eigenvalue check; its residual as reported
     matches; and the check rejects a base moved off it."""
@@ -442,10 +442,11 @@ def test_first_order_degeneracy_at_442_asymmetric_is_an_isolated_zero_with_alter
     smallest ω and is < 1e-4 on most: all within 0.5 of 2, the median within 0.05; order 1
     would give 1, a curve inf), so A* is isolated; the
     first-order rule called all of them continua. Most instances have isolated other zero-loss
-    bases, in pairs Δ, Δᵀ: 37 of 50 on the standard diagram's cell (p̂ = 0.74); on n = 24 other
-    instances the count is Binomial(24, p), and with p ≥ 0.74 it falls below 9 (mean − 4 SD:
-    17.8 − 4·2.15) with probability < 1e-4, while the first-order rule gives 0 (no search)."""
-    A, U = _batch(4, 2, 4, 24, 7)
+    bases, in pairs Δ, Δᵀ: 37 of 50 on the standard diagram's cell (p̂ = 0.74); on n = 16 other
+    instances the count is Binomial(16, p), and with p ≥ 0.74 it falls below 5 (mean − 4 SD:
+    11.8 − 4·1.75) with probability < 1e-4, while the first-order rule gives 0 (no search). Each
+    alternative passes the test's own eigenvalue check, and is itself a first-order isolated zero."""
+    A, U = _batch(4, 2, 4, 16, 7)
     r = th.identifiability_batch(A, U, adapters="asymmetric", rng=0, n_starts=8, max_iter=60)
     assert (r.nullity - r.gauge_dim == 2).all()
     assert (r.obstruction_order == 2).all() and (r.second_order_obstruction > 1e-9).all()
@@ -453,7 +454,7 @@ def test_first_order_degeneracy_at_442_asymmetric_is_an_isolated_zero_with_alter
     assert not np.isin(r.status, ["continuum", "undetermined"]).any()
     assert (r.method == "search").all() and (r.n_starts == 32).all()       # 4 × n_starts at order 2
     iso = r.status == "isolated"
-    assert iso.sum() >= 9
+    assert iso.sum() >= 5
     for i, alts in enumerate(r.alternatives):
         assert (len(alts) > 0) == iso[i] and len(alts) % 2 == 0            # Δ and Δᵀ
         for Ahat in alts:                                                  # Δᵀ is among them
