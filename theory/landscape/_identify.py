@@ -3,20 +3,46 @@
 A base Â has zero population loss exactly when every A*_t − Â = R*_t + Δ (Δ = A* − Â) is a
 possible adapter product: PSD of rank ≤ k for symmetric adapters U_tU_tᵀ, of rank ≤ k for
 asymmetric U_tV_tᵀ. A* is *identified* when Δ = 0 is the only such Δ. Each instance is put in
-one of three classes, with the evidence kept:
+one of four classes — identified, isolated (other zero-loss bases exist, each an isolated zero),
+continuum (a curve of zero-loss bases is exhibited), undetermined — with the evidence kept. The
+cheapest test that settles an instance runs first:
 
-- **continuum**: the Jacobian of the residual map (A, U) ↦ (A + U_tV_tᵀ − A*_t)_t at the truth
-  has a null space larger than the gauge (U_t → U_tQ_t with Q_t orthogonal, dimension
-  T·k(k−1)/2; or (U_t, V_t) → (U_tC, V_tC⁻ᵀ), dimension T·k²): the zero-loss set is a manifold
-  through A* of positive dimension beyond the gauge. The null space of J is {(dA, dU): dA + dR_t
-  = 0 ∀t}, and dU_t ↦ dR_t maps onto the tangent space 𝒯_t of the rank-k (PSD) matrices at R*_t
-  with the gauge as kernel, so nullity J = gauge + dim ∩_t 𝒯_t, with 𝒯_t = {Δ: Q_tᵀΔQ_t = 0}
-  (Q_t a basis of span(U*_t)^⊥; Δ symmetric, or any Δ asymmetric). The excess dim ∩_t 𝒯_t is
-  the nullity of the stacked linear map Δ ↦ (Q_tᵀΔQ_t)_t, read off a gap in its singular values
-  (one SVD with ≤ d² columns; ``_local``). It agrees with the rank of the Gauss–Newton matrix of
-  the reduced objective (``_solver._gram``, side T·d·k) on all 16400 instances of the standard
-  phase diagram, at a fraction of the cost (the Gram matrix is what blocked d = 30, k = 10, T = 6).
-- otherwise A* is locally identified, and the question is global:
+- **first order** (``_local``): the Jacobian of the residual map (A, U) ↦ (A + U_tV_tᵀ − A*_t)_t at
+  the truth, modulo the gauge (U_t → U_tQ_t with Q_t orthogonal, dimension T·k(k−1)/2; or
+  (U_t, V_t) → (U_tC, V_tC⁻ᵀ), dimension T·k²). Its null space is {(dA, dU): dA + dR_t = 0 ∀t},
+  and dU_t ↦ dR_t maps onto the tangent space 𝒯_t of the rank-k (PSD) matrices at R*_t with the
+  gauge as kernel, so nullity J = gauge + dim ∩_t 𝒯_t, with 𝒯_t = {Δ: Q_tᵀΔQ_t = 0} (Q_t a basis
+  of span(U*_t)^⊥; Δ symmetric, or any Δ asymmetric). The excess dim ∩_t 𝒯_t is the nullity of the
+  stacked linear map Δ ↦ (Q_tᵀΔQ_t)_t, read off a gap in its singular values (one SVD with ≤ d²
+  columns). It agrees with the rank of the Gauss–Newton matrix of the reduced objective
+  (``_solver._gram``, side T·d·k) on all 16400 instances of the standard phase diagram. No excess:
+  A* is an isolated zero (obstruction order 1: the residual grows like ‖Δ‖).
+- **beyond first order**, where there is excess (``_examine``). An excess null direction proves
+  only that A* is not identified *to first order*; the zero-loss set need not be a manifold there
+  (the constant-rank theorem does not apply where the rank drops). Near Δ = 0 the zero-loss
+  condition is, in the frames [P_t Q_t] (column space of X_t = R*_t and its complement) and
+  [P'_t Q'_t] (row space), the vanishing of the Schur complements
+  h_t(Δ) = Q_tᵀΔQ'_t − Q_tᵀΔP'_t (S_t + P_tᵀΔP'_t)⁻¹ P_tᵀΔQ'_t (S_t = P_tᵀX_tP'_t), free of any
+  gauge: h = LΔ + q(Δ) + O(‖Δ‖³) with L the tangent map above and q_t(Δ) = −Q_tᵀΔP'_tS_t⁻¹P_tᵀΔQ'_t.
+
+  - **second-order test**: ω = min over unit v ∈ ker L of ‖P⊥ q(v)‖·ρ (P⊥ onto range(L)^⊥,
+    ρ = min_t σ_k(X_t)). If ω > 0, every zero near 0 has Δ = n + m with n ∈ ker L and ‖m‖ = O(‖n‖²),
+    and then ‖h‖ ≥ ω‖n‖²/ρ − O(‖n‖³): A* is isolated, obstruction order 2 (the residual grows like
+    ε², the loss like ε⁴), as in the second-order sufficient condition. The minimum of the quartic
+    ‖P⊥q(v)‖² on the sphere of ker L is exact in dimension 1, a dense grid of angles refined by
+    golden-section search in dimension 2, and Gauss–Newton from 32 random starts above.
+  - **curve following** along the minimiser v*: for ε = 0.1, 0.03, 0.01, 0.003, the predictor
+    Δ = ερ v*, then Levenberg–Marquardt on h = 0 with every step orthogonal to v*. On a curve of
+    zeros tangent to v* the corrected points reach rounding at every distance; at an isolated zero
+    their residual is ≈ ω ε² (its log-log slope is ``growth_exponent``). The points are checked by
+    the independent residual below. A sequence of zero-loss bases at distances ε₁ > ε₂ > … → 0 makes
+    A* a non-isolated point of a real algebraic set, hence on a curve of zeros (curve selection
+    lemma): "continuum", order inf. At T = 2 the curve is known in closed form (``_two_task_curve``)
+    and checked the same way; at k = d every small Δ is a zero.
+  - neither ω above rounding nor a curve: "undetermined", order nan, with ω and the curve's
+    distances and residuals as evidence.
+
+- where A* is an isolated zero (order 1 or 2), the question is global:
 
   - **the rank argument** (``"theorem"``; both adapter kinds): with X_t = R*_t + Δ of rank ≤ k and
     span(U*_s) ∩ span(U*_t) = 0 (d ≥ 2k), X_s − X_t = R*_s − R*_t has rank 2k, so
@@ -45,6 +71,10 @@ one of three classes, with the evidence kept:
 Every reported alternative passes a check independent of the solver that found it
 (:func:`zero_loss_residual`): the eigenvalues (symmetric) or singular values (asymmetric) of
 A*_t − Â beyond rank k, and (symmetric) the negative part and the asymmetry, are at rounding level.
+Each alternative is then examined like A* (its own frames X_t = R*_t + Δ): an alternative on a
+curve makes the instance a continuum ("through an alternative"), an undetermined one makes it
+undetermined, otherwise the instance is "isolated". With asymmetric adapters Δᵀ is a zero with Δ
+((R*_t + Δ)ᵀ = R*_t + Δᵀ), so the search's alternatives are completed by their transposes.
 """
 
 from __future__ import annotations
@@ -774,12 +804,13 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
     rng : numpy.random.Generator, int or None
         Starts of the multi-start search.
     n_starts : int >= 1
-        Search starts per instance, where a search is needed.
+        Search starts per instance, where a search is needed (``SECOND_ORDER_STARTS`` = 4 times
+        as many where A* is isolated only at second order: few starts reach zero loss there).
     max_iter : int >= 1
         Levenberg–Marquardt iterations per start.
     search : "auto", "always", "only" or "never"
-        "auto" searches only where neither the Jacobian, the rank argument nor the plane
-        construction settles the instance; "always" also searches (and adds what it finds) where
+        "auto" searches only the instances where A* is an isolated zero (first or second order)
+        and neither the rank argument nor the plane construction settles them; "always" also searches (and adds what it finds) where
         the theorem or the construction applies, as a check of them; "only" settles every
         locally identified instance by the search alone (to measure the search against the
         construction); "never" reports the unsettled instances as "identified" with method
