@@ -22,6 +22,10 @@ was made once in `theory/landscape/_identify.py` and the test watched failing):
 | `sims.recovery_phase_table` classifies on any executor, with the right method per cell | serial = process pool; T = 2 continuum; methods at (3, 6, 2), (3, 2, 1), (4, 4, 2) | `excess_nullity` without − gauge; `search_starts` ignored |
 | `recovery_phase_table(landing=False, search_max_unknowns=…)` | same classes as with the solver; above the budget method "jacobian", search_starts 0; a thread pool = serial | — (options of the wide example) |
 | the convex relaxation returns A* iff a dual certificate exists | Clarabel at a tolerance it reaches (all "optimal"); margin of Y_t = P_tZ_tP_tᵀ, Z_t ⪰ s·I, Σ Y_t = I; |margin| > 1e-4 | a certificate without Y_tU*_t = 0 (P_t spanning everything) |
+| (4, 4, 2) asymmetric: 2 excess null directions, yet A* isolated; alternatives Δ, Δᵀ in most instances | ω > 1e-9; growth exponent 2 (all within 0.5, median within 0.05); isolated count ≥ mean − 4 SD of Binomial(16, 0.74); each alternative's transpose among them, each passes the test's own check | the first-order rule (order inf wherever there is excess): fails here, in the phase-table test and in the undetermined test |
+| (3, 5, 2) asymmetric and (3, 4, 2) symmetric: curves exhibited | every corrected point's independent residual ≤ 1e-11, distances within [ε/2, 2ε] | the corrector removed (predictor only): "undetermined" |
+| undetermined is explicit | the curve tolerance set to 0: status "undetermined", order nan, evidence finite, no search | — (the branch itself) |
+| T = 2: the closed-form curve | residuals ≤ 1e-11, distances decreasing | — |
 | bad arguments raise ValueError naming them | messages | — |
 
 The binomial bound: with n instances, p = 0.6475 and SE = √(p(1−p)/n), |fraction − p| ≤ 4 SE
