@@ -465,6 +465,11 @@ def test_first_order_degeneracy_at_442_asymmetric_is_an_isolated_zero_with_alter
             flipped = A[i] - (A[i] - Ahat).T
             assert min(np.linalg.norm(flipped - B) for B in alts) <= 1e-6 * np.linalg.norm(Ahat)
     assert (r.alternative_orders == 1).all()                              # each an isolated zero
+    # Far from A* (measured ≥ 0.33ρ): rules out search end points still converging to A*, which
+    # pass the zero-loss tolerances there (‖Δ‖ ≈ 1e-4ρ: the loss grows like ‖Δ‖⁴).
+    rho = np.linalg.svd(U, compute_uv=False)[..., -1].min(axis=1) ** 2
+    far = np.linalg.norm(r.alternative_bases - A[r.alternative_owner], axis=(1, 2)) / rho[r.alternative_owner]
+    assert np.all(far >= 0.1)
     for Ahat, i in zip(r.alternative_bases, r.alternative_owner):
         assert _zero_loss_violation(Ahat, A[i], U[i], False) <= ZERO_LOSS_TOL
 
