@@ -565,7 +565,8 @@ def _second_order(N, Ur, P, Q, Pp, Qp, s, rho, E, d, rng):
 
 def _follow(v, P, Q, Pp, Qp, s, rho, E, d, eps, n_iter=30):
     """Predictor–corrector from Δ = 0 along v (b, n): for each ε, Δ = ερ v, then Levenberg–Marquardt
-    on h(Δ) = 0 with every step orthogonal to v. Returns the points (b, nε, d, d)."""
+    on h(Δ) = 0 with every step orthogonal to v. Returns the points (b, nε, d, d). E: the basis of
+    Sym(d) (symmetric adapters), or None (coordinates are the entries of Δ)."""
     b, n = v.shape
     nE = len(eps)
     i = np.repeat(np.arange(b), nE)
@@ -573,11 +574,14 @@ def _follow(v, P, Q, Pp, Qp, s, rho, E, d, eps, n_iter=30):
     vv = v[i]
     x = step_to[:, None] * vv
     Pi = np.eye(n) - vv[:, :, None] * vv[:, None, :]
+    to_matrix = (lambda x: x) if E is None else (lambda x: x @ E.T)
     frames = P[i], Q[i], Pp[i], Qp[i], s[i]
     for _ in range(n_iter):
-        h, Lf, Rf = _schur((x @ E.T).reshape(-1, d, d), *frames)
-        JtJ = E.T @ np.einsum("ztij,ztkl->zikjl", Lf @ _tr(Lf), Rf @ _tr(Rf)).reshape(-1, d * d, d * d) @ E
-        Jth = (Lf @ h @ _tr(Rf)).sum(axis=1).reshape(-1, d * d) @ E
+        h, Lf, Rf = _schur(to_matrix(x).reshape(-1, d, d), *frames)
+        JtJ = np.einsum("ztij,ztkl->zikjl", Lf @ _tr(Lf), Rf @ _tr(Rf)).reshape(-1, d * d, d * d)
+        Jth = (Lf @ h @ _tr(Rf)).sum(axis=1).reshape(-1, d * d)
+        if E is not None:                                # symmetric Δ: in the basis of Sym(d)
+            JtJ, Jth = E.T @ JtJ @ E, Jth @ E
         nh = np.sqrt(np.sum(h * h, axis=(1, 2, 3)))
         # Damping ∝ ‖h‖ (Fan and Yuan): quadratic convergence onto a non-isolated zero set.
         floor = 1e-14 * np.trace(JtJ, axis1=1, axis2=2) / n + np.finfo(float).tiny
@@ -586,7 +590,7 @@ def _follow(v, P, Q, Pp, Qp, s, rho, E, d, eps, n_iter=30):
         x = x + step
         if np.all(np.linalg.norm(step, axis=1) <= 1e-13 * step_to):
             break
-    return (x @ E.T).reshape(b, nE, d, d)
+    return to_matrix(x).reshape(b, nE, d, d)
 
 
 def _two_task_curve(U, eps):
@@ -634,7 +638,8 @@ def _examine_chunk(X, k, symmetric, rng, eps):
                                            s[idx], rho[idx], E, d, rng)
     deg = np.flatnonzero(e > 0)
     if deg.size:
-        points[deg] = _follow(v[deg], P[deg], Q[deg], Pp[deg], Qp[deg], s[deg], rho[deg], E, d, eps)
+        points[deg] = _follow(v[deg], P[deg], Q[deg], Pp[deg], Qp[deg], s[deg], rho[deg], E if symmetric else None,
+                              d, eps)
     return e, omega, points, rho
 
 
