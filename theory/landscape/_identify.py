@@ -496,7 +496,7 @@ def _frames(X, k, symmetric):
 
 
 def _schur(D, P, Q, Pp, Qp, s):
-    """h_t(Δ) = QᵀΔQ' − QᵀΔP'(S + PᵀΔP')⁻¹PᵀΔQ' (B, T, c, c): zero iff rank(X_t + Δ) ≤ k, near Δ = 0;
+    """h_t(Δ) = QᵀΔQ' − QᵀΔP'(S + PᵀΔP')⁻¹PᵀΔQ' (B, T, c, c): zero iff rank(X_t + Δ) ≤ k near Δ = 0;
     and the factors of its Jacobian, dh_t = Lᵀ dΔ R with L = Q − P Gᵀ, R = Q' − P' H
     (G = QᵀΔP' M⁻¹, H = M⁻¹ PᵀΔQ', M = S + PᵀΔP')."""
     Dl = D[:, None]
@@ -556,7 +556,8 @@ def _second_order(N, Ur, P, Q, Pp, Qp, s, rho, E, d, rng):
             Jy = Jy - (Jy @ V[..., None]) * V[..., None, :]                    # tangent to the sphere
             H = np.einsum("zsmi,zsmj->zsij", Jy, Jy)
             mu = 1e-3 * np.sum(y * y, axis=-1) + 1e-12 * np.trace(H, axis1=-2, axis2=-1) + np.finfo(float).tiny
-            V = V - np.linalg.solve(H + mu[..., None, None] * np.eye(e), np.einsum("zsmi,zsm->zsi", Jy, y)[..., None])[..., 0]
+            grad = np.einsum("zsmi,zsm->zsi", Jy, y)[..., None]
+            V = V - np.linalg.solve(H + mu[..., None, None] * np.eye(e), grad)[..., 0]
             V /= np.linalg.norm(V, axis=-1, keepdims=True)
         v = V[np.arange(b), np.linalg.norm(value(V), axis=-1).argmin(axis=1)]
     omega = np.linalg.norm(value(v[:, None]), axis=-1)[:, 0]
@@ -596,7 +597,8 @@ def _follow(v, P, Q, Pp, Qp, s, rho, E, d, eps, n_iter=30):
 def _two_task_curve(U, eps):
     """T = 2: the zero-loss curve in closed form, Δ(s) = C M(s) Cᵀ with C = [U*_1 U*_2] and
     M(s) = [[sinh²s, sinh s cosh s], [sinh s cosh s, sinh²s]] ⊗ I_k: R*_1 + Δ = (cosh s U*_1 + sinh s U*_2)(…)ᵀ
-    and R*_2 + Δ = (sinh s U*_1 + cosh s U*_2)(…)ᵀ, PSD of rank ≤ k, for every s. Points at s = ε·ρ/‖U*_1U*_2ᵀ + U*_2U*_1ᵀ‖."""
+    and R*_2 + Δ = (sinh s U*_1 + cosh s U*_2)(…)ᵀ, PSD of rank ≤ k, for every s. Points at
+    s = ε·ρ/‖U*_1U*_2ᵀ + U*_2U*_1ᵀ‖."""
     U1, U2 = U[:, 0], U[:, 1]
     cross = U1 @ _tr(U2)
     cross = cross + _tr(cross)
@@ -815,11 +817,11 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
         Levenberg–Marquardt iterations per start.
     search : "auto", "always", "only" or "never"
         "auto" searches only the instances where A* is an isolated zero (first or second order)
-        and neither the rank argument nor the plane construction settles them; "always" also searches (and adds what it finds) where
-        the theorem or the construction applies, as a check of them; "only" settles every
-        locally identified instance by the search alone (to measure the search against the
-        construction); "never" reports the unsettled instances as "identified" with method
-        "jacobian" (local identification only).
+        and neither the rank argument nor the plane construction settles them; "always" also
+        searches (and adds what it finds) where the theorem or the construction applies, as a
+        check of them; "only" settles every instance where A* is an isolated zero by the search
+        alone (to measure the search against the construction); "never" reports the unsettled
+        instances as "identified" with method "jacobian" (A* an isolated zero: local only).
 
     Returns
     -------
@@ -923,44 +925,38 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
                     alts[b] = np.concatenate([alts[b], Ahat[None]])
     method[method == ""] = "jacobian"
 
-    res_all, owner = [], []
-    for b in range(B):
-        if alts[b].shape[0]:
-            r = _residual(alts[b], A[b][None], U[b][None], symmetric)
-            keep = r <= _CHECK            # only alternatives that pass the independent check
-            if order[b] == 2:
-                # Near a second-order zero the loss grows like ‖Δ‖⁴, so search end points still
-                # converging to A* itself pass the zero-loss tolerances (measured: ‖Δ‖ ≈ 3e-5,
-                # residual ≈ 1e-11 at (4, 4, 2)); end points within _NEAR·ρ of A* are those.
-                rho = np.linalg.svd(U[b], compute_uv=False)[:, -1].min() ** 2
-                keep &= np.linalg.norm(alts[b] - A[b], axis=(1, 2)) > _NEAR * rho
-            alts[b] = alts[b][keep]
-            res_all.append(r[keep])
-            owner.append(np.full(int(keep.sum()), b))
+    # Every alternative through the independent check at once; only those that pass are kept.
+    owner = np.repeat(np.arange(B), [a.shape[0] for a in alts])
     bases = np.concatenate(alts) if B else np.empty((0, d, d))
-    owner = np.concatenate(owner).astype(int) if owner else np.empty(0, int)
+    res_alt = _residual(bases, A[owner], U[owner], symmetric) if owner.size else np.empty(0)
+    keep = res_alt <= _CHECK
+    second = np.flatnonzero(order[owner] == 2)
+    if second.size:
+        # Near a second-order zero the loss grows like ‖Δ‖⁴, so search end points still
+        # converging to A* itself pass the zero-loss tolerances (measured: ‖Δ‖ ≈ 3e-5,
+        # residual ≈ 1e-11 at (4, 4, 2)); end points within _NEAR·ρ of A* are those.
+        rho = np.linalg.svd(U[owner[second]], compute_uv=False)[..., -1].min(axis=1) ** 2
+        keep[second] &= np.linalg.norm(bases[second] - A[owner[second]], axis=(1, 2)) > _NEAR * rho
+    bases, owner, res_alt = bases[keep], owner[keep], res_alt[keep]
     # Each alternative examined like A*: isolated (order 1 or 2), on a curve, or undetermined.
     alt_order = np.ones(owner.size)
     if owner.size:
         offset = A[owner] - bases                                     # Δ of each alternative
         X = offset[:, None] + _prod(U[owner], None)
-        J = _examine(X, k, symmetric, rng, A[owner], U[owner], offset)
-        alt_order = J["order"]
-        for b in np.unique(owner):
-            o = alt_order[owner == b]
-            if np.any(o == np.inf):
-                status[b], through[b] = "continuum", "alternative"
-            elif np.any(np.isnan(o)):
-                status[b] = "undetermined"
-            else:
-                status[b] = "isolated"
-    n_alt = np.array([a.shape[0] for a in alts])
+        alt_order = _examine(X, k, symmetric, rng, A[owner], U[owner], offset)["order"]
+    n_alt = np.bincount(owner, minlength=B)
+    on_curve = np.bincount(owner, weights=alt_order == np.inf, minlength=B) > 0
+    unsettled = np.bincount(owner, weights=np.isnan(alt_order), minlength=B) > 0
+    status[n_alt > 0] = "isolated"
+    status[unsettled] = "undetermined"
+    status[on_curve] = "continuum"
+    through[on_curve] = "alternative"
     return IdentifiabilityBatch(
         status=status.astype(str), method=method.astype(str), adapters=adapters,
         jacobian_rank=d * d + rank_u, expected_rank=n_unknowns - gauge, gauge_dim=gauge,
         nullity=nullity, spectrum_gap=gap, threshold=threshold, n_alternatives=n_alt,
-        alternative_bases=bases, alternative_residuals=np.concatenate(res_all) if res_all else np.empty(0),
-        alternative_owner=owner, n_starts=starts, n_zero_loss_starts=zero_starts,
+        alternative_bases=bases, alternative_residuals=res_alt, alternative_owner=owner, n_starts=starts,
+        n_zero_loss_starts=zero_starts,
         obstruction_order=order, second_order_obstruction=omega, curve_distances=dist, curve_residuals=res,
         growth_exponent=growth, curve_through=through.astype(str), alternative_orders=alt_order)
 
