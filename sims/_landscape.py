@@ -4,8 +4,8 @@
   two-task, rank-one instance on a plane through the SR saddle, and gradient-descent paths;
 - :func:`critical_spectra_table`: Hessian spectra of F at every class of critical points (P9);
 - :func:`recovery_phase_table`: over d × k × T, for symmetric and asymmetric adapters, whether A*
-  is identified (the only zero-loss base), has isolated alternatives or sits in a continuum
-  (:func:`theory.identifiability_batch`), beside how often the exact population solver lands on
+  is identified (the only zero-loss base), has isolated alternatives, sits on an exhibited curve
+  of zero-loss bases (a continuum) or is undetermined (:func:`theory.identifiability_batch`), beside how often the exact population solver lands on
   it (P5's boundary);
 - :func:`convex_recovery_table`: the same for the convex relaxation of the adapters to PSD
   matrices (cvxpy, Clarabel).
