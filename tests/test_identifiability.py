@@ -26,6 +26,7 @@ was made once in `theory/landscape/_identify.py` and the test watched failing):
 | (3, 5, 2) asymmetric and (3, 4, 2) symmetric: curves exhibited | every corrected point's independent residual ≤ 1e-11, distances within [ε/2, 2ε] | the corrector removed (predictor only): "undetermined" |
 | undetermined is explicit | the curve tolerance set to 0: status "undetermined", order nan, evidence finite, no search | — (the branch itself) |
 | T = 2: the closed-form curve | residuals ≤ 1e-11, distances decreasing | — |
+| the class follows the alternatives' examination | (3, 5, 2) symmetric with the alternatives' orders forced to inf / nan | the alternatives' curve ignored (stays "isolated") |
 | bad arguments raise ValueError naming them | messages | — |
 
 The binomial bound: with n instances, p = 0.6475 and SE = √(p(1−p)/n), |fraction − p| ≤ 4 SE
@@ -503,3 +504,23 @@ def test_a_curve_not_shown_is_undetermined_with_its_evidence(monkeypatch):
     assert (r.status == "undetermined").all() and np.isnan(r.obstruction_order).all()
     assert np.isfinite(r.curve_residuals).all() and (r.second_order_obstruction <= 1e-9).all()
     assert (r.n_starts == 0).all()
+
+
+def test_an_alternative_on_a_curve_makes_a_continuum_and_an_unsettled_one_undetermined(monkeypatch):
+    """The class follows the alternatives' examination: (3, 5, 2) symmetric, seed 0, has one
+    isolated alternative (order 1: "isolated"); with the examination of alternatives reporting a
+    curve the instance is a continuum "through an alternative", with nan "undetermined". Rules out
+    an instance called "isolated" whatever its alternatives are."""
+    import theory.landscape._identify as ident
+
+    truth = th.sample_ground_truth(5, 2, 3, rng=0)
+    assert th.identifiability(truth, rng=0).alternative_orders.tolist() == [1.0]
+    real = ident._examine
+    for forced, status, through in ((np.inf, "continuum", "alternative"), (np.nan, "undetermined", "")):
+        def examine(*args, forced=forced):
+            out = real(*args)
+            return out | {"order": np.full_like(out["order"], forced)}
+
+        monkeypatch.setattr(ident, "_examine", examine)
+        r = th.identifiability(truth, rng=0)
+        assert (r.status, r.curve_through, r.obstruction_order) == (status, through, 1.0)
