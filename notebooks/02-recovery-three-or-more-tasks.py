@@ -19,8 +19,11 @@
 # and d ≥ 3k it always is (generic U*, P5); at T = 3, d = 3k − 1 a second zero-loss base exists with
 # positive probability; below, the zero-loss set is a continuum. One run of a local solver cannot
 # tell these apart — it may land on A* in every class — so `theory.identifiability` measures
-# uniqueness itself: the Jacobian at the truth modulo the gauge (continuum or not), a rank
-# argument, an exact construction at d = 3k − 1, and a multi-start search where nothing else applies.
+# uniqueness itself: the Jacobian at the truth modulo the gauge; where it has excess null
+# directions, the second-order term of the residual on them and a curve-following test (a
+# continuum is called so only when a curve of zero-loss bases is exhibited); a rank argument, an
+# exact construction at d = 3k − 1, and a multi-start search where nothing else applies. Four
+# classes: identified, isolated (other isolated zero-loss bases), continuum, and undetermined.
 
 # %%
 import os
@@ -35,17 +38,24 @@ from loraml.figures.landscape import plot_recovery_phase
 FAST = os.environ.get("LORAML_FAST") == "1"
 
 # %% [markdown]
-# **Three instances, three classes.** (T, d, k) = (3, 4, 2): the Jacobian has one null direction
-# beyond the 3 gauge rotations (a continuum through A*); (3, 5, 2): locally identified, and the plane
-# construction finds the second zero-loss base, checked without any solver; (3, 6, 2): identified.
+# **Four instances, three classes, and a degenerate Jacobian that is not a continuum.**
+# (T, d, k) = (3, 4, 2): the Jacobian has one null direction beyond the 3 gauge rotations, and
+# following it gives zero-loss bases at distances 0.1ρ … 0.003ρ whose residual stays at rounding
+# (a continuum through A*); (3, 5, 2): locally identified, and the plane construction finds the
+# second zero-loss base, checked without any solver; (3, 6, 2): identified. (4, 4, 2) with
+# asymmetric adapters: 2 excess null directions, yet the second-order term is nonzero on all of them
+# (obstruction order 2: the residual on the sphere ‖Δ‖ = ε grows like ε², the loss like ε⁴), so A*
+# is isolated; the search finds a pair of other isolated zero-loss bases Δ, Δᵀ.
 
 # %%
-for d in (4, 5, 6):
-    truth = th.sample_ground_truth(d, 2, 3, rng=0)
-    r = th.identifiability(truth, rng=0)
-    checks = [f"{th.zero_loss_residual(A, truth):.0e}" for A in r.alternatives]
-    print(f"d = {d}: {r.status:10s} by {r.method:8s} nullity − gauge = {r.nullity - r.gauge_dim}, "
-          f"spectrum gap {r.spectrum_gap:.0e}, alternatives {len(r.alternatives)} (residuals {checks})")
+for d, T, kind in ((4, 3, "symmetric"), (5, 3, "symmetric"), (6, 3, "symmetric"), (4, 4, "asymmetric")):
+    truth = th.sample_ground_truth(d, 2, T, rng=1 if T == 4 else 0)
+    r = th.identifiability(truth, adapters=kind, rng=0)
+    checks = [f"{th.zero_loss_residual(A, truth, adapters=kind):.0e}" for A in r.alternatives]
+    curve = np.max(r.curve_residuals)                 # nan where no curve test ran
+    print(f"T = {T}, d = {d}, {kind[:4]}: {r.status:10s} by {r.method:8s} nullity − gauge = {r.nullity - r.gauge_dim}, "
+          f"order {r.obstruction_order}, ω = {r.second_order_obstruction:.1e}, growth {r.growth_exponent:.2f}, "
+          f"curve residual {curve:.0e}, alternatives {len(r.alternatives)} (residuals {checks})")
 
 # %% [markdown]
 # **The solver lands on the true base even where it is not the only zero-loss base.** At (3, 5, 2),
@@ -78,13 +88,15 @@ at_boundary.groupby("k").agg(second_base=("status", lambda s: float(np.mean(s ==
                              lands_on_A=("recovered", "mean"))
 
 # %% [markdown]
-# **Conclusion.** The figure colours each cell by its class: grey, a continuum of zero-loss bases
-# through A*; blue, A* identified; orange, a second zero-loss base in some instances (darker: more
-# of them). At the reduced size of the test suite and of the documentation site (`LORAML_FAST=1`:
+# **Conclusion.** The figure colours each cell by its class: grey, a continuum (a curve of zero-loss
+# bases exhibited); blue, A* identified; orange, a second zero-loss base in some instances (darker:
+# more of them); red would mark an instance left undetermined (none). A triangle marks a cell
+# where the Jacobian at A* is degenerate but A* is isolated at second order. At the reduced size of the test suite and of the documentation site (`LORAML_FAST=1`:
 # T ∈ {2, 3, 4}, d ∈ 2..6, k ∈ {1, 2}, 4 instances per cell) T = 2 is grey in every cell; at T = 3
 # with symmetric adapters the cells with d ≥ 3k are blue, those at d = 3k − 1 orange and those
 # below grey, while with asymmetric adapters d = 3k − 1 is grey too; at T = 4, d = 2k is blue for
-# symmetric adapters and grey for asymmetric ones. The number in a cell is the percentage of
+# symmetric adapters, and for asymmetric ones carries a triangle: the Jacobian there has excess
+# null directions, which the first-order rule painted grey, but A* is an isolated zero. The number in a cell is the percentage of
 # instances on which the solver lands on A*: all of them in the blue cells, but also most of them in
 # the orange ones, so landing on A* does not show that A* is the only answer. A dot marks a cell
 # that the multi-start search settles (here d = 2k at T = 4, symmetric).
@@ -98,9 +110,11 @@ at_boundary.groupby("k").agg(second_base=("status", lambda s: float(np.mean(s ==
 # its landing rate measures the solver, not the problem.
 # With asymmetric adapters T = 3 needs d ≥ 3k too (d = 3k − 1 is a continuum). More tasks need
 # less room: a rank argument identifies A* from (T − 1)(d − 2k) ≥ d − k (d ≥ 2.5k for T = 4), and the
-# search finds no other base down to d = 2k for symmetric adapters at T = 4 (asymmetric adapters at
-# d = 2k are a continuum) — but at T = 5, d = 5, k = 3 most instances have several isolated other
-# zero-loss bases. Where the search settles a cell (dots in the figure), "identified" means that no
+# search finds no other base down to d = 2k for symmetric adapters at T = 4 — but at T = 5, d = 5,
+# k = 3 most instances have several isolated other zero-loss bases. Asymmetric adapters at d = 2k
+# and T ≥ 4 are not a continuum: A* is isolated at second order in all 300 instances, and at
+# (4, 4, 2) 36 of 50 have other isolated zero-loss bases (pairs Δ, Δᵀ). Every continuum of the
+# diagram (7500 instances) comes with an exhibited curve; no instance is undetermined. Where the search settles a cell (dots in the figure), "identified" means that no
 # start found another base; measured against the exact construction at T = 3, 16 starts miss 2–8 %
 # of the bases that exist.
 

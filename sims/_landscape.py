@@ -4,8 +4,8 @@
   two-task, rank-one instance on a plane through the SR saddle, and gradient-descent paths;
 - :func:`critical_spectra_table`: Hessian spectra of F at every class of critical points (P9);
 - :func:`recovery_phase_table`: over d × k × T, for symmetric and asymmetric adapters, whether A*
-  is identified (the only zero-loss base), has isolated alternatives or sits in a continuum
-  (:func:`theory.identifiability_batch`), beside how often the exact population solver lands on
+  is identified (the only zero-loss base), has isolated alternatives, sits on an exhibited curve
+  of zero-loss bases (a continuum) or is undetermined (:func:`theory.identifiability_batch`), beside how often the exact population solver lands on
   it (P5's boundary);
 - :func:`convex_recovery_table`: the same for the convex relaxation of the adapters to PSD
   matrices (cvxpy, Clarabel).
@@ -279,9 +279,16 @@ def recovery_phase_table(*, Ts=(2, 3, 4, 5), ds=range(2, 13), ks=range(1, 5), re
     symmetric Gaussian, U*_t Gaussian of rank k) are
 
     - classified by :func:`theory.identifiability_batch` (with ``identify``): ``status`` is
-      "identified" (A* is the only zero-loss base), "isolated" (finitely many others; one was
-      found) or "continuum" (the Jacobian at the truth has null directions beyond the gauge);
-      ``method`` says what settled it ("jacobian", "theorem" for T ≥ 3 and d ≥ 3k, "plane" for the
+      "identified" (A* is the only zero-loss base), "isolated" (other zero-loss bases, each an
+      isolated zero; at least one was found), "continuum" (a curve of zero-loss bases through A*
+      or an alternative was exhibited) or "undetermined" (degenerate to first order and settled
+      neither way); ``obstruction_order`` (1, 2, inf on a curve, nan undetermined),
+      ``second_order_obstruction``, ``growth_exponent`` (of the corrected residual on small
+      spheres), ``curve_residual`` (the largest independent residual of the curve's points) and
+      ``curve_through`` ("A*", "alternative" or "") are the evidence beyond first order
+      (:func:`theory.identifiability_batch`);
+      ``method`` says what settled it ("curve" for the examination beyond first order,
+      "jacobian", "theorem" for T ≥ 3 and d ≥ 3k, "plane" for the
       exact construction at T = 3, d = 3k − 1, symmetric, "search" for ``search_starts`` random
       starts of ``search_iter`` Levenberg–Marquardt steps, only where nothing else applies:
       an int, or a mapping from adapter kind to an int; by default 16 symmetric and 8 asymmetric
@@ -430,7 +437,12 @@ def _recovery_cell(T, d, k, adapters, *, reps, seed, n_starts, max_iter, identif
                                       rng=np.random.default_rng([seed, T, d, k, symmetric, 1]))
         table = table.assign(status=ident.status, method=ident.method, n_alternatives=ident.n_alternatives,
                              excess_nullity=ident.nullity - ident.gauge_dim, spectrum_gap=ident.spectrum_gap,
-                             search_starts=ident.n_starts, search_zero_loss_starts=ident.n_zero_loss_starts)
+                             search_starts=ident.n_starts, search_zero_loss_starts=ident.n_zero_loss_starts,
+                             obstruction_order=ident.obstruction_order,
+                             second_order_obstruction=ident.second_order_obstruction,
+                             growth_exponent=ident.growth_exponent,
+                             curve_residual=np.max(ident.curve_residuals, axis=1),
+                             curve_through=ident.curve_through)
     return table
 
 

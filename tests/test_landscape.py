@@ -455,15 +455,14 @@ def test_spd_solve_matches_lu_and_falls_back_to_the_pseudo_inverse():
     np.testing.assert_allclose(x[2], np.linalg.pinv(K[2]) @ b[2], rtol=1e-12)
 
 
-def test_recovery_phase_table_does_not_depend_on_the_executor():
+def test_recovery_phase_table_lands_on_the_truth_only_where_it_is_identified():
     """T = 2 never identifies A* (P7: a continuum of zero-loss minima); T = 3 with 3k ≤ d does,
-    for symmetric and asymmetric adapters alike (P5)."""
+    for symmetric and asymmetric adapters alike (P5). (That the table does not depend on the
+    executor, solver columns included, is test_identifiability's phase-table test.)"""
     from sims._landscape import recovery_phase_table
 
     kw = dict(Ts=(2, 3), ds=(3, 6), ks=(1,), reps=3)
     serial = recovery_phase_table(**kw)
-    pooled = recovery_phase_table(**kw, executor="processes")
-    assert serial.equals(pooled)
     assert len(serial) == 2 * 2 * 2 * 3
     assert serial["zero_loss"].all()
     assert not serial.loc[serial["T"] == 2, "recovered"].any()

@@ -76,11 +76,13 @@ def plot_recovery_phase(table, path: Path) -> list[Path]:
     """Identifiability classes over d × k, one panel per (adapter type, T), with the solver's
     landing rate written in each cell.
 
-    Cell colour: blue = every instance identified (A* is the only zero-loss base); grey = a
-    continuum of zero-loss bases through A*; orange, darker with the fraction = some instances have
-    isolated other zero-loss bases. The number is the percentage of instances on which the exact
-    solver (one run of ``fit_population_batch``) lands on A*; a dot marks cells settled by the
-    multi-start search. Dashed: d = 3k; dotted: where the rank argument starts ((T − 1)(d − 2k) = d − k).
+    Cell colour: blue = every instance identified (A* is the only zero-loss base found); grey = a
+    continuum (a curve of zero-loss bases exhibited) in most instances; orange, darker with the
+    fraction = some instances have isolated other zero-loss bases; red = some instance left
+    undetermined. The number is the percentage of instances on which the exact solver (one run of
+    ``fit_population_batch``) lands on A*; a dot marks cells settled by the multi-start search, a
+    triangle cells where the Jacobian at A* is degenerate yet A* is isolated at second order.
+    Dashed: d = 3k; dotted: where the rank argument starts ((T − 1)(d − 2k) = d − k).
     """
     from matplotlib.colors import LinearSegmentedColormap, ListedColormap
 
@@ -89,6 +91,7 @@ def plot_recovery_phase(table, path: Path) -> list[Path]:
     dmin, dmax = int(table["d"].min()), int(table["d"].max())
     kmax = int(table["k"].max())
     oranges = LinearSegmentedColormap.from_list("iso", ["#fde0c5", "#e6550d"])
+    order = table["obstruction_order"] if "obstruction_order" in table else None
     with plt.rc_context(RC):
         fig, axes = plt.subplots(len(kinds), len(Ts), figsize=(2.9 * len(Ts) + 1.2, 2.5 * len(kinds) + 0.9),
                                  squeeze=False, sharex=True, sharey=True, gridspec_kw={"hspace": 0.35, "wspace": 0.08})
@@ -97,12 +100,14 @@ def plot_recovery_phase(table, path: Path) -> list[Path]:
             for c, T in enumerate(Ts):
                 ax = axes[r, c]
                 sub = table[(table["adapters"] == kind) & (table["T"] == T)]
-                cls = np.full((kmax, dmax - dmin + 1), np.nan)        # 0 identified, 1 continuum
+                cls = np.full((kmax, dmax - dmin + 1), np.nan)        # 0 identified, 1 continuum, 2 undetermined
                 iso = np.full_like(cls, np.nan)
                 for (k, d), g in sub.groupby(["k", "d"]):
                     f_iso = float((g["status"] == "isolated").mean())
                     f_con = float((g["status"] == "continuum").mean())
-                    if f_iso > 0:
+                    if (g["status"] == "undetermined").any():
+                        cls[k - 1, d - dmin] = 2.0
+                    elif f_iso > 0:
                         iso[k - 1, d - dmin] = f_iso
                     else:
                         cls[k - 1, d - dmin] = 1.0 if f_con >= 0.5 else 0.0
@@ -110,7 +115,9 @@ def plot_recovery_phase(table, path: Path) -> list[Path]:
                             color="k")
                     if (g["method"] == "search").any():
                         ax.plot(d + 0.36, k + 0.3, ".", ms=2.5, color="k")
-                ax.imshow(cls, origin="lower", cmap=ListedColormap(["#c6dbef", "#d9d9d9"]), vmin=0, vmax=1,
+                    if order is not None and (order.loc[g.index] == 2).mean() >= 0.5:
+                        ax.plot(d - 0.34, k + 0.3, "^", ms=2.6, color="k")
+                ax.imshow(cls, origin="lower", cmap=ListedColormap(["#c6dbef", "#d9d9d9", "#cb181d"]), vmin=0, vmax=2,
                           aspect="auto", extent=extent, interpolation="nearest")
                 im = ax.imshow(iso, origin="lower", cmap=oranges, vmin=0, vmax=1, aspect="auto", extent=extent,
                                interpolation="nearest")
@@ -130,15 +137,19 @@ def plot_recovery_phase(table, path: Path) -> list[Path]:
                     ax.set_xlabel("dimension d")
                 ax.set_yticks(range(1, kmax + 1))
                 ax.set_xticks(range(dmin, dmax + 1, 2))
+        from matplotlib.lines import Line2D
         from matplotlib.patches import Patch
 
         handles = [Patch(color="#c6dbef", label="identified (A* the only zero-loss base)"),
                    Patch(color="#e6550d", label="isolated other zero-loss bases (shade: fraction)"),
-                   Patch(color="#d9d9d9", label="continuum of zero-loss bases")]
+                   Patch(color="#d9d9d9", label="continuum: a curve of zero-loss bases exhibited"),
+                   Patch(color="#cb181d", label="some instance undetermined"),
+                   Line2D([], [], ls="", marker="^", ms=4, color="k",
+                          label="Jacobian degenerate, A* isolated at 2nd order")]
         handles += axes[0, 0].get_legend_handles_labels()[0] + (axes[0, 1].get_legend_handles_labels()[0]
                                                                  if len(Ts) > 1 else [])
-        fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False,
-                   bbox_to_anchor=(0.5, -0.02))
+        fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, frameon=False,
+                   bbox_to_anchor=(0.5, -0.05))
         fig.colorbar(im, ax=axes, shrink=0.7, pad=0.015, label="fraction with another zero-loss base")
         fig.suptitle("P5: is A* the only zero-loss base? Colour = identifiability class; number = % of instances on "
                      "which the exact solver lands on A*;\n· = settled by a multi-start search (no alternative found "
