@@ -864,7 +864,7 @@ def simulate_realdata_chunks(chunks, device: str | None = None, amp: bool | None
     return [_chunk(config, v, trials, device, amp, None, None, cache) for config, v, trials in checked]
 
 
-def _chunk(config, value_index, trials, device, amp, budget, timings, cache):
+def _chunk(config, value_index, trials, device, amp, budget, timings, cache, stacked=None):
     config.check_data()                  # the files are those the key names (before any training)
     torch = _torch()
     method = config.values[value_index]
@@ -875,8 +875,21 @@ def _chunk(config, value_index, trials, device, amp, budget, timings, cache):
     if device.type == "cpu" and config.dataset == "digits":
         torch.set_num_threads(1)
     try:
-        for t in trials:
-            frames.append(_one_seed(config, method, config.seeds[int(t)], device, amp, budget, timings, cache))
+        # The seeds' fine-tunings as one stacked pass where kernel launches, not arithmetic, set the
+        # pace (CUDA). On the CPU the digits model's arithmetic does: a stacked pass of 5 or 20 seeds
+        # took as long as the loop (benchmarks/realdata_digits.py --stacked), and last-layer
+        # fine-tuning would lose the loop's cached head inputs.
+        stacked = device.type == "cuda" if stacked is None else stacked
+        if stacked and len(trials) > 1 and budget is None:
+            own = {}        # the seeds' retraining times (their fine-tuning times are the stacked passes')
+            frames = _drive_stacked([_one_seed(config, method, config.seeds[int(t)], device, amp, budget, own, cache)
+                                     for t in trials], timings, method)
+            if timings is not None:
+                timings.update({k: v for k, v in own.items() if k.startswith("retrain")})
+        else:
+            for t in trials:
+                frames.append(_drive(_one_seed(config, method, config.seeds[int(t)], device, amp, budget, timings,
+                                               cache)))
     finally:
         torch.set_num_threads(threads)
     frame = pd.concat(frames, ignore_index=True)
@@ -885,7 +898,57 @@ def _chunk(config, value_index, trials, device, amp, budget, timings, cache):
     return frame
 
 
+def _drive(seed_run):
+    """Run one seed's :func:`_one_seed` generator, fine-tuning as it asks; its table."""
+    try:
+        request = next(seed_run)
+        while True:
+            _, base, train, kwargs = request
+            request = seed_run.send(finetune(base, train, **kwargs))
+    except StopIteration as stop:
+        return stop.value
+
+
+def _drive_stacked(seed_runs, timings, method):
+    """Run several seeds' :func:`_one_seed` generators side by side: each retrains (one after
+    another), then the fine-tunings they ask for with the same scheme and sample size run as one
+    stacked pass (sims._seedstack). Their tables, in order."""
+    from ._seedstack import finetune_seeds
+
+    tables = [None] * len(seed_runs)
+    requests = [None] * len(seed_runs)
+
+    def advance(i, result):
+        try:
+            requests[i] = seed_runs[i].send(result)
+        except StopIteration as stop:
+            requests[i], tables[i] = None, stop.value
+
+    for i in range(len(seed_runs)):
+        advance(i, None)
+    while any(r is not None for r in requests):
+        key = next(r[0] for r in requests if r is not None)
+        group = [i for i, r in enumerate(requests) if r is not None and r[0] == key]
+        kws = [requests[i][3] for i in group]
+        common = {k: kws[0][k] for k in ("scheme", "lora", "optim", "device", "amp", "deadline")}
+        t0 = time.perf_counter()
+        fts = finetune_seeds([requests[i][1] for i in group], [requests[i][2] for i in group],
+                             vals=[kw["val"] for kw in kws], tests=[kw["test"] for kw in kws],
+                             seeds=[kw["seed"] for kw in kws], options=[{k: v for k, v in kw.items() if k not in common
+                                                                         and k not in ("val", "test", "seed")}
+                                                                        for kw in kws], **common)
+        if timings is not None:
+            timings[f"finetune {method} {common['scheme']} n={len(requests[group[0]][2].y)} "
+                    f"seeds {len(group)}"] = time.perf_counter() - t0
+        for i, ft in zip(group, fts):
+            advance(i, ft)
+    return tables
+
+
 def _one_seed(config, method, seed, device, amp, budget, timings, cache=None):
+    """One seed's retraining and fine-tunings, as a generator: each fine-tuning is yielded as
+    ``((scheme index, size index), base, train loader, finetune keywords)`` and the caller sends
+    back its :class:`FineTuned` (see :func:`_drive`); the table is the generator's return value."""
     torch = _torch()
     streams = np.random.SeedSequence(seed).spawn(4)         # data split, model, retraining, fine-tuning
     data_rng = np.random.default_rng(streams[0])
@@ -959,9 +1022,12 @@ def _one_seed(config, method, seed, device, amp, budget, timings, cache=None):
                 (shared, int(seed), ft_key, s, j)
             ft = None if ft_shared is None else cache.get(ft_shared)
             if ft is None:
-                ft = finetune(res.model, tr, scheme=scheme, val=val_ld, test=test_ld, lora=lora, optim=ft_opt,
-                              seed=int(streams[3].generate_state(1)[0]) + 100 * s + j, device=device, amp=amp,
-                              deadline=deadline, **options)
+                # The caller runs the fine-tuning (_drive: here and now; _drive_stacked: with the
+                # other seeds of the chunk, in one stacked pass) and sends the result back.
+                ft = yield (s, j), res.model, tr, dict(
+                    scheme=scheme, val=val_ld, test=test_ld, lora=lora, optim=ft_opt,
+                    seed=int(streams[3].generate_state(1)[0]) + 100 * s + j, device=device, amp=amp,
+                    deadline=deadline, **options)
                 if ft_shared is not None:
                     cache[ft_shared] = ft
             if timings is not None:

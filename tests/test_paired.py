@@ -137,11 +137,12 @@ def test_seeds_pair_the_draws_of_every_method():
     the seed's initial Mixer (LoRA-ML's adapters are dropped), so their fine-tuning histories are
     identical number for number; a method-dependent stream anywhere (split, init, loader order,
     adapter init, dropout) would make them differ."""
-    cfg = sims.realdata_sweep("digits", seeds=(3,), values=("SR", "LoRA-ML"), retrain_epochs=0, ft_epochs=2,
-                              n_finetune=(20,), finetuning=("lora",))
+    cfg = sims.realdata_sweep("digits", seeds=(3,), values=("SR", "LoRA-ML"), retrain_epochs=0, ft_epochs=3,
+                              ft_lr=0.1, width=16, n_finetune=(40,), finetuning=("lora",))
     a, b = (sims.simulate_realdata_chunk(cfg, v, (0,), device="cpu") for v in (0, 1))
     fa, fb = (t[t["phase"] == "finetune"].reset_index(drop=True) for t in (a, b))
-    assert fa["accuracy"].nunique() > 1
+    test = fa.loc[fa["split"] == "test", "accuracy"]
+    assert test.nunique() > 2                     # fine-tuning moves the predictions (dropout on)
     pd.testing.assert_series_equal(fa["accuracy"], fb["accuracy"])
     d = sims.paired_differences(pd.concat([a, b], ignore_index=True)).iloc[0]
     assert (d["last_diff"], d["best_diff"]) == (0.0, 0.0)
