@@ -3,7 +3,7 @@ fine-tuning schemes, both presets as `loraml reproduce` runs them), the paired i
 and how many seeds a target half-width needs.
 
 Run:  .venv/bin/python benchmarks/realdata_digits.py [--seeds 5] [--baseline-seeds 5] [--presets clean paper]
-                                                     [--target 3] [--stacked SR]
+                                                     [--methods SR LoRA-ML] [--target 3] [--stacked SR]
 
 - Runs ``loraml.figures.realdata_configs`` with ``--seeds`` seeds (both presets by default; SR and
   last-layer-ML chunks shared between them, as in `make reproduce`) with no store, and prints
@@ -41,10 +41,11 @@ def seeds_for(sd: float, half_width: float, level: float = 0.95, most: int = 100
     return k
 
 
-def group(seeds: int, presets, executor: str):
-    """The digits group with ``seeds`` seeds: (wall seconds, {preset: table})."""
-    configs = [dataclasses.replace(c, seeds=tuple(range(seeds))) for c in realdata_configs()
-               if c.preset in presets]
+def group(seeds: int, presets, executor: str, methods=None):
+    """The digits group with ``seeds`` seeds (and only ``methods``, if given): (wall seconds,
+    {preset: table})."""
+    configs = [dataclasses.replace(c, seeds=tuple(range(seeds)), **({"values": tuple(methods)} if methods else {}))
+               for c in realdata_configs() if c.preset in presets]
     t0 = time.perf_counter()
     tables = sims.run_many(configs, executor=executor, progress=False, device="cpu")
     return time.perf_counter() - t0, {c.preset: t for c, t in zip(configs, tables)}
@@ -72,6 +73,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=5, help="seeds of the timed group (default 5)")
     p.add_argument("--baseline-seeds", type=int, default=None, help="also time the group with this many seeds first")
     p.add_argument("--presets", nargs="+", choices=("clean", "paper"), default=["clean", "paper"])
+    p.add_argument("--methods", nargs="+", choices=sims.RETRAINING_METHODS, default=None,
+                   help="only these retraining methods (SR among them for the paired intervals)")
     p.add_argument("--target", type=float, default=3.0, help="target 95 %% half-width in accuracy points")
     p.add_argument("--stacked", default=None, choices=sims.RETRAINING_METHODS, help="time one chunk stacked vs looped")
     args = p.parse_args(argv)
@@ -79,10 +82,10 @@ def main(argv=None):
         return stacked_check(args.stacked, args.seeds)
     cores = os.cpu_count()
     if args.baseline_seeds:
-        base, _ = group(args.baseline_seeds, args.presets, args.executor)
+        base, _ = group(args.baseline_seeds, args.presets, args.executor, args.methods)
         print(f"digits group, {args.baseline_seeds} seeds, presets {' '.join(args.presets)}: {base:.1f} s "
               f"({args.executor} on {cores} cores)")
-    wall, tables = group(args.seeds, args.presets, args.executor)
+    wall, tables = group(args.seeds, args.presets, args.executor, args.methods)
     print(f"digits group, {args.seeds} seeds, presets {' '.join(args.presets)}: {wall:.1f} s "
           f"({args.executor} on {cores} cores)")
     if args.baseline_seeds:

@@ -150,8 +150,8 @@ def test_seeds_pair_the_draws_of_every_method():
 
 def test_realdata_outputs_carry_the_paired_table(tmp_path):
     """The table writer adds the paired table (points, the interval bold where it excludes 0) and
-    paired.csv; a run of SR alone has nothing to pair and writes neither."""
-    from loraml.figures.realdata import write_realdata_outputs
+    paired.csv; without pairs the Markdown has no paired table."""
+    from loraml.figures.realdata import realdata_markdown, write_realdata_outputs
 
     acc = {"SR": {"lora": {10: np.array([0.60, 0.70, 0.80]), 20: np.array([0.7, 0.8, 0.9])}},
            "LoRA-ML": {"lora": {10: np.array([0.70, 0.81, 0.89]), 20: np.array([0.6, 0.9, 0.8])}}}
@@ -163,5 +163,5 @@ def test_realdata_outputs_carry_the_paired_table(tmp_path):
     assert "| lora | 20 | LoRA-ML | 3 | -3.3 [" in md                 # d = -10, 10, -10: not bold
     paired = pd.read_csv(tmp_path / "a" / "paired.csv")
     assert paired["last_lo"].iloc[0] == pytest.approx(0.10 - stats.t.ppf(0.975, 2) * 0.01 / np.sqrt(3), abs=1e-6)
-    alone = write_realdata_outputs(_table({"SR": acc["SR"]}), tmp_path / "b", title="t", pdf=False)
-    assert "paired.csv" not in {p.name for p in alone} and "minus SR" not in (tmp_path / "b" / "table.md").read_text()
+    alone = sims.realdata_summary(_table({"SR": acc["SR"]}))
+    assert "minus SR" not in realdata_markdown(alone) and "minus SR" in md
