@@ -135,3 +135,14 @@ def test_stacked_seeds_stay_paired_across_methods():
     pd.testing.assert_series_equal(fa["accuracy"], fb["accuracy"])
     off = R._chunk(_tiny("clean", dropout=0.0, **kw), 0, (0, 1), dev, False, None, None, None, stacked=True)
     assert not off.loc[off["phase"] == "finetune", "accuracy"].reset_index(drop=True).equals(fa["accuracy"])
+
+
+def test_cpu_chunks_loop_so_chunking_leaves_the_numbers_alone():
+    """On the CPU a chunk of several seeds loops (the stacked pass is no faster there), so with
+    dropout on a chunk of seeds 0 and 1 gives what chunks of one seed each give: the store's key
+    leaves the chunking out. A stacked default would draw the masks from the stack's generator."""
+    cfg = _tiny("clean", dropout=0.1, values=("SR",), finetuning=("last-layer",), width=16, ft_lr=0.1,
+                n_finetune=(40,))
+    both = sims.simulate_realdata_chunk(cfg, 0, (0, 1), device="cpu")
+    apart = pd.concat([sims.simulate_realdata_chunk(cfg, 0, (t,), device="cpu") for t in (0, 1)], ignore_index=True)
+    pd.testing.assert_frame_equal(both, apart)
