@@ -1053,6 +1053,10 @@ def _per_seed(table, func) -> pd.DataFrame:
     if not (table["phase"] == "finetune").any():
         raise ValueError(f"The 'table' parameter of {func} must hold fine-tuning rows (phase 'finetune'). "
                          "Got none.")
+    for name in ("dataset", "preset"):
+        if name in table.columns and table[name].nunique() > 1:
+            raise ValueError(f"The 'table' parameter of {func} must hold one {name} (a seed's runs would mix). "
+                             f"Got {', '.join(sorted(map(str, table[name].unique())))}.")
     ft = table[table["phase"] == "finetune"].sort_values("epoch", kind="stable")    # rows in any order
     per_seed = []
     for (m, s, n, seed), g in ft.groupby(["retraining", "finetuning", "n_finetune", "seed"], observed=True):
@@ -1089,7 +1093,8 @@ def realdata_summary(table: pd.DataFrame) -> pd.DataFrame:
     Raises
     ------
     ValueError
-        ``table`` is not a DataFrame, lacks a column, or holds no fine-tuning rows.
+        ``table`` is not a DataFrame, lacks a column, holds no fine-tuning rows, or mixes presets
+        or data sets.
 
     See Also
     --------
@@ -1148,8 +1153,9 @@ def paired_differences(table: pd.DataFrame, baseline: str = "SR", *, level: floa
     Raises
     ------
     ValueError
-        ``table`` is not a DataFrame, lacks a column or fine-tuning rows, ``baseline`` is not a
-        method or has no rows in ``table``, or ``level`` is outside (0, 1).
+        ``table`` is not a DataFrame, lacks a column or fine-tuning rows, mixes presets or data
+        sets, ``baseline`` is not a method or has no rows in ``table``, or ``level`` is outside
+        (0, 1).
 
     Examples
     --------

@@ -123,7 +123,14 @@ def test_only_shared_seeds_pair():
     assert d1["seeds"] == 1 and np.isnan(d1["last_lo"]) and np.isnan(d1["last_sd"])
 
 
-def test_refuses_an_absent_baseline():
+def test_refuses_an_absent_baseline_and_mixed_presets():
+    """A baseline without rows, a level outside (0, 1), and the tables of two presets together
+    (each seed would pair, and pick the best epoch of, two presets' runs at once) are refused."""
+    two = _table({m: {"lora": {10: np.array([0.7, 0.9])}} for m in ("SR", "LoRA-ML")})
+    mixed = pd.concat([two.assign(preset="paper"), two.assign(preset="clean")], ignore_index=True)
+    for func in (sims.paired_differences, sims.realdata_summary):
+        with pytest.raises(ValueError, match="'table' parameter of .* must hold one preset"):
+            func(mixed)
     acc = {"LoRA-ML": {"lora": {10: np.array([0.7, 0.9])}}}
     with pytest.raises(ValueError, match="'baseline' parameter of paired_differences.*LoRA-ML"):
         sims.paired_differences(_table(acc))
