@@ -64,6 +64,7 @@ from ._realdata import REALDATA_PRESETS as REALDATA_PRESETS
 from ._realdata import MLPMixer as MLPMixer
 from ._realdata import RealDataConfig as RealDataConfig
 from ._realdata import crop_flip as crop_flip
+from ._realdata import paired_differences as paired_differences
 from ._realdata import read_cifar10 as read_cifar10
 from ._realdata import realdata_summary as realdata_summary
 from ._realdata import realdata_sweep as realdata_sweep
@@ -111,6 +112,7 @@ __all__ = [
     "crop_flip",
     "finetune",
     "linear_names",
+    "paired_differences",
     "read_cifar10",
     "realdata_summary",
     "realdata_sweep",

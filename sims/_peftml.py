@@ -1224,27 +1224,8 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
         raise ValueError(f"The 'head' parameter of {func} must name a submodule of the model. Got {head!r}.") from None
     targets = _targets(base, lora, func) if scheme == "lora" else ()
     with _seeded(seed, device):
-        model = copy.deepcopy(base).to(device)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        if init_head is not None:
-            _set(model, head, copy.deepcopy(init_head).to(device))
-        elif scheme == "last-layer" or fresh_head:
-            _reset(_get(model, head))
-        if scheme == "lora":
-            if lora.ignore_bias:
-                _drop_biases(model, targets)
-            net = _wrap(model, lora, targets, ["finetune"])
-            if init_adapter is not None:
-                _load_adapter(net, "finetune", init_adapter)
-            params = _adapter_params(net, "finetune")
-            if train_head:
-                params = params + list(_get(model, head).parameters())
-        else:
-            net = model
-            params = list(_get(model, head).parameters())
-        for p in params:
-            p.requires_grad_(True)
+        net, model, params = _finetune_net(base, scheme, head, lora, targets, device, init_adapter, init_head,
+                                           fresh_head, train_head)
         trainable = trainable_count(params)
         opt, sched = _optimizer(params, optim, len(train))
         rows = []
@@ -1264,23 +1245,59 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
                 rows.append({"epoch": epoch, "split": split, "accuracy": acc[id(ld)]})
 
         try:
-            record(0)
-            modes.set(True)
-            for epoch in range(1, optim.epochs + 1):
-                for batch in train:
-                    opt.zero_grad(set_to_none=True)
-                    _backward(fwd, batch, device, amp, objective, micro_batch)
-                    opt.step()
-                    sched.batch()
-                sched.epoch()
-                record(epoch)
-                if deadline is not None and time.perf_counter() > deadline:
-                    break
+            _epochs(fwd, train, opt, sched, modes, record, optim.epochs, deadline, device, amp, objective, micro_batch)
         finally:
             if cache is not None:
                 cache.close()
         net.eval()
         return FineTuned(model=net, history=pd.DataFrame(rows), trainable=trainable)
+
+
+def _finetune_net(base, scheme, head, lora, targets, device, init_adapter, init_head, fresh_head, train_head):
+    """The network that :func:`finetune` trains (a frozen copy of ``base`` with a fresh adapter or
+    head, drawn from torch's default generator) and its trainable parameters: ``(net, model,
+    params)``, ``model`` being the plain module inside ``net``."""
+    model = copy.deepcopy(base).to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if init_head is not None:
+        _set(model, head, copy.deepcopy(init_head).to(device))
+    elif scheme == "last-layer" or fresh_head:
+        _reset(_get(model, head))
+    if scheme == "lora":
+        if lora.ignore_bias:
+            _drop_biases(model, targets)
+        net = _wrap(model, lora, targets, ["finetune"])
+        if init_adapter is not None:
+            _load_adapter(net, "finetune", init_adapter)
+        params = _adapter_params(net, "finetune")
+        if train_head:
+            params = params + list(_get(model, head).parameters())
+    else:
+        net = model
+        params = list(_get(model, head).parameters())
+    for p in params:
+        p.requires_grad_(True)
+    return net, model, params
+
+
+def _epochs(fwd, train, opt, sched, modes, record, epochs, deadline, device, amp, objective, micro_batch):
+    """The fine-tuning epochs: ``record(0)``, then per epoch one optimiser step per batch of
+    ``train`` and ``record(epoch)``; stops after the epoch that passes ``deadline``. ``fwd`` and
+    ``train`` are one network and its loader, or (sims._seedstack) a stack of seeds' networks and
+    their loaders in step."""
+    record(0)
+    modes.set(True)
+    for epoch in range(1, epochs + 1):
+        for batch in train:
+            opt.zero_grad(set_to_none=True)
+            _backward(fwd, batch, device, amp, objective, micro_batch)
+            opt.step()
+            sched.batch()
+        sched.epoch()
+        record(epoch)
+        if deadline is not None and time.perf_counter() > deadline:
+            break
 
 
 def _check_history(table, name, func, columns):

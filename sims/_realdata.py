@@ -72,7 +72,7 @@ from ._peftml import (
 
 __all__ = ["MLPMixer", "RealDataConfig", "realdata_sweep", "simulate_realdata_chunk", "simulate_realdata_chunks",
            "read_cifar10",
-           "realdata_summary", "REALDATA_PRESETS", "CIFAR10_HELP", "write_cifar10", "crop_flip"]
+           "realdata_summary", "paired_differences", "REALDATA_PRESETS", "CIFAR10_HELP", "write_cifar10", "crop_flip"]
 
 REALDATA_PRESETS = ("paper", "clean")
 PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7))
@@ -901,7 +901,7 @@ def simulate_realdata_chunks(chunks, device: str | None = None, amp: bool | None
     return [_chunk(config, v, trials, device, amp, None, None, cache) for config, v, trials in checked]
 
 
-def _chunk(config, value_index, trials, device, amp, budget, timings, cache):
+def _chunk(config, value_index, trials, device, amp, budget, timings, cache, stacked=None):
     config.check_data()                  # the files are those the key names (before any training)
     torch = _torch()
     method = config.values[value_index]
@@ -912,8 +912,21 @@ def _chunk(config, value_index, trials, device, amp, budget, timings, cache):
     if device.type == "cpu" and config.dataset == "digits":
         torch.set_num_threads(1)
     try:
-        for t in trials:
-            frames.append(_one_seed(config, method, config.seeds[int(t)], device, amp, budget, timings, cache))
+        # The seeds' fine-tunings as one stacked pass where kernel launches, not arithmetic, set the
+        # pace (CUDA). On the CPU the digits model's arithmetic does: a stacked pass of 5 or 20 seeds
+        # took as long as the loop (benchmarks/realdata_digits.py --stacked), and last-layer
+        # fine-tuning would lose the loop's cached head inputs.
+        stacked = device.type == "cuda" if stacked is None else stacked
+        if stacked and len(trials) > 1 and budget is None:
+            own = {}        # the seeds' retraining times (their fine-tuning times are the stacked passes')
+            frames = _drive_stacked([_one_seed(config, method, config.seeds[int(t)], device, amp, budget, own, cache)
+                                     for t in trials], timings, method)
+            if timings is not None:
+                timings.update({k: v for k, v in own.items() if k.startswith("retrain")})
+        else:
+            for t in trials:
+                frames.append(_drive(_one_seed(config, method, config.seeds[int(t)], device, amp, budget, timings,
+                                               cache)))
     finally:
         torch.set_num_threads(threads)
     frame = pd.concat(frames, ignore_index=True)
@@ -922,7 +935,57 @@ def _chunk(config, value_index, trials, device, amp, budget, timings, cache):
     return frame
 
 
+def _drive(seed_run):
+    """Run one seed's :func:`_one_seed` generator, fine-tuning as it asks; its table."""
+    try:
+        request = next(seed_run)
+        while True:
+            _, base, train, kwargs = request
+            request = seed_run.send(finetune(base, train, **kwargs))
+    except StopIteration as stop:
+        return stop.value
+
+
+def _drive_stacked(seed_runs, timings, method):
+    """Run several seeds' :func:`_one_seed` generators side by side: each retrains (one after
+    another), then the fine-tunings they ask for with the same scheme and sample size run as one
+    stacked pass (sims._seedstack). Their tables, in order."""
+    from ._seedstack import finetune_seeds
+
+    tables = [None] * len(seed_runs)
+    requests = [None] * len(seed_runs)
+
+    def advance(i, result):
+        try:
+            requests[i] = seed_runs[i].send(result)
+        except StopIteration as stop:
+            requests[i], tables[i] = None, stop.value
+
+    for i in range(len(seed_runs)):
+        advance(i, None)
+    while any(r is not None for r in requests):
+        key = next(r[0] for r in requests if r is not None)
+        group = [i for i, r in enumerate(requests) if r is not None and r[0] == key]
+        kws = [requests[i][3] for i in group]
+        common = {k: kws[0][k] for k in ("scheme", "lora", "optim", "device", "amp", "deadline")}
+        t0 = time.perf_counter()
+        fts = finetune_seeds([requests[i][1] for i in group], [requests[i][2] for i in group],
+                             vals=[kw["val"] for kw in kws], tests=[kw["test"] for kw in kws],
+                             seeds=[kw["seed"] for kw in kws], options=[{k: v for k, v in kw.items() if k not in common
+                                                                         and k not in ("val", "test", "seed")}
+                                                                        for kw in kws], **common)
+        if timings is not None:
+            timings[f"finetune {method} {common['scheme']} n={len(requests[group[0]][2].y)} "
+                    f"seeds {len(group)}"] = time.perf_counter() - t0
+        for i, ft in zip(group, fts):
+            advance(i, ft)
+    return tables
+
+
 def _one_seed(config, method, seed, device, amp, budget, timings, cache=None):
+    """One seed's retraining and fine-tunings, as a generator: each fine-tuning is yielded as
+    ``((scheme index, size index), base, train loader, finetune keywords)`` and the caller sends
+    back its :class:`FineTuned` (see :func:`_drive`); the table is the generator's return value."""
     torch = _torch()
     streams = np.random.SeedSequence(seed).spawn(4)         # data split, model, retraining, fine-tuning
     data_rng = np.random.default_rng(streams[0])
@@ -996,9 +1059,12 @@ def _one_seed(config, method, seed, device, amp, budget, timings, cache=None):
                 (shared, int(seed), ft_key, s, j)
             ft = None if ft_shared is None else cache.get(ft_shared)
             if ft is None:
-                ft = finetune(res.model, tr, scheme=scheme, val=val_ld, test=test_ld, lora=lora, optim=ft_opt,
-                              seed=int(streams[3].generate_state(1)[0]) + 100 * s + j, device=device, amp=amp,
-                              deadline=deadline, **options)
+                # The caller runs the fine-tuning (_drive: here and now; _drive_stacked: with the
+                # other seeds of the chunk, in one stacked pass) and sends the result back.
+                ft = yield (s, j), res.model, tr, dict(
+                    scheme=scheme, val=val_ld, test=test_ld, lora=lora, optim=ft_opt,
+                    seed=int(streams[3].generate_state(1)[0]) + 100 * s + j, device=device, amp=amp,
+                    deadline=deadline, **options)
                 if ft_shared is not None:
                     cache[ft_shared] = ft
             if timings is not None:
@@ -1027,6 +1093,35 @@ def _val_is_test(history):
 # Summary
 
 
+def _per_seed(table, func) -> pd.DataFrame:
+    """One row per retraining method × fine-tuning scheme × n_finetune × seed: the last-epoch and
+    the best-epoch (chosen on validation, :func:`best_and_last`) test accuracy."""
+    columns = ("phase", "retraining", "finetuning", "n_finetune", "seed", "epoch", "split", "accuracy")
+    _check_history(table, "table", func, columns)
+    if not (table["phase"] == "finetune").any():
+        raise ValueError(f"The 'table' parameter of {func} must hold fine-tuning rows (phase 'finetune'). "
+                         "Got none.")
+    for name in ("dataset", "preset"):
+        if name in table.columns and table[name].nunique() > 1:
+            raise ValueError(f"The 'table' parameter of {func} must hold one {name} (a seed's runs would mix). "
+                             f"Got {', '.join(sorted(map(str, table[name].unique())))}.")
+    ft = table[table["phase"] == "finetune"].sort_values("epoch", kind="stable")    # rows in any order
+    per_seed = []
+    for (m, s, n, seed), g in ft.groupby(["retraining", "finetuning", "n_finetune", "seed"], observed=True):
+        bl = best_and_last(g)
+        per_seed.append({"retraining": m, "finetuning": s, "n_finetune": int(n), "seed": int(seed),
+                         "last": bl["last"], "best": bl["best"]})
+    return pd.DataFrame(per_seed)
+
+
+def _ordered(out) -> pd.DataFrame:
+    """Rows by fine-tuning scheme, then n_finetune, then retraining method (the spec's orders)."""
+    order = {m: i for i, m in enumerate(RETRAINING_METHODS)}
+    sorder = {s: i for i, s in enumerate(FINETUNING_SCHEMES)}
+    out = out.assign(_m=out["retraining"].map(order), _s=out["finetuning"].map(sorder))
+    return out.sort_values(["_s", "n_finetune", "_m"]).drop(columns=["_m", "_s"]).reset_index(drop=True)
+
+
 def realdata_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per retraining method × fine-tuning scheme × n_finetune: mean, standard error (ddof 1) and
     median over seeds of the last-epoch and the best-epoch (chosen on validation) test accuracy.
@@ -1037,6 +1132,22 @@ def realdata_summary(table: pd.DataFrame) -> pd.DataFrame:
         A table of :func:`simulate_realdata_chunk` (or the store's concatenation of them), with
         fine-tuning rows.
 
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``retraining, finetuning, n_finetune, seeds`` and, for ``last`` and ``best``,
+        ``_mean``, ``_se`` and ``_median`` (accuracies as fractions).
+
+    Raises
+    ------
+    ValueError
+        ``table`` is not a DataFrame, lacks a column, holds no fine-tuning rows, or mixes presets
+        or data sets.
+
+    See Also
+    --------
+    paired_differences : each method against a baseline, paired over seeds, with confidence intervals.
+
     Examples
     --------
     >>> cfg = realdata_sweep("digits", seeds=(0,), values=("SR",), finetuning=("last-layer",), n_finetune=(10,),
@@ -1045,18 +1156,7 @@ def realdata_summary(table: pd.DataFrame) -> pd.DataFrame:
     >>> summary[["retraining", "finetuning", "n_finetune"]].astype(str).values.tolist()
     [['SR', 'last-layer', '10']]
     """
-    columns = ("phase", "retraining", "finetuning", "n_finetune", "seed", "epoch", "split", "accuracy")
-    _check_history(table, "table", "realdata_summary", columns)
-    if not (table["phase"] == "finetune").any():
-        raise ValueError("The 'table' parameter of realdata_summary must hold fine-tuning rows (phase 'finetune'). "
-                         "Got none.")
-    ft = table[table["phase"] == "finetune"]
-    per_seed = []
-    for (m, s, n, seed), g in ft.groupby(["retraining", "finetuning", "n_finetune", "seed"], observed=True):
-        bl = best_and_last(g)
-        per_seed.append({"retraining": m, "finetuning": s, "n_finetune": int(n), "seed": int(seed),
-                         "last": bl["last"], "best": bl["best"]})
-    per_seed = pd.DataFrame(per_seed)
+    per_seed = _per_seed(table, "realdata_summary")
     rows = []
     for (m, s, n), g in per_seed.groupby(["retraining", "finetuning", "n_finetune"], observed=True, sort=False):
         row = {"retraining": m, "finetuning": s, "n_finetune": int(n), "seeds": len(g)}
@@ -1066,8 +1166,87 @@ def realdata_summary(table: pd.DataFrame) -> pd.DataFrame:
             row[f"{which}_se"] = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
             row[f"{which}_median"] = float(np.median(v))
         rows.append(row)
-    out = pd.DataFrame(rows)
-    order = {m: i for i, m in enumerate(RETRAINING_METHODS)}
-    sorder = {s: i for i, s in enumerate(FINETUNING_SCHEMES)}
-    out = out.assign(_m=out["retraining"].map(order), _s=out["finetuning"].map(sorder))
-    return out.sort_values(["_s", "n_finetune", "_m"]).drop(columns=["_m", "_s"]).reset_index(drop=True)
+    return _ordered(pd.DataFrame(rows))
+
+
+def paired_differences(table: pd.DataFrame, baseline: str = "SR", *, level: float = 0.95) -> pd.DataFrame:
+    """Each retraining method against ``baseline`` as a difference paired over seeds, with a
+    Student-t confidence interval, per fine-tuning scheme and n_finetune, for the last-epoch and
+    the best-epoch (chosen on validation) test accuracy.
+
+    A seed fixes the data split and order, the initialisation and the fine-tuning draws of every
+    method, so method and baseline of one seed share those draws; the difference of their
+    accuracies cancels what the seed does to both. Per seed s present for both methods:
+    d_s = acc(method, s) − acc(baseline, s); over the k such seeds the mean difference d̄, the
+    standard deviation sd (ddof 1), and the interval d̄ ± t_{(1+level)/2, k−1} · sd / √k
+    (NaN bounds with fewer than 2 paired seeds).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A table of :func:`simulate_realdata_chunk` (or the store's concatenation of them), with
+        fine-tuning rows of ``baseline`` and at least one other method.
+    baseline : {"SR", "LoRA-ML", "last-layer-ML", "Reptile"}
+        The method the others are compared with (subtracted).
+    level : float in (0, 1)
+        Confidence level of the intervals.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per other method × scheme × n_finetune: ``retraining, finetuning, n_finetune,
+        seeds`` (paired seeds) and, for ``last`` and ``best``: ``_diff`` (d̄), ``_sd``, ``_lo`` and
+        ``_hi`` (the interval), as fractions of accuracy (× 100 for points).
+
+    Raises
+    ------
+    ValueError
+        ``table`` is not a DataFrame, lacks a column or fine-tuning rows, mixes presets or data
+        sets, ``baseline`` is not a method or has no rows in ``table``, or ``level`` is outside
+        (0, 1).
+
+    Examples
+    --------
+    >>> rows = [{"phase": "finetune", "retraining": m, "finetuning": "lora", "n_finetune": 10, "seed": s,
+    ...          "epoch": 1, "split": split, "accuracy": acc}
+    ...         for m, accs in (("SR", (0.6, 0.8, 0.7)), ("LoRA-ML", (0.7, 0.9, 0.9)))
+    ...         for s, acc in enumerate(accs) for split in ("val", "test")]
+    >>> d = paired_differences(pd.DataFrame(rows))
+    >>> d[["retraining", "seeds"]].values.tolist(), round(float(d["last_diff"].iloc[0]), 4)   # d_s = 0.1, 0.1, 0.2
+    ([['LoRA-ML', 3]], 0.1333)
+    >>> round(float(d["last_lo"].iloc[0]), 4), round(float(d["last_hi"].iloc[0]), 4)   # ± 4.303 · 0.0577 / √3
+    (-0.0101, 0.2768)
+    """
+    from scipy import stats
+
+    func = "paired_differences"
+    check_choice(baseline, "baseline", func, RETRAINING_METHODS)
+    level = check_real(level, "level", func)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"The 'level' parameter of {func} must be a float in (0, 1). Got {level!r} instead.")
+    per_seed = _per_seed(table, func)
+    if not (per_seed["retraining"] == baseline).any():
+        present = ", ".join(sorted(set(per_seed["retraining"].astype(str))))
+        raise ValueError(f"The 'baseline' parameter of {func} must be a retraining method with fine-tuning rows in "
+                         f"'table' ({present}). Got {baseline!r} instead.")
+    keys = ["finetuning", "n_finetune", "seed"]
+    base = per_seed[per_seed["retraining"] == baseline].drop(columns="retraining")
+    other = per_seed[per_seed["retraining"] != baseline]
+    paired = other.merge(base, on=keys, suffixes=("", "_base"))
+    rows = []
+    for (m, s, n), g in paired.groupby(["retraining", "finetuning", "n_finetune"], observed=True, sort=False):
+        k = len(g)
+        row = {"retraining": m, "finetuning": s, "n_finetune": int(n), "seeds": k}
+        for which in ("last", "best"):
+            d = g[which].to_numpy() - g[f"{which}_base"].to_numpy()
+            mean = float(d.mean())
+            sd = float(d.std(ddof=1)) if k > 1 else float("nan")
+            half = float(stats.t.ppf(0.5 + level / 2, k - 1) * sd / np.sqrt(k)) if k > 1 else float("nan")
+            row.update({f"{which}_diff": mean, f"{which}_sd": sd, f"{which}_lo": mean - half,
+                        f"{which}_hi": mean + half})
+        rows.append(row)
+    columns = ["retraining", "finetuning", "n_finetune", "seeds"] + \
+        [f"{w}_{c}" for w in ("last", "best") for c in ("diff", "sd", "lo", "hi")]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    return _ordered(pd.DataFrame(rows, columns=columns))

@@ -83,12 +83,12 @@ def _tiny_realdata():
                                val_per_task=10, ft_val=10, test_size=20)
 
 
-def _realdata_table():
+def _realdata_table(methods=("SR",)):
     rows = []
-    for seed in (0, 1):
+    for seed, method in ((s, m) for s in (0, 1) for m in methods):
         for epoch in (0, 1):
             for split in ("val", "test"):
-                rows.append({"phase": "finetune", "retraining": "SR", "finetuning": "lora", "n_finetune": 10,
+                rows.append({"phase": "finetune", "retraining": method, "finetuning": "lora", "n_finetune": 10,
                              "seed": seed, "epoch": epoch, "split": split, "accuracy": 0.5 + 0.1 * epoch})
     return pd.DataFrame(rows)
 
@@ -365,6 +365,8 @@ def _bases():
         "linear_names": (sims.linear_names, dict(model=model)),
         "read_cifar10": (sims.read_cifar10, dict(root=TmpPath("cifar"))),
         "realdata_summary": (sims.realdata_summary, dict(table=_realdata_table())),
+        "paired_differences": (sims.paired_differences, dict(table=_realdata_table(("SR", "LoRA-ML")),
+                                                             baseline="SR", level=0.95)),
         "realdata_sweep": (sims.realdata_sweep, dict(dataset="digits", preset="clean", seeds=(0,))),
         "retrain": (sims.retrain, dict(model=model, train=[loader, loader], method="SR", head="head",
                                        optim=sims.OptimSpec(epochs=1), seed=0, device="cpu", select="best",
