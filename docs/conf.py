@@ -119,6 +119,7 @@ def _api_pages():
     import importlib
     import inspect
 
+    pages = set()
     for mod_name, (title, blurb) in API_PAGES.items():
         mod = importlib.import_module(mod_name)
         own, elsewhere, subpackages = [], [], []
@@ -140,6 +141,12 @@ def _api_pages():
                       + ", ".join(f":obj:`~{target}`" for target in elsewhere) + ".", ""]
         lines += [".. autosummary::", "   :toctree: generated", ""] + [f"   {name}" for name in own]
         _write_if_changed(DOCS / "api" / f"{mod_name}.rst", "\n".join(lines) + "\n")
+        pages.update(f"{mod_name}.{name}" for name in own)
+    # A name no longer exported leaves its page behind (autosummary only writes): remove it, or the
+    # build warns that the page is in no toctree.
+    for p in (DOCS / "api" / "generated").glob("*.rst"):
+        if p.stem not in pages:
+            p.unlink()
 
 
 def _notebook_copies():
