@@ -436,6 +436,14 @@ def _amp_run(method, amp, overflow, monkeypatch, epochs):
         return scalers[-1]
 
     monkeypatch.setattr(P, "_scaler", spy)
+    evals = []                                   # the autocast of every evaluation
+    real_accuracy = P._accuracy
+
+    def accuracy(model, loader, device, amp, *args, **kwargs):
+        evals.append(amp)
+        return real_accuracy(model, loader, device, amp, *args, **kwargs)
+
+    monkeypatch.setattr(P, "_accuracy", accuracy)
     tasks = _amp_tasks(overflow)
     with ledger() as events:
         if method == "finetune":
@@ -447,7 +455,7 @@ def _amp_run(method, amp, overflow, monkeypatch, epochs):
     steps = {}
     for opt, rates in _by_optimiser(events).items():          # steps per optimiser class
         steps[type(opt).__name__] = steps.get(type(opt).__name__, 0) + len(rates)
-    return steps, scalers, out
+    return steps, scalers, out, evals
 
 
 @pytest.mark.parametrize("method", ["SR", "LoRA-ML", "last-layer-ML", "Reptile", "finetune"])
@@ -459,20 +467,23 @@ def test_amp_steps_follow_the_ledger_and_an_overflow_skips_one_step_and_halves_t
     skips exactly the steps whose gradients hold it, once here: one step fewer, the scale halved
     from 2**16 to 2**15, and the weights stay finite. A missing scaler (autocast alone) takes the
     step on inf/nan gradients: no step missing and nan weights; Reptile's outer step is not the
-    scaler's (a scaler there would skip nothing but unscale the pseudo-gradient, see the next test)."""
+    scaler's (a scaler there would skip nothing but unscale the pseudo-gradient, see the next test).
+    Retraining validates under float16 autocast (2 tasks x epochs 0-2), fine-tuning evaluates in
+    float32 (a loader serving as val and test is evaluated once per epoch: 3 evaluations)."""
     want = {"Reptile": {"SGD": 2 * 2 * 2, "Adam": 2 * 2}}.get(method, {"Adam": 2 * 2})
-    steps, scalers, _ = _amp_run(method, True, False, monkeypatch, epochs=2)
+    steps, scalers, _, evals = _amp_run(method, True, False, monkeypatch, epochs=2)
     assert steps == want and len(scalers) == 1 and scalers[0].get_scale() == 2.0 ** 16
+    assert evals == ([False] * 3 if method == "finetune" else ["float16"] * 2 * 3)
     # one epoch with the overflowing batch: one step fewer (SR, LoRA-ML, last-layer-ML: the round
     # holding it; Reptile: the inner step on it; fine-tuning: its step), the scale halved once
     one = {k: v // 2 for k, v in want.items()}
     lost = "SGD" if method == "Reptile" else "Adam"
-    steps, scalers, out = _amp_run(method, True, True, monkeypatch, epochs=1)
+    steps, scalers, out, _ = _amp_run(method, True, True, monkeypatch, epochs=1)
     assert steps == one | {lost: one[lost] - 1}
     assert len(scalers) == 1 and scalers[0].get_scale() == 2.0 ** 15
     assert all(torch.isfinite(p).all() for p in out.model.parameters())
     # float32: no overflow, every step taken, no scaler
-    steps, scalers, _ = _amp_run(method, False, True, monkeypatch, epochs=1)
+    steps, scalers, _, _ = _amp_run(method, False, True, monkeypatch, epochs=1)
     assert steps == one and scalers == [None]
 
 

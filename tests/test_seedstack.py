@@ -172,7 +172,7 @@ def _steps(run):
     return out, [sum(o is p for o in steps) for p in dict.fromkeys(steps)]
 
 
-def test_stacked_amp_skips_as_every_seeds_own_scaler_and_falls_back_on_a_split_overflow():
+def test_stacked_amp_skips_as_every_seeds_own_scaler_and_falls_back_on_a_split_overflow(monkeypatch):
     """float16 autocast with one GradScaler for the stack, against each seed's own scaler in the loop.
     Every seed overflows on batch 0: the stack skips that step for all (one optimiser, 4 − 1 = 3
     steps in the epoch), as each seed's loop does (3 steps each), and every seed's weights are its
@@ -183,7 +183,13 @@ def test_stacked_amp_skips_as_every_seeds_own_scaler_and_falls_back_on_a_split_o
     weights by about lr = 1e-2 or more. Only seed 0 overflowing: the stack cannot skip one seed's
     step (its scaler skips it for all: 3 stacked steps), so it falls back to the loop (then 3, 4 and 4
     looped steps), whose results the seeds get bit for bit; without the fallback seeds 1 and 2 would
-    lose a step."""
+    lose a step. The stack's evaluations run in float32, as finetune's do (spec §2: an autocast
+    evaluation could flip a prediction that the loop's float32 one does not)."""
+    from sims import _seedstack
+
+    casts = []
+    real = _seedstack._autocast
+    monkeypatch.setattr(_seedstack, "_autocast", lambda device, amp: casts.append(amp) or real(device, amp))
     optim = sims.OptimSpec(epochs=1, lr=1e-2)
     kw = dict(scheme="lora", optim=optim, amp=True)
     for overflowing, stack_steps in (((0, 1, 2), [3]), ((0,), [3, 3, 4, 4])):
@@ -203,3 +209,4 @@ def test_stacked_amp_skips_as_every_seeds_own_scaler_and_falls_back_on_a_split_o
                     assert torch.equal(pa[k], pb[k]), k
             if len(overflowing) < S:
                 pd.testing.assert_frame_equal(a.history, b.history)
+    assert len(casts) == 2 * 2 * 2 and not any(casts)          # (epochs 0, 1) x (val, test) per stacked pass
