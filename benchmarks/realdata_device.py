@@ -7,11 +7,12 @@ Writes random images in the CIFAR-10 python-pickle format (``--size`` training +
 test images; paper size 50,000 + 10,000) to a temporary folder, then for each retraining method
 (SR, LoRA-ML, last-layer-ML, Reptile) runs one chunk of ``sims.realdata_sweep("vision")``: retraining
 with the paper's schedules (100 epochs, Reptile 5), fine-tuning with LoRA and with a new head (100
-epochs each) on the 9,000 + 1,000 ship/truck images, bfloat16 mixed precision on CUDA. The budget
-(seconds of training, all methods together) is shared evenly by the methods still to run; inside
-a method, retraining stops after the epoch that passes half its share and each fine-tuning after
-its equal part of the rest — so the script ends cleanly in time and says how far each phase got
-(epochs done of epochs planned) and what the whole protocol would take at the measured rate.
+epochs each) on the 9,000 + 1,000 ship/truck images, float16 mixed precision with a GradScaler on
+CUDA. The budget (seconds of training, all methods together) is shared evenly by the methods still
+to run; inside a method, retraining stops after the epoch that passes half its share and each
+fine-tuning after its equal part of the rest — so the script ends cleanly in time and says how far
+each phase got (epochs done of epochs planned) and what the whole protocol would take at the
+measured rate.
 
 Files written to ``--out`` (4): ``report.txt`` (what is printed), ``timings.json`` (wall time of
 every phase), ``table.csv`` (the tidy table), ``summary.md`` (last/best-epoch test accuracy).

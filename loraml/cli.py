@@ -138,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="fine-tuning sample sizes (default: every image for vision, 10 20 40 80 120 digits)")
     rd.add_argument("--device", choices=("cpu", "cuda"),
                     help="torch device (default: cuda when available for vision and convai, cpu for digits); "
-                         "bfloat16 mixed precision on cuda")
+                         "float16 mixed precision with a GradScaler on cuda for vision")
     rd.add_argument("--out", type=Path, help="folder of the table and figure (default figures/realdata/<dataset>-<preset>)")
     rd.add_argument("--chunk-trials", type=int, default=1,
                     help="seeds per stored chunk, (seed, persona) pairs for convai (default 1; 0: all in one)")

@@ -1178,7 +1178,7 @@ def simulate_convai_chunk(config: ConvAIConfig, value_index: int, trials, device
                           amp: bool | None = None) -> pd.DataFrame:
     """Retrain with one value's method (once per seed, reused), fine-tune on each trial's test
     persona; return the tidy table (see the module docstring). ``device`` defaults to CUDA when
-    available; ``amp`` (bfloat16 autocast) to off: spec §3 trains in float32.
+    available; ``amp`` (float16 autocast with a GradScaler) to off: spec §3 trains in float32.
 
     Parameters
     ----------
@@ -1191,7 +1191,8 @@ def simulate_convai_chunk(config: ConvAIConfig, value_index: int, trials, device
     device : str, optional
         Torch device; None: CUDA when available, else the CPU.
     amp : bool, optional
-        bfloat16 autocast; None: off (the protocol trains in float32, without mixed precision).
+        float16 autocast with a GradScaler; None: off (the protocol trains in float32, without mixed
+        precision).
 
     Examples
     --------

@@ -121,11 +121,12 @@ def _check_device(device, func):
     return dev
 
 
-def _check_common(func, *, seed, device, amp, deadline):
+def _check_common(func, *, seed, device, amp, deadline, amp_dtype="float16"):
     """The arguments retrain and finetune share; returns (seed, torch device)."""
     seed = check_seed(seed, "seed", func)
     if not isinstance(amp, (bool, np.bool_)):
         raise ValueError(f"The 'amp' parameter of {func} must be a bool. Got {amp!r} instead.")
+    check_choice(amp_dtype, "amp_dtype", func, AMP_DTYPES)
     if deadline is not None:
         check_real(deadline, "deadline", func)
     return seed, _check_device(device, func)
@@ -593,12 +594,42 @@ def _seeded(seed: int, device):
         yield
 
 
-def _autocast(device, amp: bool):
+#: Autocast types of ``amp``: float16 (with a GradScaler, the vision protocol of spec §2) or bfloat16.
+AMP_DTYPES = ("float16", "bfloat16")
+
+
+def _amp(amp: bool, amp_dtype: str):
+    """The internal form of (``amp``, ``amp_dtype``): False (float32) or the autocast type's name."""
+    return str(amp_dtype) if amp else False
+
+
+def _autocast(device, amp):
+    """Autocast on ``device``'s type when ``amp`` is on: ``amp`` is False, True (float16) or a name
+    of :data:`AMP_DTYPES`."""
     torch = _torch()
-    dev = torch.device(device)
-    if amp and dev.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=getattr(torch, amp if isinstance(amp, str) else "float16"))
+
+
+def _scaler(device, amp):
+    """A ``torch.amp.GradScaler`` for float16 autocast (default settings: scale 2**16 at first,
+    halved on a step whose gradients hold an inf or nan, which is then skipped, doubled after 2000
+    finite steps in a row); None otherwise (float32, or bfloat16, whose range is float32's)."""
+    torch = _torch()
+    if amp is True or amp == "float16":
+        return torch.amp.GradScaler(torch.device(device).type)
+    return None
+
+
+def _step(opt, scaler):
+    """One optimiser step on the gradients of the last backward passes: through ``scaler`` (which
+    unscales them and skips the step if any is inf or nan), or plainly."""
+    if scaler is None:
+        opt.step()
+    else:
+        scaler.step(opt)
+        scaler.update()
 
 
 def _inner(net):
@@ -631,22 +662,23 @@ def _right(out, y, objective):
     return (out.argmax(-1) == y).sum()
 
 
-def _backward(model, batch, device, amp, objective, micro_batch):
-    """Backpropagate the batch's mean loss and return it (detached). With ``micro_batch`` (an int),
-    the batch is cut into slices of that many rows whose losses, weighted by their share of the rows,
-    are backpropagated one after another: the same mean and gradient up to rounding (and other
-    dropout draws), with the activations of one slice in memory at a time."""
+def _backward(model, batch, device, amp, objective, micro_batch, scaler=None):
+    """Backpropagate the batch's mean loss and return it (detached, unscaled). With ``micro_batch``
+    (an int), the batch is cut into slices of that many rows whose losses, weighted by their share
+    of the rows, are backpropagated one after another: the same mean and gradient up to rounding
+    (and other dropout draws), with the activations of one slice in memory at a time. ``scaler``:
+    a GradScaler whose scale multiplies the loss before the backward pass."""
     x, y = batch
     n = len(y)
     if micro_batch is None or n <= micro_batch:
         loss = _loss(model, batch, device, amp, objective)
-        loss.backward()
+        (loss if scaler is None else scaler.scale(loss)).backward()
         return loss.detach()
     total = 0.0
     for i in range(0, n, micro_batch):
         part = (x[i:i + micro_batch], y[i:i + micro_batch])
         loss = _loss(model, part, device, amp, objective) * (len(part[1]) / n)
-        loss.backward()
+        (loss if scaler is None else scaler.scale(loss)).backward()
         total = total + loss.detach()
     return total
 
@@ -834,7 +866,8 @@ class Retrained:
 def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=None, lora: LoraSpec = LoraSpec(),
             optim: OptimSpec = OptimSpec(), reptile: ReptileSpec = ReptileSpec(), seed: int = 0,
             device="cpu", amp: bool = False, select: str = "best", deadline=None, objective: str = "classify",
-            task_heads: bool = False, step: str = "round", micro_batch: int | None = None) -> Retrained:
+            task_heads: bool = False, step: str = "round", micro_batch: int | None = None,
+            amp_dtype: str = "float16") -> Retrained:
     """Retrain ``model`` on T tasks with one of the four methods (spec §1); ``model`` is not modified.
 
     Parameters
@@ -851,7 +884,15 @@ def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=N
     lora, optim, reptile : LoraSpec, OptimSpec, ReptileSpec
     seed : int
         Seeds initialisations and dropout (inside ``torch.random.fork_rng``).
-    device, amp : where to train; bfloat16 autocast on CUDA when ``amp``.
+    device : str or torch.device
+        Where to train.
+    amp : bool
+        Mixed precision: autocast to ``amp_dtype`` for training and validation, and (float16) a
+        ``torch.amp.GradScaler`` around every optimiser step of training, Reptile's inner steps
+        included (one scaler for the run; a step whose scaled gradients overflow is skipped).
+        Reptile's outer step, on a pseudo-gradient of parameter differences, is not scaled.
+    amp_dtype : "float16" or "bfloat16"
+        The autocast type of ``amp`` (spec §2: float16 with a GradScaler; bfloat16 runs without one).
     select : "best" (validation accuracy) or "last"
     deadline : float, optional
         A ``time.perf_counter()`` value; training stops after the epoch that passes it.
@@ -904,7 +945,8 @@ def retrain(model, train, *, method: str, head: str = "head", val=None, pooled=N
     _check_spec(lora, LoraSpec, "lora", func)
     _check_spec(optim, OptimSpec, "optim", func)
     _check_spec(reptile, ReptileSpec, "reptile", func)
-    seed, device = _check_common(func, seed=seed, device=device, amp=amp, deadline=deadline)
+    seed, device = _check_common(func, seed=seed, device=device, amp=amp, deadline=deadline, amp_dtype=amp_dtype)
+    amp = _amp(amp, amp_dtype)
     _check_tasks(train, "train", func)
     val = train if val is None else val
     _check_tasks(val, "val", func)
@@ -977,6 +1019,7 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
     # Reptile's per-task batch iterators: kept across epochs (persistent) or made afresh per epoch
     reptile_iters = [_cycle(ld) for ld in train] if method == "Reptile" and reptile.persistent else None
     opt, sched = _optimizer(params, optim, per_epoch)
+    scaler = _scaler(device, amp)
 
     modes = _Modes(net, extra=heads if heads is not None else ())
     fwd = _inner(net)
@@ -1003,12 +1046,12 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
         losses = []
         if method == "Reptile":
             _reptile_epoch(net, train, opt, reptile, T, device, amp, losses, objective, sched, micro_batch,
-                           reptile_iters)
+                           reptile_iters, scaler)
         elif method == "SR" and pooled is not None:
             for batch in pooled:
                 opt.zero_grad(set_to_none=True)
-                loss = _backward(fwd, batch, device, amp, objective, micro_batch)
-                opt.step()
+                loss = _backward(fwd, batch, device, amp, objective, micro_batch, scaler)
+                _step(opt, scaler)
                 sched.batch()
                 losses.append(loss.detach())
         elif step == "task":
@@ -1021,8 +1064,8 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
                         continue
                     opt.zero_grad(set_to_none=True)
                     activate(t)
-                    loss = _backward(fwd, next(iters[t]), device, amp, objective, micro_batch)
-                    opt.step()
+                    loss = _backward(fwd, next(iters[t]), device, amp, objective, micro_batch, scaler)
+                    _step(opt, scaler)
                     sched.batch()
                     losses.append(loss.detach())
         else:
@@ -1032,8 +1075,8 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
                 total = 0.0
                 for t in range(T):
                     activate(t)
-                    total = total + _backward(fwd, next(iters[t]), device, amp, objective, micro_batch)
-                opt.step()
+                    total = total + _backward(fwd, next(iters[t]), device, amp, objective, micro_batch, scaler)
+                _step(opt, scaler)
                 sched.batch()
                 losses.append(total / T)
         sched.epoch()
@@ -1070,9 +1113,11 @@ def _retrain(model, train, val, pooled, method, head, lora, targets, optim, rept
 
 
 def _reptile_epoch(net, train, opt, reptile: ReptileSpec, T, device, amp, losses, objective="classify",
-                   sched=None, micro_batch=None, iters=None):
+                   sched=None, micro_batch=None, iters=None, scaler=None):
     """One outer epoch: each task visited once (``inner_steps`` inner steps on a copy, one outer
-    step); ``iters``: per-task batch iterators kept across epochs (None: made afresh here)."""
+    step); ``iters``: per-task batch iterators kept across epochs (None: made afresh here);
+    ``scaler``: the GradScaler of the inner steps (the outer step's pseudo-gradient is a difference
+    of parameters, not a scaled backward pass, so it goes to the optimiser as it is)."""
     torch = _torch()
     m = reptile.inner_steps
     rounds = 1
@@ -1099,8 +1144,8 @@ def _reptile_epoch(net, train, opt, reptile: ReptileSpec, T, device, amp, losses
                 sgd = torch.optim.SGD(inner_params, lr=reptile.inner_lr)
             for _ in range(m):
                 sgd.zero_grad(set_to_none=True)
-                loss = _backward(inner, next(iters[t]), device, amp, objective, micro_batch)
-                sgd.step()
+                loss = _backward(inner, next(iters[t]), device, amp, objective, micro_batch, scaler)
+                _step(sgd, scaler)
                 losses.append(loss)
             opt.zero_grad(set_to_none=True)
             with torch.no_grad():
@@ -1143,7 +1188,7 @@ class FineTuned:
 def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: LoraSpec = LoraSpec(),
              optim: OptimSpec = OptimSpec(), seed: int = 0, device="cpu", amp: bool = False, init_adapter=None,
              init_head=None, fresh_head: bool = False, deadline=None, objective: str = "classify",
-             train_head: bool = False, micro_batch: int | None = None) -> FineTuned:
+             train_head: bool = False, micro_batch: int | None = None, amp_dtype: str = "float16") -> FineTuned:
     """Fine-tune a frozen copy of ``base`` on one new task; ``base`` is not modified.
 
     Parameters
@@ -1166,7 +1211,10 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
     device : str or torch.device
         Where to train.
     amp : bool
-        bfloat16 autocast (on CUDA) for training; the evaluations run in float32.
+        Mixed precision for training: autocast to ``amp_dtype`` and (float16) a
+        ``torch.amp.GradScaler`` around every optimiser step; the evaluations run in float32.
+    amp_dtype : "float16" or "bfloat16"
+        The autocast type of ``amp`` (spec §2: float16 with a GradScaler; bfloat16 runs without one).
     init_adapter : dict, optional
         ``"lora"``: start the adapter from these (lora_A, lora_B) weights per layer (quirk V2).
     init_head : torch.nn.Module, optional
@@ -1209,7 +1257,8 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
     _check_module(base, "base", func)
     _check_spec(lora, LoraSpec, "lora", func)
     _check_spec(optim, OptimSpec, "optim", func)
-    seed, device = _check_common(func, seed=seed, device=device, amp=amp, deadline=deadline)
+    seed, device = _check_common(func, seed=seed, device=device, amp=amp, deadline=deadline, amp_dtype=amp_dtype)
+    amp = _amp(amp, amp_dtype)
     check_choice(objective, "objective", func, OBJECTIVES)
     if micro_batch is not None:
         micro_batch = check_int(micro_batch, "micro_batch", func, low=1)
@@ -1281,18 +1330,20 @@ def _finetune_net(base, scheme, head, lora, targets, device, init_adapter, init_
     return net, model, params
 
 
-def _epochs(fwd, train, opt, sched, modes, record, epochs, deadline, device, amp, objective, micro_batch):
+def _epochs(fwd, train, opt, sched, modes, record, epochs, deadline, device, amp, objective, micro_batch,
+            scaler=None):
     """The fine-tuning epochs: ``record(0)``, then per epoch one optimiser step per batch of
     ``train`` and ``record(epoch)``; stops after the epoch that passes ``deadline``. ``fwd`` and
     ``train`` are one network and its loader, or (sims._seedstack) a stack of seeds' networks and
-    their loaders in step."""
+    their loaders in step. ``scaler``: the GradScaler of the steps (None: :func:`_scaler`'s)."""
+    scaler = _scaler(device, amp) if scaler is None else scaler
     record(0)
     modes.set(True)
     for epoch in range(1, epochs + 1):
         for batch in train:
             opt.zero_grad(set_to_none=True)
-            _backward(fwd, batch, device, amp, objective, micro_batch)
-            opt.step()
+            _backward(fwd, batch, device, amp, objective, micro_batch, scaler)
+            _step(opt, scaler)
             sched.batch()
         sched.epoch()
         record(epoch)

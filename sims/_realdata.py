@@ -814,7 +814,8 @@ def simulate_realdata_chunk(config: RealDataConfig, value_index: int, trials, de
     """Retrain with one method for the seeds ``trials`` (indices into ``config.seeds``), fine-tune with
     every scheme and sample size; return the tidy table (see the module docstring).
 
-    ``device`` defaults to CUDA when available; ``amp`` (bfloat16 autocast) defaults to on for CUDA.
+    ``device`` defaults to CUDA when available; ``amp`` (float16 autocast with a GradScaler, spec §2;
+    fine-tuning evaluations in float32) defaults to on for CUDA.
     ``budget`` (seconds per seed) caps the work: retraining stops after the epoch that passes half
     of it, each fine-tuning after the epoch that passes its equal share of the rest (the table's
     epochs say how far each got); ``timings`` (a dict) receives the wall time of each phase.
@@ -830,7 +831,7 @@ def simulate_realdata_chunk(config: RealDataConfig, value_index: int, trials, de
     device : str, optional
         Torch device; None: CUDA when available, else the CPU.
     amp : bool, optional
-        bfloat16 autocast; None: on for CUDA.
+        float16 autocast with a GradScaler (spec §2); None: on for CUDA.
     budget : float >= 0, optional
         Seconds per seed; None: no cap.
     timings : dict, optional
@@ -877,7 +878,7 @@ def simulate_realdata_chunks(chunks, device: str | None = None, amp: bool | None
     device : str, optional
         Torch device; None: CUDA when available, else the CPU.
     amp : bool, optional
-        bfloat16 autocast; None: on for CUDA.
+        float16 autocast with a GradScaler (spec §2); None: on for CUDA.
 
     Examples
     --------

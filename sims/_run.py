@@ -560,7 +560,7 @@ def run(config, *, executor="serial", store=None, force: bool = False, progress:
     **engine_options
         Execution options of the engine that do not change the numbers beyond rounding
         (shallow: ``device="cpu" | "cuda"``, default cuda when available; real data: ``device`` and
-        ``amp``, bfloat16 autocast, default on for CUDA).
+        ``amp``, float16 autocast with a GradScaler, default on for CUDA).
 
     Returns
     -------

@@ -14,6 +14,13 @@ What a seed gets is its looped result up to rounding, except for dropout: under 
 of all seeds come from one generator (seeded from the seeds of the stack), so with dropout > 0 a
 seed's draws depend on which seeds share its stack. Loaders that cannot run in step (different
 batch counts or sizes), a deadline, or another objective fall back to the loop.
+
+Mixed precision (float16): one GradScaler scales the stack's loss, so every seed's gradient is
+scaled by the one scale that each seed's own scaler would hold, as long as the seeds agree on
+every overflow: a step whose gradients overflow in every seed is skipped for all (as each seed's
+loop skips it), one that overflows in none is taken by all. A step that overflows in some seeds
+only cannot be skipped for those alone (one optimiser, one step count), so the stacked pass
+records it on the device and, if it happened, the seeds are fine-tuned again by the loop.
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ import functools
 import numpy as np
 import pandas as pd
 
-from ._peftml import (FineTuned, LoraSpec, OptimSpec, _autocast, _finetune_net, _epochs, _inner, _optimizer, _seeded, _targets, _torch,
-                      finetune, trainable_count)
+from ._peftml import (FineTuned, LoraSpec, OptimSpec, _amp, _autocast, _finetune_net, _epochs, _inner, _optimizer,
+                      _scaler, _seeded, _targets, _torch, finetune, trainable_count)
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,6 +103,38 @@ class SeedStack:
                     own[name].copy_(value[s])
 
 
+class _StackScaler:
+    """The GradScaler of a stack (see the module docstring): ``step`` unscales the stacked
+    gradients, notes on the device whether the seeds disagree on an overflow (``split``), then
+    steps (or skips) as the scaler decides for the whole stack."""
+
+    def __init__(self, scaler, params, S):
+        self.scaler, self.params, self.S = scaler, params, S
+        self.split = None
+
+    def scale(self, loss):
+        return self.scaler.scale(loss)
+
+    def step(self, opt):
+        torch = _torch()
+        self.scaler.unscale_(opt)
+        finite = None
+        for p in self.params:
+            if p.grad is not None:
+                ok = torch.isfinite(p.grad.reshape(self.S, -1)).all(1)
+                finite = ok if finite is None else finite & ok
+        if finite is not None:
+            split = finite.any() & ~finite.all()
+            self.split = split if self.split is None else self.split | split
+        self.scaler.step(opt)
+
+    def update(self):
+        self.scaler.update()
+
+    def disagreed(self) -> bool:
+        return self.split is not None and bool(self.split)
+
+
 class _InStep:
     """The seeds' loaders run in step: batch i of every seed, stacked (S, B, ...); labels flat
     (S·B,) to match :class:`SeedStack`'s output. Each loader draws its own order and transform."""
@@ -141,24 +180,33 @@ def _stack_accuracy(stack, loaders, device, amp) -> np.ndarray:
 
 
 def finetune_seeds(bases, trains, *, vals, tests, seeds, scheme, head="head", lora=None, optim=None, device="cpu",
-                   amp=False, options=None, deadline=None, objective="classify", micro_batch=None) -> list:
+                   amp=False, options=None, deadline=None, objective="classify", micro_batch=None,
+                   amp_dtype="float16") -> list:
     """:func:`sims.finetune` of several seeds' bases, each on its own loaders with its own seed:
     one stacked pass when the loaders run in step (see the module docstring), else the loop.
     Returns one :class:`FineTuned` per seed, in order. ``options``: per seed, the keyword
-    arguments ``init_adapter``, ``init_head``, ``fresh_head``, ``train_head`` of ``finetune``."""
+    arguments ``init_adapter``, ``init_head``, ``fresh_head``, ``train_head`` of ``finetune``;
+    ``amp``, ``amp_dtype``: as in ``finetune`` (one GradScaler for the stack)."""
     torch = _torch()
     S = len(bases)
     options = [dict(o) for o in options] if options is not None else [{} for _ in range(S)]
     kw = {k: v for k, v in (("lora", lora), ("optim", optim)) if v is not None}
     stackable = (S > 1 and deadline is None and objective == "classify" and micro_batch is None
                  and _in_step(trains) and _in_step(vals) and _in_step(tests))
-    if not stackable:
+
+    def loop():
         return [finetune(bases[s], trains[s], scheme=scheme, val=vals[s], test=tests[s], head=head, seed=seeds[s],
                          device=device, amp=amp, deadline=deadline, objective=objective, micro_batch=micro_batch,
-                         **kw, **options[s]) for s in range(S)]
+                         amp_dtype=amp_dtype, **kw, **options[s]) for s in range(S)]
+
+    if not stackable:
+        return loop()
+    trains_state = [ld.generator.get_state() if getattr(ld, "generator", None) is not None else None
+                    for ld in trains]
     lora = LoraSpec() if lora is None else lora
     optim = OptimSpec() if optim is None else optim
     device = torch.device(device)
+    mixed = _amp(amp, amp_dtype)
     nets, trainable = [], []
     for s in range(S):
         targets = _targets(bases[s], lora, "finetune_seeds") if scheme == "lora" else ()
@@ -176,7 +224,8 @@ def finetune_seeds(bases, trains, *, vals, tests, seeds, scheme, head="head", lo
 
     def record(epoch):
         for split, lds in (("val", vals), ("test", tests)):
-            acc = _stack_accuracy(stack, lds, device, amp)
+            # in float32, as finetune evaluates (spec §2)
+            acc = _stack_accuracy(stack, lds, device, False)
             for s in range(S):
                 rows[s].append({"epoch": epoch, "split": split, "accuracy": float(acc[s])})
 
@@ -184,7 +233,16 @@ def finetune_seeds(bases, trains, *, vals, tests, seeds, scheme, head="head", lo
     stack_seed = int(np.random.SeedSequence([int(v) for v in seeds]).generate_state(1)[0])
     with _seeded(stack_seed, device):
         opt, sched = _optimizer(stack.trainable, optim, len(trains[0]))
-        _epochs(stack, _InStep(trains), opt, sched, stack, record, optim.epochs, None, device, amp, objective, None)
+        scaler = _scaler(device, mixed)
+        scaler = None if scaler is None else _StackScaler(scaler, stack.trainable, S)
+        _epochs(stack, _InStep(trains), opt, sched, stack, record, optim.epochs, None, device, mixed, objective, None,
+                scaler)
+    if scaler is not None and scaler.disagreed():
+        # some seeds overflowed where others did not: the loop, from the loaders' starting states
+        for ld, state in zip(trains, trains_state):
+            if state is not None:
+                ld.generator.set_state(state)
+        return loop()
     stack.unstack()
     out = []
     for s in range(S):

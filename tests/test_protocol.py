@@ -398,3 +398,153 @@ def test_v4_best_is_the_best_test_epoch_under_paper(preset):
         assert best == test[test.index > 0].max() and (val == test).all()
     else:
         assert best == by_val and best != test[test.index > 0].max()
+
+
+# ------------------------------------------------------------------------------------------------
+# Mixed precision (spec §2: float16 autocast with a GradScaler for training and retraining
+# validation; fine-tuning evaluation in float32), run on the CPU with a tiny Mixer
+
+#: float16's unit roundoff 2**-11: the relative error of one rounding to float16
+U16 = 2.0 ** -11
+
+
+def _amp_tasks(overflow=False):
+    """Two tasks of two batches of 8 4x4 images (lists of batches: the same batches every pass).
+    ``overflow``: task 1's second batch is multiplied by 1e6, so its patch embedding exceeds
+    float16's largest value 65504 (inf under autocast) while float32 runs it finitely."""
+    g = torch.Generator().manual_seed(0)
+    tasks = []
+    for t in range(2):
+        x = torch.randn(16, 1, 4, 4, generator=g) + t
+        y = (x.mean((1, 2, 3)) > t).long()
+        tasks.append([(x[:8], y[:8]), (x[8:] * (1e6 if overflow and t == 1 else 1.0), y[8:])])
+    return tasks
+
+
+def _amp_model():
+    torch.manual_seed(0)
+    return sims.MLPMixer(image_size=4, channels=1, patch_size=2, dim=4, dropout=0.0)
+
+
+def _amp_run(method, amp, overflow, monkeypatch, epochs):
+    """The optimiser steps of one retraining (or, method "finetune", fine-tuning) and the GradScalers made."""
+    scalers = []
+    real = P._scaler
+
+    def spy(device, amp):
+        scalers.append(real(device, amp))
+        return scalers[-1]
+
+    monkeypatch.setattr(P, "_scaler", spy)
+    evals = []                                   # the autocast of every evaluation
+    real_accuracy = P._accuracy
+
+    def accuracy(model, loader, device, amp, *args, **kwargs):
+        evals.append(amp)
+        return real_accuracy(model, loader, device, amp, *args, **kwargs)
+
+    monkeypatch.setattr(P, "_accuracy", accuracy)
+    tasks = _amp_tasks(overflow)
+    with ledger() as events:
+        if method == "finetune":
+            out = sims.finetune(_amp_model(), tasks[1], scheme="lora", val=tasks[0], test=tasks[0], amp=amp,
+                                optim=sims.OptimSpec(epochs=epochs, lr=1e-2))
+        else:
+            out = sims.retrain(_amp_model(), tasks, method=method, amp=amp, reptile=sims.ReptileSpec(inner_steps=2),
+                               optim=sims.OptimSpec(epochs=epochs, lr=1e-2))
+    steps = {}
+    for opt, rates in _by_optimiser(events).items():          # steps per optimiser class
+        steps[type(opt).__name__] = steps.get(type(opt).__name__, 0) + len(rates)
+    return steps, scalers, out, evals
+
+
+@pytest.mark.parametrize("method", ["SR", "LoRA-ML", "last-layer-ML", "Reptile", "finetune"])
+def test_amp_steps_follow_the_ledger_and_an_overflow_skips_one_step_and_halves_the_scale(method, monkeypatch):
+    """With float16 autocast every optimiser step of the ledger is taken while gradients are finite
+    (SR without a pooled loader, LoRA-ML and last-layer-ML: max_t len_t = 2 rounds per epoch;
+    Reptile: 2 inner SGD steps per visit, one outer Adam step per task; fine-tuning: 2 steps per
+    epoch), over 2 epochs. With one batch that overflows float16 (but not float32) the GradScaler
+    skips exactly the steps whose gradients hold it, once here: one step fewer, the scale halved
+    from 2**16 to 2**15, and the weights stay finite. A missing scaler (autocast alone) takes the
+    step on inf/nan gradients: no step missing and nan weights; Reptile's outer step is not the
+    scaler's (a scaler there would skip nothing but unscale the pseudo-gradient, see the next test).
+    Retraining validates under float16 autocast (2 tasks x epochs 0-2), fine-tuning evaluates in
+    float32 (a loader serving as val and test is evaluated once per epoch: 3 evaluations)."""
+    want = {"Reptile": {"SGD": 2 * 2 * 2, "Adam": 2 * 2}}.get(method, {"Adam": 2 * 2})
+    steps, scalers, _, evals = _amp_run(method, True, False, monkeypatch, epochs=2)
+    assert steps == want and len(scalers) == 1 and scalers[0].get_scale() == 2.0 ** 16
+    assert evals == ([False] * 3 if method == "finetune" else ["float16"] * 2 * 3)
+    # one epoch with the overflowing batch: one step fewer (SR, LoRA-ML, last-layer-ML: the round
+    # holding it; Reptile: the inner step on it; fine-tuning: its step), the scale halved once
+    one = {k: v // 2 for k, v in want.items()}
+    lost = "SGD" if method == "Reptile" else "Adam"
+    steps, scalers, out, _ = _amp_run(method, True, True, monkeypatch, epochs=1)
+    assert steps == one | {lost: one[lost] - 1}
+    assert len(scalers) == 1 and scalers[0].get_scale() == 2.0 ** 15
+    assert all(torch.isfinite(p).all() for p in out.model.parameters())
+    # float32: no overflow, every step taken, no scaler
+    steps, scalers, _, _ = _amp_run(method, False, True, monkeypatch, epochs=1)
+    assert steps == one and scalers == [None]
+
+
+def test_amp_scales_the_loss_before_backward_and_unscales_the_gradients_before_the_step():
+    """One inner SGD step of Reptile (lr 1e-2, no momentum: the update is −lr·g) under float16
+    autocast against the same step in float32, on the same batch from the same initialisation.
+    The float16 update equals the float32 one up to float16 rounding: about 30 roundings to
+    float16 lie on a gradient's path through the tiny Mixer (6 Linear layers forward and their
+    input and weight gradients backward, the GELUs), each of relative size at most u = 2**-11, so
+    the relative error in norm is at most about 30u ≈ 1.5e-2 for well-conditioned layers; the test
+    allows 64u = 2**-5. A scaled loss whose gradients reach the step unscaled is 2**16 times too
+    large, an unscaled backward unscaled again 2**-16 times too small: relative errors ≈ 1 or more.
+    The outer Adam step then receives the pseudo-gradient (θ − θ_t)/T exactly, as computed from
+    the weights: not unscaled by the GradScaler (which would divide it by 2**16)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    task = _amp_tasks()[0][:1]
+    updates, outer = {}, []
+    for amp in (False, True):
+        before, after = [], []
+
+        def pre(opt, args, kwargs):
+            params = [p for grp in opt.param_groups for p in grp["params"]]
+            if isinstance(opt, torch.optim.SGD):
+                before.append([p.detach().clone() for p in params])
+            elif amp:                      # the outer step: its gradient against the inner weights
+                outer.append([(p.grad.clone(), (p.detach() - q) / 1) for p, q in zip(params, after[-1])])
+
+        def post(opt, args, kwargs):
+            if isinstance(opt, torch.optim.SGD):
+                after.append([p.detach().clone() for grp in opt.param_groups for p in grp["params"]])
+
+        handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+        try:
+            sims.retrain(_amp_model(), [task], method="Reptile", amp=amp, optim=sims.OptimSpec(epochs=1, lr=1e-3),
+                         reptile=sims.ReptileSpec(inner_steps=1, inner_lr=1e-2), seed=5)
+        finally:
+            for h in handles:
+                h.remove()
+        assert len(before) == len(after) == 1
+        updates[amp] = torch.cat([(a - b).reshape(-1) for a, b in zip(after[0], before[0])])
+    rel = float((updates[True] - updates[False]).norm() / updates[False].norm())
+    assert float(updates[False].norm()) > 0 and rel <= 64 * U16, rel
+    assert len(outer) == 1 and all(torch.equal(g, want) for g, want in outer[0])
+
+
+def test_amp_dtype_bfloat16_autocasts_without_a_scaler(monkeypatch):
+    """``amp_dtype="bfloat16"``: bfloat16 has float32's range, so the batch that overflows float16
+    passes, no GradScaler is made and every step is taken; the weights differ from the float32
+    run's (autocast is on: bfloat16 rounds at 2**-8). Ignoring the option (float16) would skip a
+    step and make a scaler; ignoring ``amp`` would give the float32 weights bit for bit."""
+    scalers = []
+    real = P._scaler
+    monkeypatch.setattr(P, "_scaler", lambda device, amp: scalers.append(real(device, amp)) or scalers[-1])
+    tasks = _amp_tasks(overflow=True)
+    runs = {}
+    for amp in (False, True):
+        with ledger() as events:
+            runs[amp] = sims.finetune(_amp_model(), tasks[1], scheme="lora", val=tasks[0], test=tasks[0], amp=amp,
+                                      amp_dtype="bfloat16", optim=sims.OptimSpec(epochs=1, lr=1e-2))
+        assert sum(e[0] == "step" for e in events) == 2
+    assert scalers == [None, None]
+    pa, pb = (torch.cat([p.detach().reshape(-1) for p in runs[a].model.parameters()]) for a in (False, True))
+    assert torch.isfinite(pb).all() and not torch.equal(pa, pb)

@@ -146,3 +146,67 @@ def test_cpu_chunks_loop_so_chunking_leaves_the_numbers_alone():
     both = sims.simulate_realdata_chunk(cfg, 0, (0, 1), device="cpu")
     apart = pd.concat([sims.simulate_realdata_chunk(cfg, 0, (t,), device="cpu") for t in (0, 1)], ignore_index=True)
     pd.testing.assert_frame_equal(both, apart)
+
+
+def _amp_setup(overflowing):
+    """S seeds' bases and unshuffled loaders (4 batches of 8): batch 0 of the seeds in
+    ``overflowing`` has a row times 1e6, which overflows float16 (not float32) in the patch embedding."""
+    bases, trains, vals, tests = _setup(n_train=(32, 32, 32))
+    for s in range(S):
+        x, y = trains[s].x.clone(), trains[s].y
+        if s in overflowing:
+            x[0] *= 1e6
+        trains[s] = sims.BatchLoader(x, y, 8)
+    return bases, trains, vals, tests
+
+
+def _steps(run):
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    steps = []
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: steps.append(opt))
+    try:
+        out = run()
+    finally:
+        handle.remove()
+    return out, [sum(o is p for o in steps) for p in dict.fromkeys(steps)]
+
+
+def test_stacked_amp_skips_as_every_seeds_own_scaler_and_falls_back_on_a_split_overflow(monkeypatch):
+    """float16 autocast with one GradScaler for the stack, against each seed's own scaler in the loop.
+    Every seed overflows on batch 0: the stack skips that step for all (one optimiser, 4 − 1 = 3
+    steps in the epoch), as each seed's loop does (3 steps each), and every seed's weights are its
+    looped ones up to float16 rounding: the two runs take the same steps on gradients that differ by
+    rounding only, each of relative size ≲ 30u (u = 2**-11, the float16 roundoff; see
+    test_protocol), and Adam's step moves by at most about twice that times lr = 1e-2, so 3 steps
+    differ by ≤ 6 · 30u · 1e-2 ≈ 1e-3; an update skipped in one run and taken in the other moves
+    weights by about lr = 1e-2 or more. Only seed 0 overflowing: the stack cannot skip one seed's
+    step (its scaler skips it for all: 3 stacked steps), so it falls back to the loop (then 3, 4 and 4
+    looped steps), whose results the seeds get bit for bit; without the fallback seeds 1 and 2 would
+    lose a step. The stack's evaluations run in float32, as finetune's do (spec §2: an autocast
+    evaluation could flip a prediction that the loop's float32 one does not)."""
+    from sims import _seedstack
+
+    casts = []
+    real = _seedstack._autocast
+    monkeypatch.setattr(_seedstack, "_autocast", lambda device, amp: casts.append(amp) or real(device, amp))
+    optim = sims.OptimSpec(epochs=1, lr=1e-2)
+    kw = dict(scheme="lora", optim=optim, amp=True)
+    for overflowing, stack_steps in (((0, 1, 2), [3]), ((0,), [3, 3, 4, 4])):
+        bases, trains, vals, tests = _amp_setup(overflowing)
+        loop, loop_steps = _steps(lambda: [sims.finetune(bases[s], trains[s], val=vals[s], test=tests[s], seed=s, **kw)
+                                           for s in range(S)])
+        assert loop_steps == [3 if s in overflowing else 4 for s in range(S)]
+        stacked, steps = _steps(lambda: finetune_seeds(bases, trains, vals=vals, tests=tests, seeds=list(range(S)),
+                                                       **kw))
+        assert steps == stack_steps
+        for a, b in zip(loop, stacked):
+            pa, pb = dict(a.model.named_parameters()), dict(b.model.named_parameters())
+            for k in pa:
+                if len(overflowing) == S:
+                    np.testing.assert_allclose(pb[k].detach().numpy(), pa[k].detach().numpy(), rtol=0, atol=1e-3)
+                else:
+                    assert torch.equal(pa[k], pb[k]), k
+            if len(overflowing) < S:
+                pd.testing.assert_frame_equal(a.history, b.history)
+    assert len(casts) == 2 * 2 * 2 and not any(casts)          # (epochs 0, 1) x (val, test) per stacked pass
