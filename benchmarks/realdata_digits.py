@@ -53,14 +53,11 @@ def group(seeds: int, presets, executor: str, methods=None):
 
 def stacked_check(method: str, seeds: int):
     cfg = dataclasses.replace(realdata_configs(preset="clean")[0], seeds=tuple(range(seeds)))
-    from sims import _realdata as R
-    import torch
-
     v = cfg.values.index(method)
     out = {}
     for stacked in (False, True):
         t0 = time.perf_counter()
-        R._chunk(cfg, v, tuple(range(seeds)), torch.device("cpu"), False, None, None, None, stacked=stacked)
+        sims.simulate_realdata_chunk(cfg, v, tuple(range(seeds)), device="cpu", amp=False, stacked=stacked)
         out["stacked" if stacked else "looped"] = time.perf_counter() - t0
     print(f"{method}, {seeds} seeds in one chunk on the CPU: looped {out['looped']:.1f} s, stacked "
           f"{out['stacked']:.1f} s (stacked / looped = {out['stacked'] / out['looped']:.2f})")

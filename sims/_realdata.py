@@ -810,7 +810,7 @@ def _model(config):
 
 def simulate_realdata_chunk(config: RealDataConfig, value_index: int, trials, device: str | None = None,
                             amp: bool | None = None, budget: float | None = None,
-                            timings: dict | None = None) -> pd.DataFrame:
+                            timings: dict | None = None, stacked: bool | None = None) -> pd.DataFrame:
     """Retrain with one method for the seeds ``trials`` (indices into ``config.seeds``), fine-tune with
     every scheme and sample size; return the tidy table (see the module docstring).
 
@@ -836,6 +836,10 @@ def simulate_realdata_chunk(config: RealDataConfig, value_index: int, trials, de
         Seconds per seed; None: no cap.
     timings : dict, optional
         Receives the wall time of each phase.
+    stacked : bool, optional
+        Fine-tune the seeds of ``trials`` in one stacked pass (``sims/_seedstack.py``; per seed the
+        looped result up to rounding) rather than one after another; None: stacked on CUDA only.
+        Needs two or more seeds and no ``budget``; otherwise the loop runs.
 
     Examples
     --------
@@ -860,8 +864,11 @@ def simulate_realdata_chunk(config: RealDataConfig, value_index: int, trials, de
         budget = check_real(budget, "budget", func, low=0.0)
     if timings is not None and not isinstance(timings, dict):
         raise ValueError(f"The 'timings' parameter of {func} must be a dict or None. Got {type(timings).__name__}.")
+    if stacked is not None and not isinstance(stacked, (bool, np.bool_)):
+        raise ValueError(f"The 'stacked' parameter of {func} must be a bool or None. Got {stacked!r} instead.")
     amp = device.type == "cuda" if amp is None else amp
-    return _chunk(config, value_index, trials, device, amp, budget, timings, None)
+    return _chunk(config, value_index, trials, device, amp, budget, timings, None,
+                  stacked=None if stacked is None else bool(stacked))
 
 
 def simulate_realdata_chunks(chunks, device: str | None = None, amp: bool | None = None) -> list[pd.DataFrame]:

@@ -169,11 +169,14 @@ def folder_problem(path) -> str | None:
             existing = existing.parent
         if not existing.is_dir():
             return f"{existing} is a file, not a folder"
-        if missing:
-            for folder in reversed(missing):
+        for folder in reversed(missing):
+            try:
                 folder.mkdir()
                 created.append(folder)
-        else:
+            except FileExistsError:      # another process made it meanwhile (two sweeps, one store)
+                if not folder.is_dir():
+                    raise
+        if not created:                  # the folder exists: write a probe into it
             created.append(Path(tempfile.mkdtemp(prefix=".loraml-probe-", dir=path)))
     except OSError as err:
         return f"cannot create or write a folder there ({err.strerror or err})"

@@ -171,9 +171,12 @@ def _no_foreach(real, params, optim, *steps):
 
 
 def _reptile_epoch_deepcopy(net, train, opt, reptile, T, device, amp, losses, objective="classify", sched=None,
-                            micro_batch=None, iters=None):
-    """Reptile's epoch as first written: a fresh deep copy of θ per task, each task visited once."""
+                            micro_batch=None, iters=None, scaler=None):
+    """Reptile's epoch as first written: a fresh deep copy of θ per task, each task visited once
+    (float32: no gradient scaler)."""
     from sims._peftml import _cycle, _loss
+
+    assert scaler is None
 
     m = reptile.inner_steps
     rounds = 1

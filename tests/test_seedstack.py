@@ -18,7 +18,6 @@ import pytest
 import torch
 
 import sims
-from sims import _realdata as R
 from sims._seedstack import SeedStack, finetune_seeds
 
 S = 3
@@ -114,9 +113,8 @@ def test_stacked_chunk_equals_the_looped_chunk(preset, method):
     the stacked driver hands every fine-tuning its seed's base, loaders, seed and options (V2's
     adapter 0 and head 0 under ``paper``; a fresh head per seed is the unit test's)."""
     cfg = _tiny(preset, values=(method,))
-    dev = torch.device("cpu")
-    loop = R._chunk(cfg, 0, (0, 1), dev, False, None, None, None, stacked=False)
-    stacked = R._chunk(cfg, 0, (0, 1), dev, False, None, None, None, stacked=True)
+    loop = sims.simulate_realdata_chunk(cfg, 0, (0, 1), device="cpu", amp=False, stacked=False)
+    stacked = sims.simulate_realdata_chunk(cfg, 0, (0, 1), device="cpu", amp=False, stacked=True)
     pd.testing.assert_frame_equal(loop, stacked)
 
 
@@ -129,12 +127,14 @@ def test_stacked_seeds_stay_paired_across_methods():
     kw = dict(values=("SR", "LoRA-ML"), retrain_epochs=0, finetuning=("lora",), width=16, ft_lr=0.1, ft_epochs=3,
               n_finetune=(40,))
     cfg = _tiny("clean", dropout=0.1, **kw)
-    dev = torch.device("cpu")
-    a, b = (R._chunk(cfg, v, (0, 1), dev, False, None, None, None, stacked=True) for v in (0, 1))
+    a, b = (sims.simulate_realdata_chunk(cfg, v, (0, 1), device="cpu", amp=False, stacked=True) for v in (0, 1))
     fa, fb = (t[t["phase"] == "finetune"].reset_index(drop=True) for t in (a, b))
     pd.testing.assert_series_equal(fa["accuracy"], fb["accuracy"])
-    off = R._chunk(_tiny("clean", dropout=0.0, **kw), 0, (0, 1), dev, False, None, None, None, stacked=True)
+    off = sims.simulate_realdata_chunk(_tiny("clean", dropout=0.0, **kw), 0, (0, 1), device="cpu", stacked=True)
     assert not off.loc[off["phase"] == "finetune", "accuracy"].reset_index(drop=True).equals(fa["accuracy"])
+    # stacked=True is honoured: the loop draws each seed's masks from its own generator
+    loop = sims.simulate_realdata_chunk(cfg, 0, (0, 1), device="cpu", amp=False, stacked=False)
+    assert not loop.loc[loop["phase"] == "finetune", "accuracy"].reset_index(drop=True).equals(fa["accuracy"])
 
 
 def test_cpu_chunks_loop_so_chunking_leaves_the_numbers_alone():
