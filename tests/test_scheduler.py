@@ -326,6 +326,24 @@ sims.run(cfg, store=sys.argv[1], progress=False).to_parquet(sys.argv[2])
 """
 
 
+def test_a_store_folder_made_by_another_process_meanwhile_is_accepted(tmp_path, monkeypatch):
+    """Two sweeps started on one new store: the other process makes the folder between this one's
+    look and its mkdir. The check must accept the folder it finds (and probe it) rather than
+    refuse the store with 'File exists' (what it did), and must not remove the other's folder."""
+    target = tmp_path / "store"
+    real = Path.mkdir
+
+    def racing(self, *args, **kwargs):
+        if self == target:
+            real(self)                        # the other process wins the race
+            raise FileExistsError(17, "File exists", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", racing)
+    assert sims.folder_problem(target) is None
+    assert target.is_dir() and not any(target.iterdir())       # kept, and the probe removed
+
+
 def test_two_processes_running_one_sweep_on_one_store_store_every_row_once(tmp_path):
     cfg = sims.linear_sweep("N", (100, 200, 400), runs=4, chunk_trials=1, outer_steps=200, ft_steps=200, n=50)
     procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(tmp_path / "store"), str(tmp_path / f"{i}.parquet")],
