@@ -22,7 +22,9 @@ was made once in `theory/landscape/_identify.py` and the test watched failing):
 | `sims.recovery_phase_table` classifies on any executor, with the right method per cell | serial = process pool; T = 2 continuum; methods at (3, 6, 2), (3, 2, 1), (4, 4, 2) | `excess_nullity` without − gauge; `search_starts` ignored |
 | `recovery_phase_table(landing=False, search_max_unknowns=…)` | same classes as with the solver; above the budget method "jacobian", search_starts 0; a thread pool = serial | — (options of the wide example) |
 | the convex relaxation returns A* iff a dual certificate exists | Clarabel at a tolerance it reaches (all "optimal"); margin of Y_t = P_tZ_tP_tᵀ, Z_t ⪰ s·I, Σ Y_t = I; |margin| > 1e-4 | a certificate without Y_tU*_t = 0 (P_t spanning everything) |
-| (4, 4, 2) asymmetric: 2 excess null directions, yet A* isolated; alternatives Δ, Δᵀ in most instances | ω > 1e-9; growth exponent 2 (all within 0.5, median within 0.05); isolated count ≥ mean − 4 SD of Binomial(16, 0.74); each alternative's transpose among them, each passes the test's own check | the first-order rule (order inf wherever there is excess): fails here, in the phase-table test and in the undetermined test |
+| (4, 4, 2) asymmetric: 2 excess null directions, yet A* isolated; alternatives Δ, Δᵀ in most instances, by the pencil construction | ω > 1e-9; growth exponent 2 (all within 0.5, median within 0.05); isolated count ≥ 8 of 16 (Binomial(16, 0.84) tail 2.7e-4); 0 or 2 alternatives, each one's transpose among them, each passes the test's own check | the first-order rule (order inf wherever there is excess): fails here, in the phase-table test and in the undetermined test; the pencil disabled (the search instead); the generalised eigenvectors dropped |
+| the pencil finds every alternative a search beside it finds ((4, 4, 2), (4, 6, 3)) | `search="always"`: same counts; ≥ 2 of 8 with alternatives (tail 1.8e-5) | the pencil disabled; the generalised eigenvectors dropped; deduplication at 1e-6 instead of √1e-8 (search end points 1e-5 from a second-order zero counted twice) |
+| the pencil at (4, 4, 2) on 400 instances, and at T = 5 | ≥ 307 of 400 with alternatives (mean − 4 SD of Binomial(400, 0.84), tail 6.4e-5; the old search's 72 % passes with probability 0.018); every candidate passes the residual; at T = 5 candidates exist, none passes | the generalised eigenvectors dropped |
 | (3, 5, 2) asymmetric and (3, 4, 2) symmetric: curves exhibited | every corrected point's independent residual ≤ 1e-11, distances within [ε/2, 2ε] | the corrector removed (predictor only): "undetermined" |
 | undetermined is explicit | the curve tolerance set to 0: status "undetermined", order nan, evidence finite, no search | — (the branch itself) |
 | T = 2: the closed-form curve | residuals ≤ 1e-11, distances decreasing | — |
@@ -501,9 +503,9 @@ def test_the_pencil_counts_alternatives_at_442_in_the_measured_fraction_and_none
     tail; the former search's 72 % would pass with probability 0.018). Every candidate that exists passes
     the independent residual, and none at T = 5 (d = 2k = 4: 3k² equations in 2k² unknowns,
     the candidates of tasks 1–4 fail task 5), where candidates do exist (the check is not
-    vacuous). Rules out dropping the complex-conjugate pairing (a non-real subspace gives no
-    candidate but must not give a wrong one) and the Newton polish (residuals up to 3e-8 >
-    1e-8 measured without it)."""
+    vacuous). Rules out dropping the generalised eigenvectors w_i (no candidate passes: 0 < 307).
+    (The Newton polish is not needed on these 400: it removed residuals up to 3e-8 on 1 of 2000
+    instances before the tasks were relabelled to the best-conditioned pair.)"""
     import theory.landscape._identify as ident
 
     A, U = _batch(4, 2, 5, 400, seed=5)
