@@ -62,7 +62,7 @@ cheapest test that settles an instance runs first:
     an alternative iff every R*_t + Δ is PSD. A multi-start search never found an alternative that
     the construction missed (see ``tests/test_identifiability.py``): that it finds all of them is
     the measured claim of spec P5, not a proof.
-  - **T ≥ 4, d = 2k, asymmetric** (the ``"pencil"`` construction; A* is isolated there only at
+  - **T ≥ 4, d = 2k ≤ 14, asymmetric** (the ``"pencil"`` construction; A* is isolated there only at
     second order, and a search from random starts rarely reaches the other zeros). In the basis
     W = [U*_1 U*_2] of R^d write R*_t + Δ = W(G_t + M)Wᵀ, G_t = g_tg_tᵀ, g_t = W⁻¹U*_t (G_1, G_2 the
     coordinate projections). X = G_1 + M has rank k exactly, with column space 𝒞 and row space 𝓡;
@@ -503,6 +503,10 @@ _SPHERE_STARTS = 32
 _NEAR = 1e-2
 #: Search starts, as a multiple of ``n_starts``, where A* is isolated only at second order.
 SECOND_ORDER_STARTS = 4
+#: The pencil construction runs up to this k: it enumerates the central trinomial coefficient
+#: of k patterns (392 at k = 7, 8952 at k = 10) and examines every alternative; at (4, 20, 10)
+#: one instance has 824 of them and costs a minute. Above it, the search (or "jacobian").
+PENCIL_MAX_K = 7
 
 
 def _sym_basis(d):
@@ -1057,7 +1061,7 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
                     alts[b] = cand[j][None]
             method[plane] = "plane"
             open_[plane] = False
-    if not symmetric and T >= 4 and d == 2 * k and search != "only":
+    if not symmetric and T >= 4 and d == 2 * k and k <= PENCIL_MAX_K and search != "only":
         pencil = np.flatnonzero(open_)
         if pencil.size:
             delta, ok = _pencil_candidates(U[pencil])
