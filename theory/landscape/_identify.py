@@ -1142,8 +1142,8 @@ def identifiability(truth, *, adapters="symmetric", rng, n_starts=16, max_iter=1
 
     The local question is answered by the rank of the residual map's Jacobian at the truth
     modulo the gauge of the adapters; the global one by a rank argument (T = 3 and d ≥ 3k, T = 4
-    and d ≥ 2.5k, …), the exact plane construction (T = 3, d = 3k − 1, symmetric) or a multi-start
-    search (elsewhere). :func:`identifiability_batch` classifies many instances in one call; the
+    and d ≥ 2.5k, …), the exact plane construction (T = 3, d = 3k − 1, symmetric), the exact pencil
+    construction (T ≥ 4, d = 2k ≤ 14, asymmetric) or a multi-start search (elsewhere). :func:`identifiability_batch` classifies many instances in one call; the
     module ``theory.landscape._identify`` holds the mathematics.
 
     Parameters
@@ -1185,12 +1185,12 @@ def identifiability(truth, *, adapters="symmetric", rng, n_starts=16, max_iter=1
 
     First-order degeneracy is not a continuum: with four tasks and asymmetric adapters at
     (d, k) = (4, 2) the Jacobian has 2 excess null directions, yet the second-order term is
-    nonzero on all of them (A* is isolated, the residual grows like ε²), and the search finds
-    isolated other zero-loss bases, in pairs Δ, Δᵀ:
+    nonzero on all of them (A* is isolated, the residual grows like ε²), and the pencil
+    construction lists the other zero-loss bases, here one pair Δ, Δᵀ:
 
     >>> r = identifiability(sample_ground_truth(4, 2, 4, rng=1), adapters="asymmetric", rng=0)
-    >>> r.status, r.nullity - r.gauge_dim, r.obstruction_order, round(r.growth_exponent, 2), len(r.alternatives) % 2
-    ('isolated', 2, 2.0, 2.0, 0)
+    >>> r.status, r.method, r.nullity - r.gauge_dim, r.obstruction_order, round(r.growth_exponent, 2), len(r.alternatives)
+    ('isolated', 'pencil', 2, 2.0, 2.0, 2)
 
     >>> r = identifiability(sample_ground_truth(5, 2, 3, rng=0), rng=0)
     >>> r.status, r.method, len(r.alternatives), bool(r.alternative_residuals[0] < 1e-12)
