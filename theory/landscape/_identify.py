@@ -80,8 +80,8 @@ cheapest test that settles an instance runs first:
     finitely many, (1, …, 1) being A*. So the zero set is finite (every alternative is isolated)
     and the construction lists it; tasks t ≥ 5 are checked by the independent residual. At k = 2
     there are alternatives iff both μ_i are real, and then exactly two, Δ and Δᵀ (patterns (2, 0)
-    and (0, 2)); k = 1 has none. The tasks are relabelled so that [U*_1 U*_2] is the
-    best-conditioned pair; the candidates get three damped Newton steps on R H_t C = 0 in the
+    and (0, 2)); k = 1 has none. The tasks are relabelled so that the pairs (1, t), t ≤ 4, are the
+    best-conditioned (only their spans must meet trivially); the candidates get three damped Newton steps on R H_t C = 0 in the
     chart C = [I; Y], R = [I Z], kept where they lower the residual. Where a condition fails
     (spans meeting, H_3 or β_3 singular, repeated μ, a second eigenvector: 6 of 2000 instances at
     (4, 4, 2)), the instance goes to the search.
@@ -767,14 +767,23 @@ def _pencil_candidates(U, chunk=64):
 
     Returns (B, p, d, d) candidates (NaN where a pattern gives none; p = len(_patterns(k))) and
     ``ok`` (B,): the genericity conditions under which the candidates are all the zeros of tasks
-    1–4 hold (module docstring). The tasks are relabelled per instance so that [U*_1 U*_2] is
-    the best-conditioned pair.
+    1–4 hold (module docstring). The tasks are relabelled per instance (best-conditioned pairs
+    (1, t), t ≤ 4).
     """
     B, T, d, k = U.shape
-    pairs = list(itertools.combinations(range(T), 2))
-    sv = np.stack([np.linalg.svd(np.concatenate([U[:, s], U[:, t]], -1), compute_uv=False) for s, t in pairs], 1)
-    order = np.array([[s, t] + [r for r in range(T) if r not in (s, t)] for s, t in pairs])
-    order = order[(sv[..., -1] / sv[..., 0]).argmax(axis=1)]
+    # Only the pairs (1, t), t = 2, 3, 4, must meet trivially: task 1 and three partners are
+    # chosen to maximise the worst of their conditions, task 2 the best-conditioned partner.
+    cond = np.ones((B, T, T))
+    for s, t in itertools.combinations(range(T), 2):
+        sv = np.linalg.svd(np.concatenate([U[:, s], U[:, t]], -1), compute_uv=False)
+        cond[:, s, t] = cond[:, t, s] = sv[:, -1] / sv[:, 0]
+    choices = [(f, S) for f in range(T) for S in itertools.combinations([r for r in range(T) if r != f], 3)]
+    score = np.stack([cond[:, f, list(S)].min(axis=1) for f, S in choices], 1)
+    order = np.empty((B, T), int)
+    for b, c in enumerate(score.argmax(axis=1)):
+        f, S = choices[c]
+        S = sorted(S, key=lambda t: -cond[b, f, t])
+        order[b] = [f, *S] + [r for r in range(T) if r != f and r not in S]
     U = np.take_along_axis(U, order[:, :, None, None], axis=1)
     sD = np.linalg.svd(np.concatenate([np.broadcast_to(U[:, :1], (B, 3, d, k)), U[:, 1:4]], -1), compute_uv=False)
     ok = np.all(sD[..., -1] > _GENERIC * sD[..., 0], axis=1)                 # span(U*_1) ∩ span(U*_t) = 0
