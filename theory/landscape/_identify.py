@@ -765,9 +765,9 @@ def _patterns(k):
 def _pencil_candidates(U, chunk=64):
     """Every zero-loss Δ ≠ 0 of each instance (asymmetric, d = 2k, T ≥ 4), from tasks 1–4 alone.
 
-    Returns (B, p, d, d) candidates (NaN where a pattern gives none; p = len(_patterns(k))) and
-    ``ok`` (B,): the genericity conditions under which the candidates are all the zeros of tasks
-    1–4 hold (module docstring). The tasks are relabelled per instance (best-conditioned pairs
+    Returns (B, p, d, d) candidates (NaN where a pattern gives none; p = len(_patterns(k)); to be
+    checked by :func:`_residual`) and ``ok`` (B,): the genericity conditions under which the
+    candidates are all the zeros of tasks 1–4 hold (module docstring). The tasks are relabelled per instance (best-conditioned pairs
     (1, t), t ≤ 4).
     """
     B, T, d, k = U.shape
@@ -786,11 +786,16 @@ def _pencil_candidates(U, chunk=64):
         order[b] = [f, *S] + [r for r in range(T) if r != f and r not in S]
     U = np.take_along_axis(U, order[:, :, None, None], axis=1)
     sD = np.linalg.svd(np.concatenate([np.broadcast_to(U[:, :1], (B, 3, d, k)), U[:, 1:4]], -1), compute_uv=False)
+    # ``ok``: the conditions of completeness, at _GENERIC; ``use``: the computation is defined
+    # (at rounding level), so that its candidates, checked afterwards, are kept even where the
+    # list may be incomplete.
+    tiny = 64 * _EPS
     ok = np.all(sD[..., -1] > _GENERIC * sD[..., 0], axis=1)                 # span(U*_1) ∩ span(U*_t) = 0
-    W = np.where(ok[:, None, None], np.concatenate([U[:, 0], U[:, 1]], axis=-1), np.eye(d))
+    use = np.all(sD[..., -1] > tiny * sD[..., 0], axis=1)
+    W = np.where(use[:, None, None], np.concatenate([U[:, 0], U[:, 1]], axis=-1), np.eye(d))
     g = np.linalg.solve(W[:, None], U[:, :4])                                  # W⁻¹U*_t
     G = g @ _tr(g)
-    Dm = np.where(ok[:, None, None, None], G[:, :1] - G[:, 2:4], np.eye(d))    # G_1 − G_t, t = 3, 4
+    Dm = np.where(use[:, None, None, None], G[:, :1] - G[:, 2:4], np.eye(d))    # G_1 − G_t, t = 3, 4
     J = np.diag(np.r_[np.ones(k), -np.ones(k)])                                # (G_1 − G_2)⁻¹
     H = np.linalg.inv(Dm) - J                                                  # H_3, H_4 (symmetric)
     H3, H4 = H[:, 0], H[:, 1]
@@ -798,7 +803,8 @@ def _pencil_candidates(U, chunk=64):
     beta3, beta4 = H3[:, :k, k:], H4[:, :k, k:]
     sb = np.linalg.svd(beta3, compute_uv=False)
     ok &= (s3[:, -1] > _GENERIC * s3[:, 0]) & (sb[:, -1] > _GENERIC * sb[:, 0])
-    beta3 = np.where(ok[:, None, None], beta3, np.eye(k))
+    use &= (s3[:, -1] > tiny * s3[:, 0]) & (sb[:, -1] > tiny * sb[:, 0])
+    beta3 = np.where(use[:, None, None], beta3, np.eye(k))
     Lam = np.linalg.solve(_tr(beta3), _tr(beta4))                              # P on span(e_1 … e_k)
     mu, v = np.linalg.eig(Lam)
     scale = np.maximum(np.abs(mu).max(axis=1), np.finfo(float).tiny)
@@ -813,6 +819,7 @@ def _pencil_candidates(U, chunk=64):
     w = np.einsum("bkji,bkj->bki", Vh[..., :-1, :].conj(), coef)
     finite = np.all(np.isfinite(w), axis=(1, 2))
     ok &= finite
+    use &= finite
     w = np.where(finite[:, None, None], w, 0.0)
     partner = np.abs(mu[:, :, None] - mu[:, None, :].conj()).argmin(axis=2)   # the conjugate of μ_i
     pats = _patterns(k)
@@ -834,7 +841,7 @@ def _pencil_candidates(U, chunk=64):
         R = _tr(np.linalg.svd(H3[:, None] @ C)[0][..., k:])                   # 𝓡 = (H_3𝒞)^⊥, as rows
         N = R @ J @ C
         sN = np.linalg.svd(N, compute_uv=False)
-        valid &= ok[:, None] & (sN[..., -1] > _GENERIC * sN[..., 0])
+        valid &= use[:, None] & (sN[..., -1] > _GENERIC * sN[..., 0])
         X1 = C @ np.linalg.solve(np.where(valid[..., None, None], N, np.eye(k)), R)
         D = W[:, None] @ (X1 - G1) @ _tr(W)[:, None]
         # Newton steps in a chart, kept only where they lower the independent residual.
@@ -1078,9 +1085,9 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
             cand = A[pencil, None] - np.where(fin[..., None, None], delta, 0.0)
             res_p = np.where(fin, _residual(cand, A[pencil, None], U[pencil, None], False), np.inf)
             for j, b in enumerate(pencil):
-                if ok[j]:
-                    alts[b] = cand[j][res_p[j] <= _CHECK]
-            # Where a genericity condition fails, the instance stays open for the search.
+                alts[b] = cand[j][res_p[j] <= _CHECK]
+            # Where a genericity condition fails (e.g. two adapters' spans nearly meet), the list
+            # may be incomplete: its checked zeros are kept, and the instance is searched too.
             method[pencil[ok]] = "pencil"
             open_[pencil[ok]] = False
     todo = np.flatnonzero({"auto": open_, "only": open_, "always": local, "never": np.zeros(B, bool)}[search])
