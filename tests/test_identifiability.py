@@ -24,6 +24,7 @@ was made once in `theory/landscape/_identify.py` and the test watched failing):
 | the convex relaxation returns A* iff a dual certificate exists | Clarabel at a tolerance it reaches (all "optimal"); margin of Y_t = P_tZ_tP_tᵀ, Z_t ⪰ s·I, Σ Y_t = I; |margin| > 1e-4 | a certificate without Y_tU*_t = 0 (P_t spanning everything) |
 | (4, 4, 2) asymmetric: 2 excess null directions, yet A* isolated; alternatives Δ, Δᵀ in most instances, by the pencil construction | ω > 1e-9; growth exponent 2 (all within 0.5, median within 0.05); isolated count ≥ 8 of 16 (Binomial(16, 0.84) tail 2.7e-4); 0 or 2 alternatives, each one's transpose among them, each passes the test's own check | the first-order rule (order inf wherever there is excess): fails here, in the phase-table test and in the undetermined test; the pencil disabled (the search instead); the generalised eigenvectors dropped |
 | the pencil finds every alternative a search beside it finds ((4, 4, 2), (4, 6, 3)) | `search="always"`: same counts; ≥ 2 of 8 with alternatives (tail 1.8e-5) | the pencil disabled; the generalised eigenvectors dropped; deduplication at 1e-6 instead of √1e-8 (search end points 1e-5 from a second-order zero counted twice) |
+| where the pencil is not generic ((4, 6, 3) instance 8), its checked zeros are kept and the search runs | 6 alternatives, each through the test's own check; status isolated, method search | only the generic instances' candidates kept: "identified" |
 | the pencil at (4, 4, 2) on 400 instances, and at T = 5 | ≥ 307 of 400 with alternatives (mean − 4 SD of Binomial(400, 0.84), tail 6.4e-5; the old search's 72 % passes with probability 0.018); every candidate passes the residual; at T = 5 candidates exist, none passes | the generalised eigenvectors dropped |
 | (3, 5, 2) asymmetric and (3, 4, 2) symmetric: curves exhibited | every corrected point's independent residual ≤ 1e-11, distances within [ε/2, 2ε] | the corrector removed (predictor only): "undetermined" |
 | undetermined is explicit | the curve tolerance set to 0: status "undetermined", order nan, evidence finite, no search | — (the branch itself) |
@@ -570,3 +571,19 @@ def test_an_alternative_on_a_curve_makes_a_continuum_and_an_unsettled_one_undete
         monkeypatch.setattr(ident, "_examine", examine)
         r = th.identifiability(truth, rng=0)
         assert (r.status, r.curve_through, r.obstruction_order) == (status, through, 1.0)
+
+
+def test_where_the_pencil_is_not_generic_its_checked_zeros_are_kept_and_the_search_runs():
+    """(4, 6, 3) asymmetric, instance 8 of the standard diagram's cell: two adapters' spans nearly
+    meet (σ_min/σ_max = 1e-5), so H_3 is ill-conditioned (2e-11 < 1e-8) and the construction's
+    list need not be complete; its 6 candidates still pass the independent check (≤ 2e-11), and
+    the search beside it (8 starts here; 32 in the diagram) reaches zero loss from none. Rules out discarding the
+    construction's checked zeros where it is not generic (the instance reads "identified")."""
+    from sims._landscape import _instances
+
+    _, A, U = _instances(6, 3, 4, 50, 0, adapters=True)
+    r = th.identifiability_batch(A[8:9], U[8:9], adapters="asymmetric", rng=0, n_starts=2)
+    assert (r.method[0], r.status[0], r.n_starts[0]) == ("search", "isolated", 8)
+    assert r.n_alternatives[0] == 6
+    for Ahat in r.alternative_bases:
+        assert _zero_loss_violation(Ahat, A[8], U[8], False) <= ZERO_LOSS_TOL
