@@ -15,10 +15,11 @@ curve following decide (T = 2: a closed-form curve).
 The six cells where A* is isolated only at second order (asymmetric, d = 2k, T ∈ {4, 5}) were
 searched with 4 × the starts: 33.3 s of CPU serially (classification alone), finding
 alternatives on 36, 2, 6 of 50 instances at (4, 4, 2), (4, 6, 3), (4, 8, 4); the pencil
-construction takes 2.6 s there (most of it examining the alternatives to second order) and
-lists 44, 32, 50 (measured once, same instances; ``second_order_cells`` prints it). With it the
-full run measured 123.9 s wall on the shared 2-core machine (load average 2.25 before, 2.92
-after), 133.2 s of worker CPU, i.e. 66.6 s on 2 free cores.
+construction takes 2.5 s there (most of it examining the alternatives to second order) and
+lists 44, 33, 50 (same instances; ``second_order_cells`` prints it). With it the full run
+measured 68.2 s wall on the shared 2-core machine (load average 1.15 before, 1.71 after; 110 s and
+124 s in earlier runs at load 1.7 → 3.1 and 2.3 → 2.9), 133.3 s of worker CPU, i.e. 66.7 s on 2
+free cores.
 
 Prints the wall time, the CPU time of the pool's workers (each job reports its own
 ``time.process_time``: the workers are forked by a forkserver, not by this process, so
