@@ -5,30 +5,35 @@ Computes ``sims.recovery_phase_table()`` at full size: T ∈ {2, 3, 4, 5}, d ∈
 symmetric and asymmetric adapters, 50 instances per cell (16400 instances). Each instance is
 classified by ``theory.identifiability_batch`` and fitted once by the exact solver (its landing
 rate). The classification is cheap where mathematics settles it (the Jacobian at the truth, the
-rank argument, the plane construction at T = 3, d = 3k − 1); the multi-start search (16 symmetric /
-8 asymmetric starts of 60 Levenberg–Marquardt steps) runs only where none applies — 1200 of the
-16400 instances, in T ∈ {4, 5} with 2k ≤ d below the rank argument's bound — and dominates the
-classification's cost. Where the Jacobian at the truth has excess null directions (7800
-instances), the second-order test and curve following decide (T = 2: a closed-form curve); the
-instances isolated only at second order (asymmetric, T ≥ 4, d = 2k: 300) are searched with 4 ×
-the starts. Measured once (shared machine, load average 2.5 → 3.6): 220 s wall; serially, the four
-classes cost 43.7 s of CPU on the degenerate cells against 0.4 s for the first-order rule, 38.1 s
-of it in the six cells isolated at second order (their searches). The worker-CPU line reads 0 when
-the pool's processes outlive the call (getrusage counts reaped children only).
+rank argument, the plane construction at T = 3, d = 3k − 1, the pencil construction at T ≥ 4,
+d = 2k, asymmetric); the multi-start search (16 symmetric / 8 asymmetric starts of 60
+Levenberg–Marquardt steps) runs only where none applies — T ∈ {4, 5} with 2k ≤ d below the rank
+argument's bound, symmetric at d = 2k — and dominates the classification's cost. Where the
+Jacobian at the truth has excess null directions (7800 instances), the second-order test and
+curve following decide (T = 2: a closed-form curve).
 
-Also prints the instances left "undetermined" (each listed) and the cells whose class differs
-from the first-order rule (continuum ⇔ excess null directions). ``--save`` pickles the table.
+The six cells where A* is isolated only at second order (asymmetric, d = 2k, T ∈ {4, 5}) were
+searched with 4 × the starts: 33.3 s of CPU serially (classification alone), finding
+alternatives on 36, 2, 6 of 50 instances at (4, 4, 2), (4, 6, 3), (4, 8, 4); the pencil
+construction takes 2.5 s there (most of it examining the alternatives to second order) and
+lists 44, 33, 50 (same instances; ``second_order_cells`` prints it). With it the full run
+measured 68.2 s wall on the shared 2-core machine (load average 1.15 before, 1.71 after; 110 s and
+124 s in earlier runs at load 1.7 → 3.1 and 2.3 → 2.9), 133.3 s of worker CPU, i.e. 66.7 s on 2
+free cores.
 
-Prints the wall time, the CPU time of the worker processes (what 2 unloaded cores would need,
-halved), the load average (the machine is shared), the time by part, and the class counts.
+Prints the wall time, the CPU time of the pool's workers (each job reports its own
+``time.process_time``: the workers are forked by a forkserver, not by this process, so
+``getrusage`` of the children never counts them), the load average (the machine is shared), the
+time by part, and the class counts; also the instances left "undetermined" (each listed) and
+the cells whose class differs from the first-order rule (continuum ⇔ excess null directions).
 Target (issue): the standard diagram in ≤ 2 minutes on 2 cores. ``--serial`` also times the
-serial run and checks that the table does not depend on the executor.
+serial run and checks that the table does not depend on the executor. ``--save`` pickles the table.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
-import resource
 import sys
 import time
 
@@ -37,11 +42,57 @@ from threadpoolctl import threadpool_limits
 
 import theory as th
 from sims import recovery_phase_table
+from sims._run import _single_threaded_worker, process_context
 
 
-def _children_cpu():
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+def _timed(fn, *args):
+    t0 = time.process_time()
+    out = fn(*args)
+    return out, time.process_time() - t0
+
+
+class TimedPool:
+    """A process pool whose jobs report their own CPU time (summed in ``cpu``), for
+    ``recovery_phase_table(executor=...)``: an object with ``submit`` returning futures."""
+
+    def __init__(self, workers):
+        self.inner = cf.ProcessPoolExecutor(max_workers=workers, mp_context=process_context(),
+                                            initializer=_single_threaded_worker)
+        self.cpu = 0.0
+
+    def submit(self, fn, *args):
+        out = cf.Future()
+
+        def done(f):
+            try:
+                result, cpu = f.result()
+            except BaseException as exc:       # noqa: BLE001 (handed to the caller)
+                out.set_exception(exc)
+                return
+            self.cpu += cpu
+            out.set_result(result)
+
+        self.inner.submit(_timed, fn, *args).add_done_callback(done)
+        return out
+
+    def shutdown(self):
+        self.inner.shutdown()
+
+
+def second_order_cells():
+    """CPU time of the classification alone (serial) on the six cells where A* is isolated only
+    at second order, and how many instances have an alternative."""
+    total = 0.0
+    with threadpool_limits(limits=1, user_api="blas"):
+        for T, d, k in [(4, 2, 1), (4, 4, 2), (4, 6, 3), (4, 8, 4), (5, 2, 1), (5, 4, 2)]:
+            t0 = time.process_time()
+            tab = recovery_phase_table(Ts=(T,), ds=(d,), ks=(k,), adapters=("asymmetric",), landing=False)
+            dt = time.process_time() - t0
+            total += dt
+            print(f"  ({T}, {d}, {k}) asymmetric: {dt:.2f} s CPU, {int((tab['n_alternatives'] > 0).sum())} of "
+                  f"{len(tab)} with alternatives, {dict(tab['status'].value_counts())}, "
+                  f"methods {sorted(set(tab['method']))}")
+    print(f"second-order cells, classification only: {total:.1f} s CPU serially")
 
 
 def by_part(T=5, d=9, k=4, reps=50):
@@ -63,12 +114,16 @@ def by_part(T=5, d=9, k=4, reps=50):
 
 def phase_diagram(serial=False):
     load = os.getloadavg()[0]
-    cpu0 = _children_cpu()
-    t0 = time.perf_counter()
-    table = recovery_phase_table(executor="processes")
-    wall = time.perf_counter() - t0
-    cpu = _children_cpu() - cpu0
-    print(f"phase diagram, {len(table)} instances: {wall:.1f} s on a pool of {os.cpu_count()} processes "
+    workers = min(os.cpu_count() or 1, 8)                  # as executor="processes"
+    pool = TimedPool(workers)
+    try:
+        t0 = time.perf_counter()
+        table = recovery_phase_table(executor=pool)
+        wall = time.perf_counter() - t0
+    finally:
+        pool.shutdown()
+    cpu = pool.cpu
+    print(f"phase diagram, {len(table)} instances: {wall:.1f} s on a pool of {workers} processes "
           f"(target ≤ 120 s); worker CPU {cpu:.1f} s, i.e. {cpu / 2:.1f} s on 2 free cores; load average "
           f"before {load:.2f}, after {os.getloadavg()[0]:.2f}")
     if serial:
@@ -96,6 +151,7 @@ def phase_diagram(serial=False):
 
 if __name__ == "__main__":
     by_part()
+    second_order_cells()
     table = phase_diagram(serial="--serial" in sys.argv)
     if "--save" in sys.argv:
         table.to_pickle(sys.argv[sys.argv.index("--save") + 1])

@@ -289,7 +289,8 @@ def recovery_phase_table(*, Ts=(2, 3, 4, 5), ds=range(2, 13), ks=range(1, 5), re
       (:func:`theory.identifiability_batch`);
       ``method`` says what settled it ("curve" for the examination beyond first order,
       "jacobian", "theorem" for T ≥ 3 and d ≥ 3k, "plane" for the
-      exact construction at T = 3, d = 3k − 1, symmetric, "search" for ``search_starts`` random
+      exact construction at T = 3, d = 3k − 1, symmetric, "pencil" for the exact construction at
+      T ≥ 4, d = 2k, asymmetric, "search" for ``search_starts`` random
       starts of ``search_iter`` Levenberg–Marquardt steps, only where nothing else applies:
       an int, or a mapping from adapter kind to an int; by default 16 symmetric and 8 asymmetric
       starts, the asymmetric ones being several times dearer);

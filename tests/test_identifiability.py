@@ -22,7 +22,10 @@ was made once in `theory/landscape/_identify.py` and the test watched failing):
 | `sims.recovery_phase_table` classifies on any executor, with the right method per cell | serial = process pool; T = 2 continuum; methods at (3, 6, 2), (3, 2, 1), (4, 4, 2) | `excess_nullity` without − gauge; `search_starts` ignored |
 | `recovery_phase_table(landing=False, search_max_unknowns=…)` | same classes as with the solver; above the budget method "jacobian", search_starts 0; a thread pool = serial | — (options of the wide example) |
 | the convex relaxation returns A* iff a dual certificate exists | Clarabel at a tolerance it reaches (all "optimal"); margin of Y_t = P_tZ_tP_tᵀ, Z_t ⪰ s·I, Σ Y_t = I; |margin| > 1e-4 | a certificate without Y_tU*_t = 0 (P_t spanning everything) |
-| (4, 4, 2) asymmetric: 2 excess null directions, yet A* isolated; alternatives Δ, Δᵀ in most instances | ω > 1e-9; growth exponent 2 (all within 0.5, median within 0.05); isolated count ≥ mean − 4 SD of Binomial(16, 0.74); each alternative's transpose among them, each passes the test's own check | the first-order rule (order inf wherever there is excess): fails here, in the phase-table test and in the undetermined test |
+| (4, 4, 2) asymmetric: 2 excess null directions, yet A* isolated; alternatives Δ, Δᵀ in most instances, by the pencil construction | ω > 1e-9; growth exponent 2 (all within 0.5, median within 0.05); isolated count ≥ 8 of 16 (Binomial(16, 0.84) tail 2.7e-4); 0 or 2 alternatives, each one's transpose among them, each passes the test's own check | the first-order rule (order inf wherever there is excess): fails here, in the phase-table test and in the undetermined test; the pencil disabled (the search instead); the generalised eigenvectors dropped |
+| the pencil finds every alternative a search beside it finds ((4, 4, 2), (4, 6, 3)) | `search="always"`: same counts; ≥ 2 of 8 with alternatives (tail 1.8e-5) | the pencil disabled; the generalised eigenvectors dropped; deduplication at 1e-6 instead of √1e-8 (search end points 1e-5 from a second-order zero counted twice) |
+| where the pencil is not generic ((4, 6, 3) instance 8), its checked zeros are kept and the search runs | 6 alternatives, each through the test's own check; status isolated, method search | only the generic instances' candidates kept: "identified" |
+| the pencil at (4, 4, 2) on 400 instances, and at T = 5 | ≥ 307 of 400 with alternatives (mean − 4 SD of Binomial(400, 0.84), tail 6.4e-5; the old search's 72 % passes with probability 0.018); every candidate passes the residual; at T = 5 candidates exist, none passes | the generalised eigenvectors dropped |
 | (3, 5, 2) asymmetric and (3, 4, 2) symmetric: curves exhibited | every corrected point's independent residual ≤ 1e-11, distances within [ε/2, 2ε] | the corrector removed (predictor only): "undetermined" |
 | undetermined is explicit | the curve tolerance set to 0: status "undetermined", order nan, evidence finite, no search | — (the branch itself) |
 | T = 2: the closed-form curve | residuals ≤ 1e-11, distances decreasing | — |
@@ -446,33 +449,77 @@ def test_first_order_degeneracy_at_442_asymmetric_is_an_isolated_zero_with_alter
     to the cubic term's relative correction O(ε/ω), which reaches 0.36 on the instances of
     smallest ω and is < 1e-4 on most: all within 0.5 of 2, the median within 0.05; order 1
     would give 1, a curve inf), so A* is isolated; the
-    first-order rule called all of them continua. Most instances have isolated other zero-loss
-    bases, in pairs Δ, Δᵀ: 37 of 50 on the standard diagram's cell (p̂ = 0.74); on n = 16 other
-    instances the count is Binomial(16, p), and with p ≥ 0.74 it falls below 5 (mean − 4 SD:
-    11.8 − 4·1.75) with probability < 1e-4, while the first-order rule gives 0 (no search). Each
-    alternative passes the test's own eigenvalue check, and is itself a first-order isolated zero."""
+    first-order rule called all of them continua. The pencil construction settles the global
+    question (no search): most instances have isolated other zero-loss bases, exactly the pair
+    Δ, Δᵀ (the two patterns (2, 0), (0, 2), present when both eigenvalues μ are real). An
+    independent check found them in ≥ 84 % of instances; on n = 16 instances the count is
+    Binomial(16, p), and with p ≥ 0.84 it falls below 8 with probability 2.7e-4 (exact
+    binomial tail), while the first-order rule gives 0. Each alternative passes the test's
+    own eigenvalue check, and is itself a first-order isolated zero."""
     A, U = _batch(4, 2, 4, 16, 7)
     r = th.identifiability_batch(A, U, adapters="asymmetric", rng=0, n_starts=8, max_iter=60)
     assert (r.nullity - r.gauge_dim == 2).all()
     assert (r.obstruction_order == 2).all() and (r.second_order_obstruction > 1e-9).all()
     assert np.all(np.abs(r.growth_exponent - 2) <= 0.5) and abs(np.median(r.growth_exponent) - 2) <= 0.05
     assert not np.isin(r.status, ["continuum", "undetermined"]).any()
-    assert (r.method == "search").all() and (r.n_starts == 32).all()       # 4 × n_starts at order 2
+    assert (r.method == "pencil").all() and (r.n_starts == 0).all()
     iso = r.status == "isolated"
-    assert iso.sum() >= 5
+    assert iso.sum() >= 8
     for i, alts in enumerate(r.alternatives):
-        assert (len(alts) > 0) == iso[i] and len(alts) % 2 == 0            # Δ and Δᵀ
+        assert (len(alts) > 0) == iso[i] and len(alts) in (0, 2)            # Δ and Δᵀ
         for Ahat in alts:                                                  # Δᵀ is among them
             flipped = A[i] - (A[i] - Ahat).T
             assert min(np.linalg.norm(flipped - B) for B in alts) <= 1e-6 * np.linalg.norm(Ahat)
     assert (r.alternative_orders == 1).all()                              # each an isolated zero
-    # Far from A* (measured ≥ 0.33ρ): rules out search end points still converging to A*, which
-    # pass the zero-loss tolerances there (‖Δ‖ ≈ 1e-4ρ: the loss grows like ‖Δ‖⁴).
     rho = np.linalg.svd(U, compute_uv=False)[..., -1].min(axis=1) ** 2
     far = np.linalg.norm(r.alternative_bases - A[r.alternative_owner], axis=(1, 2)) / rho[r.alternative_owner]
     assert np.all(far >= 0.1)
     for Ahat, i in zip(r.alternative_bases, r.alternative_owner):
         assert _zero_loss_violation(Ahat, A[i], U[i], False) <= ZERO_LOSS_TOL
+
+
+@pytest.mark.parametrize(("T", "d", "k", "n"), [(4, 4, 2, 8), (4, 6, 3, 4)])
+def test_the_pencil_finds_every_alternative_a_search_finds(T, d, k, n):
+    """Asymmetric, d = 2k, T = 4: a factored multi-start search run beside the construction
+    (``search="always"``, independent code: Levenberg–Marquardt on (A, U, V)) finds no zero-loss
+    base that the construction lacks (the count with the search equals the count without), and
+    the comparison is not vacuous (≥ 2 of 8 instances with alternatives at (4, 4, 2): with
+    p ≥ 0.84 fewer has probability 1.8e-5; at (4, 6, 3) 3 of the 4 have them, measured). Rules out a construction that misses a pattern
+    (e.g. the generalised eigenvectors dropped: no alternative at all) and one that invents
+    alternatives (each passes the test's own check)."""
+    A, U = _batch(d, k, T, n, seed=11)
+    auto = th.identifiability_batch(A, U, adapters="asymmetric", rng=0)
+    both = th.identifiability_batch(A, U, adapters="asymmetric", rng=0, search="always", n_starts=6)
+    assert (auto.method == "pencil").all() and (both.n_starts == 4 * 6).all()
+    assert both.n_alternatives.tolist() == auto.n_alternatives.tolist()
+    assert (auto.n_alternatives > 0).sum() >= (2 if d == 4 else 1)
+    for Ahat, i in zip(auto.alternative_bases, auto.alternative_owner):
+        assert _zero_loss_violation(Ahat, A[i], U[i], False) <= ZERO_LOSS_TOL
+
+
+def test_the_pencil_counts_alternatives_at_442_in_the_measured_fraction_and_none_at_t5():
+    """The construction alone on many instances (cheap: no examination). (4, 4, 2): an
+    independent check found alternatives on ≥ 84 % of instances; with n = 400 the count falls
+    below 307 (mean − 4 SD of Binomial(400, 0.84): 336 − 4·7.33) with probability 6.4e-5 (exact
+    tail; the former search's 72 % would pass with probability 0.018). Every candidate that exists passes
+    the independent residual, and none at T = 5 (d = 2k = 4: 3k² equations in 2k² unknowns,
+    the candidates of tasks 1–4 fail task 5), where candidates do exist (the check is not
+    vacuous). Rules out dropping the generalised eigenvectors w_i (no candidate passes: 0 < 307).
+    (The Newton polish is not needed on these 400: it removed residuals up to 3e-8 on 1 of 2000
+    instances before the tasks were relabelled to the best-conditioned pair.)"""
+    import theory.landscape._identify as ident
+
+    A, U = _batch(4, 2, 5, 400, seed=5)
+    for T in (4, 5):
+        D, ok = ident._pencil_candidates(U[:, :T])
+        fin = np.all(np.isfinite(D), axis=(2, 3))
+        res = ident._residual(A[:, None] - np.where(fin[..., None, None], D, 0.0), A[:, None], U[:, None, :T], False)
+        passed = fin & (res <= 1e-8)
+        assert ok.sum() >= 396                                        # measured 1997 of 2000
+        if T == 4:
+            assert (passed == fin).all() and (passed.sum(axis=1) > 0).sum() >= 307
+        else:
+            assert fin.sum() > 0 and not passed.any()
 
 
 @pytest.mark.parametrize(("T", "d", "k", "adapters"), [(3, 5, 2, "asymmetric"), (3, 4, 2, "symmetric")])
@@ -517,10 +564,26 @@ def test_an_alternative_on_a_curve_makes_a_continuum_and_an_unsettled_one_undete
     assert th.identifiability(truth, rng=0).alternative_orders.tolist() == [1.0]
     real = ident._examine
     for forced, status, through in ((np.inf, "continuum", "alternative"), (np.nan, "undetermined", "")):
-        def examine(*args, forced=forced):
-            out = real(*args)
+        def examine(*args, forced=forced, **kwargs):
+            out = real(*args, **kwargs)
             return out | {"order": np.full_like(out["order"], forced)}
 
         monkeypatch.setattr(ident, "_examine", examine)
         r = th.identifiability(truth, rng=0)
         assert (r.status, r.curve_through, r.obstruction_order) == (status, through, 1.0)
+
+
+def test_where_the_pencil_is_not_generic_its_checked_zeros_are_kept_and_the_search_runs():
+    """(4, 6, 3) asymmetric, instance 8 of the standard diagram's cell: two adapters' spans nearly
+    meet (σ_min/σ_max = 1e-5), so H_3 is ill-conditioned (2e-11 < 1e-8) and the construction's
+    list need not be complete; its 6 candidates still pass the independent check (≤ 2e-11), and
+    the search beside it (8 starts here; 32 in the diagram) reaches zero loss from none. Rules out discarding the
+    construction's checked zeros where it is not generic (the instance reads "identified")."""
+    from sims._landscape import _instances
+
+    _, A, U = _instances(6, 3, 4, 50, 0, adapters=True)
+    r = th.identifiability_batch(A[8:9], U[8:9], adapters="asymmetric", rng=0, n_starts=2)
+    assert (r.method[0], r.status[0], r.n_starts[0]) == ("search", "isolated", 8)
+    assert r.n_alternatives[0] == 6
+    for Ahat in r.alternative_bases:
+        assert _zero_loss_violation(Ahat, A[8], U[8], False) <= ZERO_LOSS_TOL

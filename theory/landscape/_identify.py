@@ -62,7 +62,30 @@ cheapest test that settles an instance runs first:
     an alternative iff every R*_t + Δ is PSD. A multi-start search never found an alternative that
     the construction missed (see ``tests/test_identifiability.py``): that it finds all of them is
     the measured claim of spec P5, not a proof.
-  - elsewhere (e.g. T = 4 with 2k ≤ d < 2.5k, or a non-generic instance), a multi-start search: Levenberg–
+  - **T ≥ 4, d = 2k ≤ 14, asymmetric** (the ``"pencil"`` construction; A* is isolated there only at
+    second order, and a search from random starts rarely reaches the other zeros). In the basis
+    W = [U*_1 U*_2] of R^d write R*_t + Δ = W(G_t + M)Wᵀ, G_t = g_tg_tᵀ, g_t = W⁻¹U*_t (G_1, G_2 the
+    coordinate projections). X = G_1 + M has rank k exactly, with column space 𝒞 and row space 𝓡;
+    for an invertible D, rank(X − D) ≤ k ⇔ D⁻¹X is a projection ⇔ X D⁻¹ X = X ⇔, with
+    X = C N R, R D⁻¹ C = N⁻¹. Task 2 (D = G_1 − G_2 = J = diag(I, −I)) gives N = (R J C)⁻¹, and
+    tasks 3, 4 (D_t = G_1 − G_t) then read R H_t C = 0 with H_t = D_t⁻¹ − J (symmetric): 𝓡 ⊥ H_3𝒞
+    and 𝓡 ⊥ H_4𝒞, so (H_3 invertible) H_4𝒞 = H_3𝒞: 𝒞 is a k-dimensional invariant subspace of
+    P = H_3⁻¹H_4, and 𝓡 = (H_3𝒞)^⊥, X = C(RJC)⁻¹R. Conversely every such 𝒞 with RJC invertible
+    gives a zero of tasks 1–4. At Δ = 0, 𝒞₀ = span(e_1 … e_k) is invariant (P|𝒞₀ = Λ = β_3⁻ᵀβ_4ᵀ,
+    β_t the off-diagonal block of H_t) and H_3-neutral, so P (H_3-self-adjoint) has each eigenvalue
+    μ_i of Λ twice; where the μ_i are distinct and each has one eigenvector (checked), P is
+    non-derogatory with Jordan blocks of size 2 (v_i ∈ 𝒞₀, and w_i with (H_4 − μ_iH_3)w_i = H_3v_i),
+    and its k-dimensional invariant subspaces are the spans of the first m_i vectors of each chain,
+    m ∈ {0, 1, 2}^k with Σm = k (μ_i and its conjugate with the same m_i for a real subspace):
+    finitely many, (1, …, 1) being A*. So the zero set is finite (every alternative is isolated)
+    and the construction lists it; tasks t ≥ 5 are checked by the independent residual. At k = 2
+    there are alternatives iff both μ_i are real, and then exactly two, Δ and Δᵀ (patterns (2, 0)
+    and (0, 2)); k = 1 has none. The tasks are relabelled so that the pairs (1, t), t ≤ 4, are the
+    best-conditioned (only their spans must meet trivially); the candidates get three damped Newton steps on R H_t C = 0 in the
+    chart C = [I; Y], R = [I Z], kept where they lower the residual. Where a condition fails
+    (spans meeting, H_3 or β_3 singular, repeated μ, a second eigenvector: 6 of 2000 instances at
+    (4, 4, 2)), the instance goes to the search.
+  - elsewhere (e.g. T = 4 with 2k < d < 2.5k, or a non-generic instance), a multi-start search: Levenberg–
     Marquardt on the reduced objective from ``n_starts`` random points per instance, all starts of
     all instances in one batch. Zero-loss end points with Â far from A* are alternatives (after
     the independent check below, and deduplicated); none found means "identified" up to the
@@ -73,12 +96,16 @@ Every reported alternative passes a check independent of the solver that found i
 A*_t − Â beyond rank k, and (symmetric) the negative part and the asymmetry, are at rounding level.
 Each alternative is then examined like A* (its own frames X_t = R*_t + Δ): an alternative on a
 curve makes the instance a continuum ("through an alternative"), an undetermined one makes it
-undetermined, otherwise the instance is "isolated". With asymmetric adapters Δᵀ is a zero with Δ
+undetermined, otherwise the instance is "isolated". The pencil construction's alternatives are
+isolated by the finiteness above: they are examined to second order only (order 1 or 2, nan
+where ω does not settle it: far alternatives, ‖Δ‖ ≫ ρ, have ω below the tolerance calibrated at
+A*, and curve following there reaches the curve tolerance without a curve). With asymmetric adapters Δᵀ is a zero with Δ
 ((R*_t + Δ)ᵀ = R*_t + Δᵀ), so the search's alternatives are completed by their transposes.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,6 +128,10 @@ _EPS = np.finfo(float).eps
 _ZERO_LOSS = 1e-20
 #: Â is "far" from A* (and two alternatives are distinct) beyond this, relative to the same scale.
 _FAR = 1e-6
+#: Two alternatives are the same zero within this, relative: at a zero of second order (the
+#: residual grows like ‖δ‖²) an end point passing the check _CHECK can lie √_CHECK from it
+#: (measured: search end points 1e-5 from the exact zeros of the pencil construction).
+_SAME = 1e-4
 #: Independent check: residual eigen/singular values beyond rank k, relative to the scale.
 #: A zero-loss end point has ‖A + U_tV_tᵀ − A*_t‖ ≤ √(2·ZERO_LOSS·T) · scale ≈ 2.4e-10 · scale,
 #: and by Weyl the eigenvalues of A*_t − Â move by at most that much; 1e-8 leaves a margin.
@@ -123,7 +154,7 @@ class Identifiability(ArrayFields):
     method : what settled it: "curve" (the examination beyond first order at A*: a continuum, or
         undetermined), "theorem" (the rank argument: T = 3 and d ≥ 3k, T = 4 and d ≥ 2.5k, …,
         checked on the instance), "plane" (T = 3, d = 3k − 1, symmetric: the exact
-        construction), "search" (multi-start; ``n_starts`` per instance) or "jacobian" (A* locally
+        construction), "pencil" (T ≥ 4, d = 2k, asymmetric: the exact construction), "search" (multi-start; ``n_starts`` per instance) or "jacobian" (A* locally
         isolated and no global check run: ``search="never"``).
     jacobian_rank : rank of the residual map's Jacobian at the truth (unknowns − nullity).
     expected_rank : the rank when A* is locally identified: number of unknowns − gauge_dim.
@@ -152,7 +183,8 @@ class Identifiability(ArrayFields):
     growth_exponent : log-log slope of the corrected residual between the two smallest distances
         (≈ 2 at a second-order obstruction; inf on a curve; nan where not run).
     curve_through : "A*", "alternative" (continuum) or "".
-    alternative_orders : (n,) ``obstruction_order`` at each alternative.
+    alternative_orders : (n,) ``obstruction_order`` at each alternative (method "pencil": 1, 2,
+        or nan where the second-order test does not settle it; isolated by the construction).
 
     Examples
     --------
@@ -471,6 +503,10 @@ _SPHERE_STARTS = 32
 _NEAR = 1e-2
 #: Search starts, as a multiple of ``n_starts``, where A* is isolated only at second order.
 SECOND_ORDER_STARTS = 4
+#: The pencil construction runs up to this k: it enumerates the central trinomial coefficient
+#: of k patterns (392 at k = 7, 8952 at k = 10) and examines every alternative; at (4, 20, 10)
+#: one instance has 824 of them and costs a minute. Above it, the search (or "jacobian").
+PENCIL_MAX_K = 7
 
 
 def _sym_basis(d):
@@ -608,7 +644,7 @@ def _two_task_curve(U, eps):
     return sh * sh * (U1 @ _tr(U1) + U2 @ _tr(U2))[:, None] + sh * ch * cross[:, None]
 
 
-def _examine_chunk(X, k, symmetric, rng, eps):
+def _examine_chunk(X, k, symmetric, rng, eps, follow=True):
     B, T, d, _ = X.shape
     c = d - k
     P, Q, Pp, Qp, s = _frames(X, k, symmetric)
@@ -638,7 +674,7 @@ def _examine_chunk(X, k, symmetric, rng, eps):
         r = n - ee
         omega[idx], v[idx] = _second_order(_tr(Vt[idx, r:]), Us[idx, :M, :r], P[idx], Q[idx], Pp[idx], Qp[idx],
                                            s[idx], rho[idx], E, d, rng)
-    deg = np.flatnonzero(e > 0)
+    deg = np.flatnonzero((e > 0) & follow)
     if deg.size:
         points[deg] = _follow(v[deg], P[deg], Q[deg], Pp[deg], Qp[deg], s[deg], rho[deg], E if symmetric else None,
                               d, eps)
@@ -653,14 +689,16 @@ def _examine_memory(T, d, k, symmetric, chunk=1):
     return 8 * chunk * (3 * M * n + 4 * len(CURVE_DISTANCES) * (d ** 4 + n * n))
 
 
-def _examine(X, k, symmetric, rng, A_star, U_star, offset):
+def _examine(X, k, symmetric, rng, A_star, U_star, offset, follow=None):
     """Beyond first order at zero-loss points X (B, T, d, d) = (A*_t − Â)_t: per point the excess
     null dimension e, the second-order obstruction ω, the obstruction order (1, 2, inf: a curve
-    exhibited, nan: undetermined), and the curve test's distances and independent residuals."""
+    exhibited, nan: undetermined), and the curve test's distances and independent residuals.
+    ``follow`` (B,) bool: where False, no curve following (order nan where ω does not settle)."""
     B, T, d, _ = X.shape
     eps = CURVE_DISTANCES
     chunk = max(1, int(2**27 // _examine_memory(T, d, k, symmetric)))
-    out = [_examine_chunk(X[lo:lo + chunk], k, symmetric, rng, eps) for lo in range(0, B, chunk)]
+    follow = np.ones(B, bool) if follow is None else follow
+    out = [_examine_chunk(X[lo:lo + chunk], k, symmetric, rng, eps, follow[lo:lo + chunk]) for lo in range(0, B, chunk)]
     e, omega, points, rho = (np.concatenate(parts) for parts in zip(*out))
     return _judge(e, omega, points, rho, A_star, U_star, offset, symmetric)
 
@@ -715,6 +753,141 @@ def _plane_candidates(U):
 
 
 # --------------------------------------------------------------------------------------------
+# Global: the pencil construction (T ≥ 4, d = 2k, asymmetric)
+
+
+def _patterns(k):
+    """The multiplicity patterns m ∈ {0, 1, 2}^k with Σm = k other than (1, …, 1) (that is A*)."""
+    pats = [m for m in itertools.product(range(3), repeat=k) if sum(m) == k and any(x != 1 for x in m)]
+    return np.array(pats, int).reshape(-1, k)
+
+
+def _pencil_candidates(U, chunk=64):
+    """Every zero-loss Δ ≠ 0 of each instance (asymmetric, d = 2k, T ≥ 4), from tasks 1–4 alone.
+
+    Returns (B, p, d, d) candidates (NaN where a pattern gives none; p = len(_patterns(k)); to be
+    checked by :func:`_residual`) and ``ok`` (B,): the genericity conditions under which the
+    candidates are all the zeros of tasks 1–4 hold (module docstring). The tasks are relabelled per instance (best-conditioned pairs
+    (1, t), t ≤ 4).
+    """
+    B, T, d, k = U.shape
+    # Only the pairs (1, t), t = 2, 3, 4, must meet trivially: task 1 and three partners are
+    # chosen to maximise the worst of their conditions, task 2 the best-conditioned partner.
+    cond = np.ones((B, T, T))
+    for s, t in itertools.combinations(range(T), 2):
+        sv = np.linalg.svd(np.concatenate([U[:, s], U[:, t]], -1), compute_uv=False)
+        cond[:, s, t] = cond[:, t, s] = sv[:, -1] / sv[:, 0]
+    choices = [(f, S) for f in range(T) for S in itertools.combinations([r for r in range(T) if r != f], 3)]
+    score = np.stack([cond[:, f, list(S)].min(axis=1) for f, S in choices], 1)
+    order = np.empty((B, T), int)
+    for b, c in enumerate(score.argmax(axis=1)):
+        f, S = choices[c]
+        S = sorted(S, key=lambda t: -cond[b, f, t])
+        order[b] = [f, *S] + [r for r in range(T) if r != f and r not in S]
+    U = np.take_along_axis(U, order[:, :, None, None], axis=1)
+    sD = np.linalg.svd(np.concatenate([np.broadcast_to(U[:, :1], (B, 3, d, k)), U[:, 1:4]], -1), compute_uv=False)
+    # ``ok``: the conditions of completeness, at _GENERIC; ``use``: the computation is defined
+    # (at rounding level), so that its candidates, checked afterwards, are kept even where the
+    # list may be incomplete.
+    tiny = 64 * _EPS
+    ok = np.all(sD[..., -1] > _GENERIC * sD[..., 0], axis=1)                 # span(U*_1) ∩ span(U*_t) = 0
+    use = np.all(sD[..., -1] > tiny * sD[..., 0], axis=1)
+    W = np.where(use[:, None, None], np.concatenate([U[:, 0], U[:, 1]], axis=-1), np.eye(d))
+    g = np.linalg.solve(W[:, None], U[:, :4])                                  # W⁻¹U*_t
+    G = g @ _tr(g)
+    Dm = np.where(use[:, None, None, None], G[:, :1] - G[:, 2:4], np.eye(d))    # G_1 − G_t, t = 3, 4
+    J = np.diag(np.r_[np.ones(k), -np.ones(k)])                                # (G_1 − G_2)⁻¹
+    H = np.linalg.inv(Dm) - J                                                  # H_3, H_4 (symmetric)
+    H3, H4 = H[:, 0], H[:, 1]
+    s3 = np.linalg.svd(H3, compute_uv=False)
+    beta3, beta4 = H3[:, :k, k:], H4[:, :k, k:]
+    sb = np.linalg.svd(beta3, compute_uv=False)
+    ok &= (s3[:, -1] > _GENERIC * s3[:, 0]) & (sb[:, -1] > _GENERIC * sb[:, 0])
+    use &= (s3[:, -1] > tiny * s3[:, 0]) & (sb[:, -1] > tiny * sb[:, 0])
+    beta3 = np.where(use[:, None, None], beta3, np.eye(k))
+    Lam = np.linalg.solve(_tr(beta3), _tr(beta4))                              # P on span(e_1 … e_k)
+    mu, v = np.linalg.eig(Lam)
+    scale = np.maximum(np.abs(mu).max(axis=1), np.finfo(float).tiny)
+    gaps = np.where(np.eye(k, dtype=bool), np.inf, np.abs(mu[:, :, None] - mu[:, None, :]))
+    ok &= gaps.min(axis=(1, 2)) > 1e-6 * scale                                # distinct eigenvalues
+    V = np.concatenate([v, np.zeros_like(v)], axis=1)                          # v_i = (v, 0): in 𝒞₀
+    Ul, sp, Vh = np.linalg.svd(H4[:, None] - mu[..., None, None] * H3[:, None])    # (B, k, d, d)
+    ok &= np.all(sp[..., -2] > 1e-8 * sp[..., 0], axis=1)                     # geometric multiplicity 1
+    # The generalised eigenvector: (H_4 − μ_iH_3) w_i = H_3 v_i, on the range of the pencil.
+    rhs = np.einsum("bij,bjl->bli", H3, V)
+    coef = np.einsum("bkji,bkj->bki", Ul[..., :-1].conj(), rhs) / np.where(sp[..., :-1] > 0, sp[..., :-1], 1.0)
+    w = np.einsum("bkji,bkj->bki", Vh[..., :-1, :].conj(), coef)
+    finite = np.all(np.isfinite(w), axis=(1, 2))
+    ok &= finite
+    use &= finite
+    w = np.where(finite[:, None, None], w, 0.0)
+    partner = np.abs(mu[:, :, None] - mu[:, None, :].conj()).argmin(axis=2)   # the conjugate of μ_i
+    pats = _patterns(k)
+    vi = np.moveaxis(V, 1, 2)                                                  # (B, k, d)
+    out = np.full((B, len(pats), d, d), np.nan)
+    G1 = np.diag(np.r_[np.ones(k), np.zeros(k)])
+    for lo in range(0, len(pats), chunk):
+        p = pats[lo:lo + chunk]
+        c = len(p)
+        # Real subspaces only: a pattern gives μ_i and its conjugate the same multiplicity.
+        valid = np.all(p[None] == np.take_along_axis(np.broadcast_to(p[None], (B, c, k)),
+                                                    np.broadcast_to(partner[:, None], (B, c, k)), 2), axis=2)
+        cols = np.concatenate([vi[:, None] * (p >= 1)[None, :, :, None], w[:, None] * (p == 2)[None, :, :, None]],
+                              axis=2)                                          # (B, c, 2k, d)
+        Us, ss, _ = np.linalg.svd(np.swapaxes(np.concatenate([cols.real, cols.imag], axis=2), -1, -2),
+                                  full_matrices=False)
+        C = Us[..., :k]                                                        # a real basis of 𝒞
+        valid &= ss[..., k] <= 1e-8 * ss[..., 0]
+        R = _tr(np.linalg.svd(H3[:, None] @ C)[0][..., k:])                   # 𝓡 = (H_3𝒞)^⊥, as rows
+        N = R @ J @ C
+        sN = np.linalg.svd(N, compute_uv=False)
+        valid &= use[:, None] & (sN[..., -1] > _GENERIC * sN[..., 0])
+        X1 = C @ np.linalg.solve(np.where(valid[..., None, None], N, np.eye(k)), R)
+        D = W[:, None] @ (X1 - G1) @ _tr(W)[:, None]
+        # Newton steps in a chart, kept only where they lower the independent residual.
+        Dp = W[:, None] @ (_polish(X1, H, k, valid) - G1) @ _tr(W)[:, None]
+        Uc = np.broadcast_to(U[:, None], (B, c) + U.shape[1:])
+        r0 = _residual(-np.where(valid[..., None, None], D, 0.0), 0.0, Uc, False)
+        r1 = _residual(-np.where(valid[..., None, None] & np.isfinite(Dp), Dp, 0.0), 0.0, Uc, False)
+        D = np.where((r1 < r0)[..., None, None], Dp, D)
+        out[:, lo:lo + c] = np.where(valid[..., None, None], D, np.nan)
+    return out, ok
+
+
+def _polish(X1, H, k, valid, n_iter=3):
+    """Damped Newton steps on R H_t C = 0 (t = 3, 4) in the chart C = [I; Y], R = [I Z] of X_1
+    (where its leading k × k block is invertible); X_1 = C (I − ZY)⁻¹ R."""
+    B, c, d, _ = X1.shape
+    top = X1[..., :k, :k]
+    st = np.linalg.svd(top, compute_uv=False)
+    use = valid & (st[..., -1] > 1e-6 * st[..., 0])
+    top = np.where(use[..., None, None], top, np.eye(k))
+    Y = X1[..., k:, :k] @ np.linalg.inv(top)
+    Z = np.linalg.solve(top, X1[..., :k, k:])
+    I = np.eye(k)
+    Hb = H[:, None]                                                            # (B, 1, 2, d, d)
+    al, be, ga, Cm = Hb[..., :k, :k], Hb[..., :k, k:], Hb[..., k:, :k], Hb[..., k:, k:]
+    for _ in range(n_iter):
+        Zt, Yt = Z[:, :, None], Y[:, :, None]
+        F = al + Zt @ ga + be @ Yt + Zt @ Cm @ Yt                             # R H_t C, (B, c, 2, k, k)
+        JY = np.einsum("...ab,cd->...acbd", be + Zt @ Cm, I).reshape(B, c, 2 * k * k, k * k)
+        JZ = np.einsum("ac,...db->...abcd", I, ga + Cm @ Yt).reshape(B, c, 2 * k * k, k * k)
+        Jm = np.where(use[..., None, None], np.concatenate([JY, JZ], axis=-1), np.eye(2 * k * k))
+        f = np.where(use[..., None], F.reshape(B, c, -1), 0.0)
+        JtJ = _tr(Jm) @ Jm
+        mu = 1e-12 * np.trace(JtJ, axis1=-2, axis2=-1) + np.finfo(float).tiny
+        step = -np.linalg.solve(JtJ + mu[..., None, None] * np.eye(2 * k * k), _tr(Jm) @ f[..., None])[..., 0]
+        step = np.where(use[..., None] & np.isfinite(step), step, 0.0)
+        Y = Y + step[..., :k * k].reshape(Y.shape)
+        Z = Z + step[..., k * k:].reshape(Z.shape)
+    Cc = np.concatenate([np.broadcast_to(I, Y.shape), Y], axis=-2)
+    Rr = np.concatenate([np.broadcast_to(I, Z.shape), Z], axis=-1)
+    M = np.where(use[..., None, None], I - Z @ Y, I)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(use[..., None, None], Cc @ np.linalg.solve(M, Rr), X1)
+
+
+# --------------------------------------------------------------------------------------------
 # Global: multi-start search
 
 
@@ -754,7 +927,7 @@ def _search(W, A_star, U_star, symmetric, n_starts, max_iter, rng):
         cand = bases[(inst == b) & good]
         distinct = []
         for A in cand:
-            if all(np.linalg.norm(A - other) > _FAR * scale[b] for other in distinct):
+            if all(np.linalg.norm(A - other) > _SAME * max(scale[b], np.linalg.norm(other)) for other in distinct):
                 distinct.append(A)
         found.append(np.array(distinct).reshape(-1, d, d))
     return found, np.bincount(inst[zero], minlength=B)
@@ -817,7 +990,7 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
         Levenberg–Marquardt iterations per start.
     search : "auto", "always", "only" or "never"
         "auto" searches only the instances where A* is an isolated zero (first or second order)
-        and neither the rank argument nor the plane construction settles them; "always" also
+        and neither the rank argument nor the plane or pencil construction settles them; "always" also
         searches (and adds what it finds) where the theorem or the construction applies, as a
         check of them; "only" settles every instance where A* is an isolated zero by the search
         alone (to measure the search against the construction); "never" reports the unsettled
@@ -904,6 +1077,19 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
                     alts[b] = cand[j][None]
             method[plane] = "plane"
             open_[plane] = False
+    if not symmetric and T >= 4 and d == 2 * k and k <= PENCIL_MAX_K and search != "only":
+        pencil = np.flatnonzero(open_)
+        if pencil.size:
+            delta, ok = _pencil_candidates(U[pencil])
+            fin = np.all(np.isfinite(delta), axis=(2, 3))
+            cand = A[pencil, None] - np.where(fin[..., None, None], delta, 0.0)
+            res_p = np.where(fin, _residual(cand, A[pencil, None], U[pencil, None], False), np.inf)
+            for j, b in enumerate(pencil):
+                alts[b] = cand[j][res_p[j] <= _CHECK]
+            # Where a genericity condition fails (e.g. two adapters' spans nearly meet), the list
+            # may be incomplete: its checked zeros are kept, and the instance is searched too.
+            method[pencil[ok]] = "pencil"
+            open_[pencil[ok]] = False
     todo = np.flatnonzero({"auto": open_, "only": open_, "always": local, "never": np.zeros(B, bool)}[search])
     # Where A* is isolated only at second order, few starts reach zero loss (1.3 of 8 on average
     # at (4, 4, 2), asymmetric): those instances get SECOND_ORDER_STARTS times the starts.
@@ -921,7 +1107,7 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
             # R*_t + Δᵀ = (R*_t + Δ)ᵀ: every alternative Â = A* − Δ comes with A* − Δᵀ.
             more = found[j] if symmetric else np.concatenate([found[j], A[b] - _tr(A[b] - found[j])])
             for Ahat in more:
-                if all(np.linalg.norm(Ahat - other) > _FAR * max(1.0, np.linalg.norm(other)) for other in alts[b]):
+                if all(np.linalg.norm(Ahat - other) > _SAME * max(1.0, np.linalg.norm(other)) for other in alts[b]):
                     alts[b] = np.concatenate([alts[b], Ahat[None]])
     method[method == ""] = "jacobian"
 
@@ -943,10 +1129,14 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
     if owner.size:
         offset = A[owner] - bases                                     # Δ of each alternative
         X = offset[:, None] + _prod(U[owner], None)
-        alt_order = _examine(X, k, symmetric, rng, A[owner], U[owner], offset)["order"]
+        # The pencil construction proves the zeros finite: its alternatives are isolated, and
+        # are examined to second order only (their order is nan where ω does not settle it).
+        alt_order = _examine(X, k, symmetric, rng, A[owner], U[owner], offset,
+                             follow=method[owner] != "pencil")["order"]
     n_alt = np.bincount(owner, minlength=B)
-    on_curve = np.bincount(owner, weights=alt_order == np.inf, minlength=B) > 0
-    unsettled = np.bincount(owner, weights=np.isnan(alt_order), minlength=B) > 0
+    examined = method[owner] != "pencil"
+    on_curve = np.bincount(owner, weights=examined & (alt_order == np.inf), minlength=B) > 0
+    unsettled = np.bincount(owner, weights=examined & np.isnan(alt_order), minlength=B) > 0
     status[n_alt > 0] = "isolated"
     status[unsettled] = "undetermined"
     status[on_curve] = "continuum"
@@ -968,8 +1158,8 @@ def identifiability(truth, *, adapters="symmetric", rng, n_starts=16, max_iter=1
 
     The local question is answered by the rank of the residual map's Jacobian at the truth
     modulo the gauge of the adapters; the global one by a rank argument (T = 3 and d ≥ 3k, T = 4
-    and d ≥ 2.5k, …), the exact plane construction (T = 3, d = 3k − 1, symmetric) or a multi-start
-    search (elsewhere). :func:`identifiability_batch` classifies many instances in one call; the
+    and d ≥ 2.5k, …), the exact plane construction (T = 3, d = 3k − 1, symmetric), the exact pencil
+    construction (T ≥ 4, d = 2k ≤ 14, asymmetric) or a multi-start search (elsewhere). :func:`identifiability_batch` classifies many instances in one call; the
     module ``theory.landscape._identify`` holds the mathematics.
 
     Parameters
@@ -1011,12 +1201,12 @@ def identifiability(truth, *, adapters="symmetric", rng, n_starts=16, max_iter=1
 
     First-order degeneracy is not a continuum: with four tasks and asymmetric adapters at
     (d, k) = (4, 2) the Jacobian has 2 excess null directions, yet the second-order term is
-    nonzero on all of them (A* is isolated, the residual grows like ε²), and the search finds
-    isolated other zero-loss bases, in pairs Δ, Δᵀ:
+    nonzero on all of them (A* is isolated, the residual grows like ε²), and the pencil
+    construction lists the other zero-loss bases, here one pair Δ, Δᵀ:
 
     >>> r = identifiability(sample_ground_truth(4, 2, 4, rng=1), adapters="asymmetric", rng=0)
-    >>> r.status, r.nullity - r.gauge_dim, r.obstruction_order, round(r.growth_exponent, 2), len(r.alternatives) % 2
-    ('isolated', 2, 2.0, 2.0, 0)
+    >>> r.status, r.method, r.nullity - r.gauge_dim, r.obstruction_order, round(r.growth_exponent, 2), len(r.alternatives)
+    ('isolated', 'pencil', 2, 2.0, 2.0, 2)
 
     >>> r = identifiability(sample_ground_truth(5, 2, 3, rng=0), rng=0)
     >>> r.status, r.method, len(r.alternatives), bool(r.alternative_residuals[0] < 1e-12)
