@@ -33,6 +33,7 @@ serial run and checks that the table does not depend on the executor. ``--save``
 from __future__ import annotations
 
 import concurrent.futures as cf
+import multiprocessing as mp
 import os
 import sys
 import time
@@ -42,7 +43,13 @@ from threadpoolctl import threadpool_limits
 
 import theory as th
 from sims import recovery_phase_table
-from sims._run import _single_threaded_worker, process_context
+
+
+def _one_thread():
+    """Pool initializer: one BLAS thread per worker (the pool supplies the parallelism), as the
+    toolkit's own pools run."""
+    threadpool_limits(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _timed(fn, *args):
@@ -56,8 +63,9 @@ class TimedPool:
     ``recovery_phase_table(executor=...)``: an object with ``submit`` returning futures."""
 
     def __init__(self, workers):
-        self.inner = cf.ProcessPoolExecutor(max_workers=workers, mp_context=process_context(),
-                                            initializer=_single_threaded_worker)
+        # forkserver, as the toolkit's pools: never fork a process whose BLAS threads may be busy
+        self.inner = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("forkserver"),
+                                            initializer=_one_thread)
         self.cpu = 0.0
 
     def submit(self, fn, *args):
