@@ -630,15 +630,19 @@ def _follow(v, P, Q, Pp, Qp, s, rho, E, d, eps, n_iter=30):
     return to_matrix(x).reshape(b, nE, d, d)
 
 
-def _two_task_curve(U, eps):
+def _radius(U):
+    """ρ = min_t σ_k(U*_t)² (B,): the scale of the curve test's distances at A*."""
+    return np.linalg.svd(U, compute_uv=False)[..., -1].min(axis=1) ** 2
+
+
+def _two_task_curve(U, eps, rho):
     """T = 2: the zero-loss curve in closed form, Δ(s) = C M(s) Cᵀ with C = [U*_1 U*_2] and
     M(s) = [[sinh²s, sinh s cosh s], [sinh s cosh s, sinh²s]] ⊗ I_k: R*_1 + Δ = (cosh s U*_1 + sinh s U*_2)(…)ᵀ
     and R*_2 + Δ = (sinh s U*_1 + cosh s U*_2)(…)ᵀ, PSD of rank ≤ k, for every s. Points at
-    s = ε·ρ/‖U*_1U*_2ᵀ + U*_2U*_1ᵀ‖."""
+    s = ε·ρ/‖U*_1U*_2ᵀ + U*_2U*_1ᵀ‖ (ρ = :func:`_radius` of U)."""
     U1, U2 = U[:, 0], U[:, 1]
     cross = U1 @ _tr(U2)
     cross = cross + _tr(cross)
-    rho = np.linalg.svd(U, compute_uv=False)[..., -1].min(axis=1) ** 2
     s = np.asarray(eps, float)[None, :] * (rho / np.linalg.norm(cross, axis=(1, 2)))[:, None]      # (B, nε)
     sh, ch = np.sinh(s)[..., None, None], np.cosh(s)[..., None, None]
     return sh * sh * (U1 @ _tr(U1) + U2 @ _tr(U2))[:, None] + sh * ch * cross[:, None]
@@ -1042,8 +1046,8 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
     if deg.size:
         zero = np.zeros((deg.size, d, d))
         if T == 2:
-            rho = np.linalg.svd(U[deg], compute_uv=False)[..., -1].min(axis=1) ** 2
-            J = _judge(nullity[deg] - gauge, np.full(deg.size, np.nan), _two_task_curve(U[deg], CURVE_DISTANCES),
+            rho = _radius(U[deg])
+            J = _judge(nullity[deg] - gauge, np.full(deg.size, np.nan), _two_task_curve(U[deg], CURVE_DISTANCES, rho),
                        rho, A[deg], U[deg], zero, symmetric)
         else:
             J = _examine(_prod(U[deg], None), k, symmetric, rng, A[deg], U[deg], zero)
@@ -1121,7 +1125,7 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
         # Near a second-order zero the loss grows like ‖Δ‖⁴, so search end points still
         # converging to A* itself pass the zero-loss tolerances (measured: ‖Δ‖ ≈ 3e-5,
         # residual ≈ 1e-11 at (4, 4, 2)); end points within _NEAR·ρ of A* are those.
-        rho = np.linalg.svd(U[owner[second]], compute_uv=False)[..., -1].min(axis=1) ** 2
+        rho = _radius(U[owner[second]])
         keep[second] &= np.linalg.norm(bases[second] - A[owner[second]], axis=(1, 2)) > _NEAR * rho
     bases, owner, res_alt = bases[keep], owner[keep], res_alt[keep]
     # Each alternative examined like A*: isolated (order 1 or 2), on a curve, or undetermined.
