@@ -1129,16 +1129,15 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
         keep[second] &= np.linalg.norm(bases[second] - A[owner[second]], axis=(1, 2)) > _NEAR * rho
     bases, owner, res_alt = bases[keep], owner[keep], res_alt[keep]
     # Each alternative examined like A*: isolated (order 1 or 2), on a curve, or undetermined.
+    # The pencil construction proves the zeros finite: its alternatives are isolated, and are
+    # examined to second order only (their order is nan where ω does not settle it).
+    examined = method[owner] != "pencil"
     alt_order = np.ones(owner.size)
     if owner.size:
         offset = A[owner] - bases                                     # Δ of each alternative
         X = offset[:, None] + _prod(U[owner], None)
-        # The pencil construction proves the zeros finite: its alternatives are isolated, and
-        # are examined to second order only (their order is nan where ω does not settle it).
-        alt_order = _examine(X, k, symmetric, rng, A[owner], U[owner], offset,
-                             follow=method[owner] != "pencil")["order"]
+        alt_order = _examine(X, k, symmetric, rng, A[owner], U[owner], offset, follow=examined)["order"]
     n_alt = np.bincount(owner, minlength=B)
-    examined = method[owner] != "pencil"
     on_curve = np.bincount(owner, weights=examined & (alt_order == np.inf), minlength=B) > 0
     unsettled = np.bincount(owner, weights=examined & np.isnan(alt_order), minlength=B) > 0
     status[n_alt > 0] = "isolated"
