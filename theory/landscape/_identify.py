@@ -926,15 +926,17 @@ def _search(W, A_star, U_star, symmetric, n_starts, max_iter, rng):
         far = np.linalg.norm(A - A_star[i], axis=(1, 2)) > _FAR * scale[i]
         zero[sl] = f <= _ZERO_LOSS * scale[i] ** 2
         good[sl] = zero[sl] & far
-    found = []
-    for b in range(B):
-        cand = bases[(inst == b) & good]
-        distinct = []
-        for A in cand:
-            if all(np.linalg.norm(A - other) > _SAME * max(scale[b], np.linalg.norm(other)) for other in distinct):
-                distinct.append(A)
-        found.append(np.array(distinct).reshape(-1, d, d))
+    found = [_add_distinct(np.empty((0, d, d)), bases[(inst == b) & good], scale[b]) for b in range(B)]
     return found, np.bincount(inst[zero], minlength=B)
+
+
+def _add_distinct(kept, candidates, scale):
+    """``kept`` (n, d, d) followed by each candidate, in order, that is not the same zero as one
+    kept before it: farther than _SAME · max(scale, ‖other‖) from every one."""
+    for A in candidates:
+        if all(np.linalg.norm(A - other) > _SAME * max(scale, np.linalg.norm(other)) for other in kept):
+            kept = np.concatenate([kept, A[None]])
+    return kept
 
 
 # --------------------------------------------------------------------------------------------
@@ -1110,9 +1112,7 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
             # Asymmetric adapters: with A* − Â = A*_t − (R*_t + Δ) of rank ≤ k for all t, so is
             # R*_t + Δᵀ = (R*_t + Δ)ᵀ: every alternative Â = A* − Δ comes with A* − Δᵀ.
             more = found[j] if symmetric else np.concatenate([found[j], A[b] - _tr(A[b] - found[j])])
-            for Ahat in more:
-                if all(np.linalg.norm(Ahat - other) > _SAME * max(1.0, np.linalg.norm(other)) for other in alts[b]):
-                    alts[b] = np.concatenate([alts[b], Ahat[None]])
+            alts[b] = _add_distinct(alts[b], more, 1.0)
     method[method == ""] = "jacobian"
 
     # Every alternative through the independent check at once; only those that pass are kept.
