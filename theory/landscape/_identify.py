@@ -1099,10 +1099,9 @@ def identifiability_batch(A_star, U_star, *, adapters="symmetric", rng, n_starts
     todo = np.flatnonzero({"auto": open_, "only": open_, "always": local, "never": np.zeros(B, bool)}[search])
     # Where A* is isolated only at second order, few starts reach zero loss (1.3 of 8 on average
     # at (4, 4, 2), asymmetric): those instances get SECOND_ORDER_STARTS times the starts.
-    for group in (todo[order[todo] == 1], todo[order[todo] == 2]):
+    for group, ns in ((todo[order[todo] == 1], n_starts), (todo[order[todo] == 2], n_starts * SECOND_ORDER_STARTS)):
         if not group.size:
             continue
-        ns = n_starts * (SECOND_ORDER_STARTS if order[group[0]] == 2 else 1)
         found, n_zero = _search(W[group], A[group], U[group], symmetric, ns, max_iter, rng)
         for j, b in enumerate(group):
             starts[b] = ns
