@@ -1120,40 +1120,36 @@ def _reptile_epoch(net, train, opt, reptile: ReptileSpec, T, device, amp, losses
     of parameters, not a scaled backward pass, so it goes to the optimiser as it is)."""
     torch = _torch()
     m = reptile.inner_steps
-    rounds = 1
     iters = [_cycle(ld) for ld in train] if iters is None else iters
     params = [p for p in net.parameters() if p.requires_grad]
-    # One copy of θ per epoch, reset to θ in place before each task (what a fresh deep copy per
-    # task held: the same values, train mode, a stateless SGD).
+    # One copy of θ per epoch, reset to θ in place before each task but the first (what a fresh
+    # deep copy per task held: the same values, train mode, a stateless SGD).
     inner = copy.deepcopy(net)
     inner.train()
     inner_params = [p for p in inner.parameters() if p.requires_grad]
     state = list(net.parameters()) + list(net.buffers())
     inner_state = list(inner.parameters()) + list(inner.buffers())
-    fresh = True
-    for _ in range(rounds):
-        for t in range(T):
-            if not fresh:
-                with torch.no_grad():
-                    for a, b in zip(inner_state, state):
-                        a.copy_(b)
-            fresh = False
-            if reptile.inner_optimizer == "adamw":
-                sgd = torch.optim.AdamW(inner_params, lr=reptile.inner_lr, weight_decay=reptile.inner_weight_decay)
-            else:
-                sgd = torch.optim.SGD(inner_params, lr=reptile.inner_lr)
-            for _ in range(m):
-                sgd.zero_grad(set_to_none=True)
-                loss = _backward(inner, next(iters[t]), device, amp, objective, micro_batch, scaler)
-                _step(sgd, scaler)
-                losses.append(loss)
-            opt.zero_grad(set_to_none=True)
+    for t in range(T):
+        if t > 0:
             with torch.no_grad():
-                for p, q in zip(params, inner_params):
-                    p.grad = reptile.sign * (p.detach() - q.detach()) / T
-            opt.step()
-            if sched is not None:
-                sched.batch()
+                for a, b in zip(inner_state, state):
+                    a.copy_(b)
+        if reptile.inner_optimizer == "adamw":
+            sgd = torch.optim.AdamW(inner_params, lr=reptile.inner_lr, weight_decay=reptile.inner_weight_decay)
+        else:
+            sgd = torch.optim.SGD(inner_params, lr=reptile.inner_lr)
+        for _ in range(m):
+            sgd.zero_grad(set_to_none=True)
+            loss = _backward(inner, next(iters[t]), device, amp, objective, micro_batch, scaler)
+            _step(sgd, scaler)
+            losses.append(loss)
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for p, q in zip(params, inner_params):
+                p.grad = reptile.sign * (p.detach() - q.detach()) / T
+        opt.step()
+        if sched is not None:
+            sched.batch()
 
 
 # ------------------------------------------------------------------------------------------------
