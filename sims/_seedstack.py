@@ -222,10 +222,13 @@ def finetune_seeds(bases, trains, *, vals, tests, seeds, scheme, head="head", lo
     stack = SeedStack(inner)
     rows = [[] for _ in range(S)]
 
+    same = all(v is t for v, t in zip(vals, tests))     # one loader as both splits: evaluated once, as finetune does
+
     def record(epoch):
+        acc = None
         for split, lds in (("val", vals), ("test", tests)):
             # in float32, as finetune evaluates (spec §2)
-            acc = _stack_accuracy(stack, lds, device, False)
+            acc = acc if same and acc is not None else _stack_accuracy(stack, lds, device, False)
             for s in range(S):
                 rows[s].append({"epoch": epoch, "split": split, "accuracy": float(acc[s])})
 
