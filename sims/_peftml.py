@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from theory.validation import check_choice, check_int, check_real, check_seed, check_values
+from theory.validation import check_bool, check_choice, check_int, check_real, check_seed, check_values
 
 __all__ = [
     "RETRAINING_METHODS", "FINETUNING_SCHEMES", "LoraSpec", "OptimSpec", "ReptileSpec", "BatchLoader",
@@ -228,9 +228,7 @@ class ReptileSpec:
     persistent: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.persistent, (bool, np.bool_)):
-            raise ValueError(f"The 'persistent' parameter of ReptileSpec must be a bool. Got {self.persistent!r} "
-                             f"instead.")
+        check_bool(self.persistent, "persistent", "ReptileSpec")
         check_int(self.inner_steps, "inner_steps", "ReptileSpec", low=0)
         check_real(self.inner_lr, "inner_lr", "ReptileSpec", low=0.0)
         check_choice(self.inner_optimizer, "inner_optimizer", "ReptileSpec", ("sgd", "adamw"))

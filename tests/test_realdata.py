@@ -326,6 +326,8 @@ def test_bad_input_names_the_argument():
         sims.finetune(base, ld[0], scheme="prefix", val=ld[1], test=ld[2])
     with pytest.raises(ValueError, match="'r'"):
         sims.LoraSpec(r=0)
+    with pytest.raises(ValueError, match="'persistent' parameter of ReptileSpec must be a bool. Got 1 instead"):
+        sims.ReptileSpec(persistent=1)        # an int, not a bool
     with pytest.raises(ValueError, match="'r' parameter of retrain must be an int in \\[1, 2\\]"):
         sims.retrain(base, ld, method="LoRA-ML", lora=sims.LoraSpec(r=3))
     with pytest.raises(ValueError, match="'train'.*empty task"):
