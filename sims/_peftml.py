@@ -1288,7 +1288,8 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
                 rows.append({"epoch": epoch, "split": split, "accuracy": acc[id(ld)]})
 
         try:
-            _epochs(fwd, train, opt, sched, modes, record, optim.epochs, deadline, device, amp, objective, micro_batch)
+            _epochs(fwd, train, opt, sched, modes, record, optim.epochs, deadline, device, amp, objective, micro_batch,
+                    _scaler(device, amp))
         finally:
             if cache is not None:
                 cache.close()
@@ -1324,13 +1325,11 @@ def _finetune_net(base, scheme, head, lora, targets, device, init_adapter, init_
     return net, model, params
 
 
-def _epochs(fwd, train, opt, sched, modes, record, epochs, deadline, device, amp, objective, micro_batch,
-            scaler=None):
+def _epochs(fwd, train, opt, sched, modes, record, epochs, deadline, device, amp, objective, micro_batch, scaler):
     """The fine-tuning epochs: ``record(0)``, then per epoch one optimiser step per batch of
     ``train`` and ``record(epoch)``; stops after the epoch that passes ``deadline``. ``fwd`` and
     ``train`` are one network and its loader, or (sims._seedstack) a stack of seeds' networks and
-    their loaders in step. ``scaler``: the GradScaler of the steps (None: :func:`_scaler`'s)."""
-    scaler = _scaler(device, amp) if scaler is None else scaler
+    their loaders in step. ``scaler``: the GradScaler of the steps (:func:`_scaler`), or None."""
     record(0)
     modes.set(True)
     for epoch in range(1, epochs + 1):
