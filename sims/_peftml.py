@@ -602,20 +602,21 @@ def _amp(amp: bool, amp_dtype: str):
 
 
 def _autocast(device, amp):
-    """Autocast on ``device``'s type when ``amp`` is on: ``amp`` is False, True (float16) or a name
+    """Autocast on ``device``'s type when ``amp`` is on: ``amp`` is :func:`_amp`'s, False or a name
     of :data:`AMP_DTYPES`."""
     torch = _torch()
     if not amp:
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=getattr(torch, amp if isinstance(amp, str) else "float16"))
+    return torch.autocast(torch.device(device).type, dtype=getattr(torch, amp))
 
 
 def _scaler(device, amp):
     """A ``torch.amp.GradScaler`` for float16 autocast (default settings: scale 2**16 at first,
     halved on a step whose gradients hold an inf or nan, which is then skipped, doubled after 2000
-    finite steps in a row); None otherwise (float32, or bfloat16, whose range is float32's)."""
+    finite steps in a row); None otherwise (float32, or bfloat16, whose range is float32's). ``amp``
+    is :func:`_amp`'s."""
     torch = _torch()
-    if amp is True or amp == "float16":
+    if amp == "float16":
         return torch.amp.GradScaler(torch.device(device).type)
     return None
 
