@@ -202,7 +202,7 @@ class OptimSpec:
         check_choice(self.schedule, "schedule", "OptimSpec", ("cosine", "constant", "linear", "steps"))
         check_real(self.warmup, "warmup", "OptimSpec", low=0.0, high=1.0)
         for name in ("warmup_steps", "total_steps"):
-            object.__setattr__(self, name, float(check_real(getattr(self, name), name, "OptimSpec", low=0.0)))
+            object.__setattr__(self, name, check_real(getattr(self, name), name, "OptimSpec", low=0.0))
 
 
 @dataclass(frozen=True)
