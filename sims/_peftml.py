@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from theory.validation import check_choice, check_int, check_real, check_seed, check_values
+from theory.validation import check_bool, check_choice, check_int, check_real, check_seed, check_values
 
 __all__ = [
     "RETRAINING_METHODS", "FINETUNING_SCHEMES", "LoraSpec", "OptimSpec", "ReptileSpec", "BatchLoader",
@@ -202,7 +202,7 @@ class OptimSpec:
         check_choice(self.schedule, "schedule", "OptimSpec", ("cosine", "constant", "linear", "steps"))
         check_real(self.warmup, "warmup", "OptimSpec", low=0.0, high=1.0)
         for name in ("warmup_steps", "total_steps"):
-            object.__setattr__(self, name, float(check_real(getattr(self, name), name, "OptimSpec", low=0.0)))
+            object.__setattr__(self, name, check_real(getattr(self, name), name, "OptimSpec", low=0.0))
 
 
 @dataclass(frozen=True)
@@ -228,9 +228,7 @@ class ReptileSpec:
     persistent: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.persistent, (bool, np.bool_)):
-            raise ValueError(f"The 'persistent' parameter of ReptileSpec must be a bool. Got {self.persistent!r} "
-                             f"instead.")
+        check_bool(self.persistent, "persistent", "ReptileSpec")
         check_int(self.inner_steps, "inner_steps", "ReptileSpec", low=0)
         check_real(self.inner_lr, "inner_lr", "ReptileSpec", low=0.0)
         check_choice(self.inner_optimizer, "inner_optimizer", "ReptileSpec", ("sgd", "adamw"))
@@ -604,20 +602,21 @@ def _amp(amp: bool, amp_dtype: str):
 
 
 def _autocast(device, amp):
-    """Autocast on ``device``'s type when ``amp`` is on: ``amp`` is False, True (float16) or a name
+    """Autocast on ``device``'s type when ``amp`` is on: ``amp`` is :func:`_amp`'s, False or a name
     of :data:`AMP_DTYPES`."""
     torch = _torch()
     if not amp:
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=getattr(torch, amp if isinstance(amp, str) else "float16"))
+    return torch.autocast(torch.device(device).type, dtype=getattr(torch, amp))
 
 
 def _scaler(device, amp):
     """A ``torch.amp.GradScaler`` for float16 autocast (default settings: scale 2**16 at first,
     halved on a step whose gradients hold an inf or nan, which is then skipped, doubled after 2000
-    finite steps in a row); None otherwise (float32, or bfloat16, whose range is float32's)."""
+    finite steps in a row); None otherwise (float32, or bfloat16, whose range is float32's). ``amp``
+    is :func:`_amp`'s."""
     torch = _torch()
-    if amp is True or amp == "float16":
+    if amp == "float16":
         return torch.amp.GradScaler(torch.device(device).type)
     return None
 
@@ -1120,40 +1119,36 @@ def _reptile_epoch(net, train, opt, reptile: ReptileSpec, T, device, amp, losses
     of parameters, not a scaled backward pass, so it goes to the optimiser as it is)."""
     torch = _torch()
     m = reptile.inner_steps
-    rounds = 1
     iters = [_cycle(ld) for ld in train] if iters is None else iters
     params = [p for p in net.parameters() if p.requires_grad]
-    # One copy of θ per epoch, reset to θ in place before each task (what a fresh deep copy per
-    # task held: the same values, train mode, a stateless SGD).
+    # One copy of θ per epoch, reset to θ in place before each task but the first (what a fresh
+    # deep copy per task held: the same values, train mode, a stateless SGD).
     inner = copy.deepcopy(net)
     inner.train()
     inner_params = [p for p in inner.parameters() if p.requires_grad]
     state = list(net.parameters()) + list(net.buffers())
     inner_state = list(inner.parameters()) + list(inner.buffers())
-    fresh = True
-    for _ in range(rounds):
-        for t in range(T):
-            if not fresh:
-                with torch.no_grad():
-                    for a, b in zip(inner_state, state):
-                        a.copy_(b)
-            fresh = False
-            if reptile.inner_optimizer == "adamw":
-                sgd = torch.optim.AdamW(inner_params, lr=reptile.inner_lr, weight_decay=reptile.inner_weight_decay)
-            else:
-                sgd = torch.optim.SGD(inner_params, lr=reptile.inner_lr)
-            for _ in range(m):
-                sgd.zero_grad(set_to_none=True)
-                loss = _backward(inner, next(iters[t]), device, amp, objective, micro_batch, scaler)
-                _step(sgd, scaler)
-                losses.append(loss)
-            opt.zero_grad(set_to_none=True)
+    for t in range(T):
+        if t > 0:
             with torch.no_grad():
-                for p, q in zip(params, inner_params):
-                    p.grad = reptile.sign * (p.detach() - q.detach()) / T
-            opt.step()
-            if sched is not None:
-                sched.batch()
+                for a, b in zip(inner_state, state):
+                    a.copy_(b)
+        if reptile.inner_optimizer == "adamw":
+            sgd = torch.optim.AdamW(inner_params, lr=reptile.inner_lr, weight_decay=reptile.inner_weight_decay)
+        else:
+            sgd = torch.optim.SGD(inner_params, lr=reptile.inner_lr)
+        for _ in range(m):
+            sgd.zero_grad(set_to_none=True)
+            loss = _backward(inner, next(iters[t]), device, amp, objective, micro_batch, scaler)
+            _step(sgd, scaler)
+            losses.append(loss)
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for p, q in zip(params, inner_params):
+                p.grad = reptile.sign * (p.detach() - q.detach()) / T
+        opt.step()
+        if sched is not None:
+            sched.batch()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1294,7 +1289,8 @@ def finetune(base, train, *, scheme: str, val, test, head: str = "head", lora: L
                 rows.append({"epoch": epoch, "split": split, "accuracy": acc[id(ld)]})
 
         try:
-            _epochs(fwd, train, opt, sched, modes, record, optim.epochs, deadline, device, amp, objective, micro_batch)
+            _epochs(fwd, train, opt, sched, modes, record, optim.epochs, deadline, device, amp, objective, micro_batch,
+                    _scaler(device, amp))
         finally:
             if cache is not None:
                 cache.close()
@@ -1330,13 +1326,11 @@ def _finetune_net(base, scheme, head, lora, targets, device, init_adapter, init_
     return net, model, params
 
 
-def _epochs(fwd, train, opt, sched, modes, record, epochs, deadline, device, amp, objective, micro_batch,
-            scaler=None):
+def _epochs(fwd, train, opt, sched, modes, record, epochs, deadline, device, amp, objective, micro_batch, scaler):
     """The fine-tuning epochs: ``record(0)``, then per epoch one optimiser step per batch of
     ``train`` and ``record(epoch)``; stops after the epoch that passes ``deadline``. ``fwd`` and
     ``train`` are one network and its loader, or (sims._seedstack) a stack of seeds' networks and
-    their loaders in step. ``scaler``: the GradScaler of the steps (None: :func:`_scaler`'s)."""
-    scaler = _scaler(device, amp) if scaler is None else scaler
+    their loaders in step. ``scaler``: the GradScaler of the steps (:func:`_scaler`), or None."""
     record(0)
     modes.set(True)
     for epoch in range(1, epochs + 1):

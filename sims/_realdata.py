@@ -524,9 +524,8 @@ def _finetune_key(config) -> str:
     """Hash of every field but the sweep's layout: with the retraining key, seed, scheme and
     sample-size index, what a last-layer fine-tuning without options depends on. The preset is part
     of it but for digits: under ``paper`` the epochs are scored on the test split in place of the
-    validation split
-    (V4; digits: the same training, its val rows replaced by the test rows), and on CIFAR-10 the
-    paper preset fine-tunes on every training image."""
+    validation split (V4; digits: the same training, its val rows replaced by the test rows), and
+    on CIFAR-10 the paper preset fine-tunes on every training image."""
     return _config_hash(config, ("values", "seeds", "chunk_trials") + (("preset",) if config.dataset == "digits"
                                                                        else ()))
 

@@ -31,8 +31,8 @@ import functools
 import numpy as np
 import pandas as pd
 
-from ._peftml import (FineTuned, LoraSpec, OptimSpec, _amp, _autocast, _finetune_net, _epochs, _inner, _optimizer,
-                      _scaler, _seeded, _targets, _torch, finetune, trainable_count)
+from ._peftml import (BatchLoader, FineTuned, LoraSpec, OptimSpec, _amp, _autocast, _finetune_net, _epochs, _inner,
+                      _optimizer, _scaler, _seeded, _targets, _torch, finetune, trainable_count)
 
 
 @functools.lru_cache(maxsize=1)
@@ -155,7 +155,7 @@ def _in_step(loaders) -> bool:
     """Whether the loaders give batches of equal sizes in equal numbers (every seed's batch i the
     same size), so they can run in step."""
     first = loaders[0]
-    return all(type(ld).__name__ == "BatchLoader" and len(ld) == len(first) and len(ld.x) == len(first.x)
+    return all(type(ld) is BatchLoader and len(ld) == len(first) and len(ld.x) == len(first.x)
                and ld.batch_size == first.batch_size and ld.drop_last == first.drop_last
                and tuple(ld.x.shape[1:]) == tuple(first.x.shape[1:]) for ld in loaders)
 
@@ -222,10 +222,13 @@ def finetune_seeds(bases, trains, *, vals, tests, seeds, scheme, head="head", lo
     stack = SeedStack(inner)
     rows = [[] for _ in range(S)]
 
+    same = all(v is t for v, t in zip(vals, tests))     # one loader as both splits: evaluated once, as finetune does
+
     def record(epoch):
+        acc = None
         for split, lds in (("val", vals), ("test", tests)):
             # in float32, as finetune evaluates (spec §2)
-            acc = _stack_accuracy(stack, lds, device, False)
+            acc = acc if same and acc is not None else _stack_accuracy(stack, lds, device, False)
             for s in range(S):
                 rows[s].append({"epoch": epoch, "split": split, "accuracy": float(acc[s])})
 

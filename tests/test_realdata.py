@@ -179,26 +179,24 @@ def _reptile_epoch_deepcopy(net, train, opt, reptile, T, device, amp, losses, ob
     assert scaler is None
 
     m = reptile.inner_steps
-    rounds = 1
     iters = [_cycle(ld) for ld in train] if iters is None else iters
     params = [p for p in net.parameters() if p.requires_grad]
-    for _ in range(rounds):
-        for t in range(T):
-            inner = copy.deepcopy(net)
-            inner.train()
-            inner_params = [p for p in inner.parameters() if p.requires_grad]
-            sgd = torch.optim.SGD(inner_params, lr=reptile.inner_lr)
-            for _ in range(m):
-                sgd.zero_grad(set_to_none=True)
-                loss = _loss(inner, next(iters[t]), device, amp)
-                loss.backward()
-                sgd.step()
-                losses.append(loss.detach())
-            opt.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                for p, q in zip(params, inner_params):
-                    p.grad = reptile.sign * (p.detach() - q.detach()) / T
-            opt.step()
+    for t in range(T):
+        inner = copy.deepcopy(net)
+        inner.train()
+        inner_params = [p for p in inner.parameters() if p.requires_grad]
+        sgd = torch.optim.SGD(inner_params, lr=reptile.inner_lr)
+        for _ in range(m):
+            sgd.zero_grad(set_to_none=True)
+            loss = _loss(inner, next(iters[t]), device, amp)
+            loss.backward()
+            sgd.step()
+            losses.append(loss.detach())
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for p, q in zip(params, inner_params):
+                p.grad = reptile.sign * (p.detach() - q.detach()) / T
+        opt.step()
 
 
 @pytest.mark.parametrize("method", sims.RETRAINING_METHODS)
@@ -328,6 +326,8 @@ def test_bad_input_names_the_argument():
         sims.finetune(base, ld[0], scheme="prefix", val=ld[1], test=ld[2])
     with pytest.raises(ValueError, match="'r'"):
         sims.LoraSpec(r=0)
+    with pytest.raises(ValueError, match="'persistent' parameter of ReptileSpec must be a bool. Got 1 instead"):
+        sims.ReptileSpec(persistent=1)        # an int, not a bool
     with pytest.raises(ValueError, match="'r' parameter of retrain must be an int in \\[1, 2\\]"):
         sims.retrain(base, ld, method="LoRA-ML", lora=sims.LoraSpec(r=3))
     with pytest.raises(ValueError, match="'train'.*empty task"):
