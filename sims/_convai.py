@@ -75,7 +75,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from theory.validation import MAX_COUNT, check_choice, check_int, check_real, check_rng, check_values
+from theory.validation import MAX_COUNT, check_bool, check_choice, check_int, check_real, check_rng, check_values
 
 from ._config import SweepConfig
 from ._fingerprint import check_manifest, file_manifest, manifest_digest, record_manifest
@@ -124,12 +124,6 @@ def _path(value, name, func, flag):
     return Path(value)
 
 
-def _check_flag(value, name, func):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"The {name!r} parameter of {func} must be a bool. Got {value!r} instead.")
-    return bool(value)
-
-
 def read_personachat(path, *, keep_last: bool = True) -> list[dict]:
     """The dialogues of one PersonaChat "self_original" file, in file order.
 
@@ -164,7 +158,7 @@ def read_personachat(path, *, keep_last: bool = True) -> list[dict]:
     """
     func = "read_personachat"
     path = _path(path, "path", func, "--data")
-    keep_last = _check_flag(keep_last, "keep_last", func)
+    keep_last = check_bool(keep_last, "keep_last", func)
     if not path.is_file():
         raise ValueError(f"--data (the 'path' parameter of {func}): {path} is not a file. {CONVAI_HELP}.")
     dialogues = []
