@@ -91,6 +91,7 @@ from ._peftml import (
     _reset,
     _seeded,
     _torch,
+    best_and_last,
     finetune,
     retrain,
 )
@@ -1253,15 +1254,15 @@ def _mean_se(v):
 
 
 def _last_best(history, paper: bool) -> tuple[float, float]:
-    """(last, best) test hits@1 of one fine-tuning history, over the epochs after the first
-    evaluation: ``paper`` (C4) the largest test value, both rounded to 3 decimals as the authors
-    report them; otherwise the test value at the epoch of best validation (the earliest on ties)."""
+    """(last, best) test hits@1 of one fine-tuning history: ``paper`` (C4) the largest test value
+    over the epochs after the first evaluation, both rounded to 3 decimals as the authors report
+    them; otherwise :func:`best_and_last` (the test value at the epoch of best validation)."""
+    if not paper:
+        bl = best_and_last(history)
+        return bl["last"], bl["best"]
     h = history[history["epoch"] > 0] if (history["epoch"] > 0).any() else history
     test = h[h["split"] == "test"].set_index("epoch")["accuracy"].sort_index()
-    if paper:
-        return round(float(test.iloc[-1]), 3), round(float(test.max()), 3)
-    val = h[h["split"] == "val"].set_index("epoch")["accuracy"].sort_index()
-    return float(test.iloc[-1]), float(test.loc[val.idxmax()])
+    return round(float(test.iloc[-1]), 3), round(float(test.max()), 3)
 
 
 def convai_summary(table: pd.DataFrame) -> pd.DataFrame:
