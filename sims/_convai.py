@@ -95,6 +95,7 @@ from ._peftml import (
     finetune,
     retrain,
 )
+from ._store import atomic_write
 
 __all__ = ["write_tiny_roberta", "ConvAIConfig", "CONVAI_HELP", "CONVAI_RANKS", "read_personachat", "read_persona_map",
            "persona_key", "persona_clusters", "write_convai", "simulate_convai_chunk", "convai_summary",
@@ -1148,10 +1149,8 @@ def _retrained(config, method, rank, seed, device, amp):
     model = res.model.to("cpu")
     out = (model, res.history)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"state": model.state_dict(), "history": res.history.to_dict(orient="list")}, tmp)
-        os.replace(tmp, path)
+        checkpoint = {"state": model.state_dict(), "history": res.history.to_dict(orient="list")}
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
     _remember(config, key, out)
     return out
 
