@@ -1080,11 +1080,11 @@ def _retrain_optim(config, method, train) -> OptimSpec:
                          optimizer="adamw", schedule="steps", warmup_steps=REPTILE_WARMUP, total_steps=REPTILE_END)
     if config.preset == "paper":             # C2: from task 0's batch count, whatever the real step count
         span = len(train[0]) * config.retrain_epochs
-        return OptimSpec(epochs=config.retrain_epochs, lr=config.retrain_lr, weight_decay=config.retrain_wd,
-                         optimizer="adamw", schedule="steps", warmup_steps=config.warmup * span,
-                         total_steps=C2_END * span)
+        schedule = dict(schedule="steps", warmup_steps=config.warmup * span, total_steps=C2_END * span)
+    else:
+        schedule = dict(schedule="linear", warmup=config.warmup)
     return OptimSpec(epochs=config.retrain_epochs, lr=config.retrain_lr, weight_decay=config.retrain_wd,
-                     optimizer="adamw", schedule="linear", warmup=config.warmup)
+                     optimizer="adamw", **schedule)
 
 
 def _finetune_optim(config, batches) -> OptimSpec:
