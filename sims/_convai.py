@@ -75,7 +75,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from theory.validation import MAX_COUNT, check_choice, check_int, check_real, check_rng, check_values
+from theory.validation import MAX_COUNT, check_bool, check_choice, check_int, check_real, check_rng, check_values
 
 from ._config import SweepConfig
 from ._fingerprint import check_manifest, file_manifest, manifest_digest, record_manifest
@@ -91,9 +91,11 @@ from ._peftml import (
     _reset,
     _seeded,
     _torch,
+    best_and_last,
     finetune,
     retrain,
 )
+from ._store import atomic_write
 
 __all__ = ["write_tiny_roberta", "ConvAIConfig", "CONVAI_HELP", "CONVAI_RANKS", "read_personachat", "read_persona_map",
            "persona_key", "persona_clusters", "write_convai", "simulate_convai_chunk", "convai_summary",
@@ -122,12 +124,6 @@ def _path(value, name, func, flag):
     if not isinstance(value, (str, os.PathLike)) or str(value) == "":
         raise ValueError(f"{flag} (the {name!r} parameter of {func}) must be a path. Got {value!r} instead.")
     return Path(value)
-
-
-def _check_flag(value, name, func):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"The {name!r} parameter of {func} must be a bool. Got {value!r} instead.")
-    return bool(value)
 
 
 def read_personachat(path, *, keep_last: bool = True) -> list[dict]:
@@ -164,7 +160,7 @@ def read_personachat(path, *, keep_last: bool = True) -> list[dict]:
     """
     func = "read_personachat"
     path = _path(path, "path", func, "--data")
-    keep_last = _check_flag(keep_last, "keep_last", func)
+    keep_last = check_bool(keep_last, "keep_last", func)
     if not path.is_file():
         raise ValueError(f"--data (the 'path' parameter of {func}): {path} is not a file. {CONVAI_HELP}.")
     dialogues = []
@@ -1027,7 +1023,6 @@ def _data(config):
     return train, test
 
 
-
 # ------------------------------------------------------------------------------------------------
 # One chunk
 
@@ -1084,11 +1079,11 @@ def _retrain_optim(config, method, train) -> OptimSpec:
                          optimizer="adamw", schedule="steps", warmup_steps=REPTILE_WARMUP, total_steps=REPTILE_END)
     if config.preset == "paper":             # C2: from task 0's batch count, whatever the real step count
         span = len(train[0]) * config.retrain_epochs
-        return OptimSpec(epochs=config.retrain_epochs, lr=config.retrain_lr, weight_decay=config.retrain_wd,
-                         optimizer="adamw", schedule="steps", warmup_steps=config.warmup * span,
-                         total_steps=C2_END * span)
+        schedule = dict(schedule="steps", warmup_steps=config.warmup * span, total_steps=C2_END * span)
+    else:
+        schedule = dict(schedule="linear", warmup=config.warmup)
     return OptimSpec(epochs=config.retrain_epochs, lr=config.retrain_lr, weight_decay=config.retrain_wd,
-                     optimizer="adamw", schedule="linear", warmup=config.warmup)
+                     optimizer="adamw", **schedule)
 
 
 def _finetune_optim(config, batches) -> OptimSpec:
@@ -1153,10 +1148,8 @@ def _retrained(config, method, rank, seed, device, amp):
     model = res.model.to("cpu")
     out = (model, res.history)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"state": model.state_dict(), "history": res.history.to_dict(orient="list")}, tmp)
-        os.replace(tmp, path)
+        checkpoint = {"state": model.state_dict(), "history": res.history.to_dict(orient="list")}
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
     _remember(config, key, out)
     return out
 
@@ -1259,15 +1252,15 @@ def _mean_se(v):
 
 
 def _last_best(history, paper: bool) -> tuple[float, float]:
-    """(last, best) test hits@1 of one fine-tuning history, over the epochs after the first
-    evaluation: ``paper`` (C4) the largest test value, both rounded to 3 decimals as the authors
-    report them; otherwise the test value at the epoch of best validation (the earliest on ties)."""
+    """(last, best) test hits@1 of one fine-tuning history: ``paper`` (C4) the largest test value
+    over the epochs after the first evaluation, both rounded to 3 decimals as the authors report
+    them; otherwise :func:`best_and_last` (the test value at the epoch of best validation)."""
+    if not paper:
+        bl = best_and_last(history)
+        return bl["last"], bl["best"]
     h = history[history["epoch"] > 0] if (history["epoch"] > 0).any() else history
     test = h[h["split"] == "test"].set_index("epoch")["accuracy"].sort_index()
-    if paper:
-        return round(float(test.iloc[-1]), 3), round(float(test.max()), 3)
-    val = h[h["split"] == "val"].set_index("epoch")["accuracy"].sort_index()
-    return float(test.iloc[-1]), float(test.loc[val.idxmax()])
+    return round(float(test.iloc[-1]), 3), round(float(test.max()), 3)
 
 
 def convai_summary(table: pd.DataFrame) -> pd.DataFrame:

@@ -53,6 +53,21 @@ def ledger(monkeypatch=None):
         handle.remove()
 
 
+def _spy(monkeypatch, module, name, record):
+    """Wrap ``module.name`` for the test: the list returned gets ``record(result, *args, **kwargs)``
+    of every call, in call order."""
+    calls = []
+    real = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(record(out, *args, **kwargs))
+        return out
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
 def _by_optimiser(events):
     """{optimiser: [lr of each of its steps]} in order of first step."""
     out = {}
@@ -299,15 +314,7 @@ def test_v6_augmentation_once_from_the_data_seed_or_per_batch(cifar, preset, mon
     from data_seed, identically for two run seeds, and no batch is augmented; under clean every
     training batch is augmented as it is drawn (15 SR retraining batches per epoch over 2 epochs,
     3 fine-tuning batches) and nothing before training."""
-    calls = []
-    real = R.crop_flip
-
-    def spy(x, generator, **kw):
-        out = real(x, generator, **kw)
-        calls.append((len(x), out.clone()))
-        return out
-
-    monkeypatch.setattr(R, "crop_flip", spy)
+    calls = _spy(monkeypatch, R, "crop_flip", lambda out, x, *args, **kw: (len(x), out.clone()))
     cfg = _vision(cifar, preset, values=("SR",), seeds=(0, 1))
     for t in (0, 1):
         sims.simulate_realdata_chunk(cfg, 0, (t,), device="cpu")
@@ -326,22 +333,8 @@ def test_v2_finetuning_starts_from_adapter_0_and_head_0_under_paper(preset, monk
     """V2: under paper the LoRA fine-tuning of a LoRA-ML base starts from retraining adapter 0 and
     the last-layer fine-tuning of a last-layer-ML base from head 0 (the very weights the retraining
     returned); under clean both start fresh (no initial adapter, no initial head)."""
-    seen = []
-    real = R.finetune
-
-    def spy(base, train, **kw):
-        seen.append(kw)
-        return real(base, train, **kw)
-
-    monkeypatch.setattr(R, "finetune", spy)
-    res_seen = []
-    real_retrain = R.retrain
-
-    def spy_retrain(*a, **kw):
-        res_seen.append(real_retrain(*a, **kw))
-        return res_seen[-1]
-
-    monkeypatch.setattr(R, "retrain", spy_retrain)
+    seen = _spy(monkeypatch, R, "finetune", lambda out, *args, **kw: kw)
+    res_seen = _spy(monkeypatch, R, "retrain", lambda out, *args, **kw: out)
     cfg = sims.realdata_sweep("digits", preset=preset, seeds=(0,), values=("LoRA-ML", "last-layer-ML"),
                               retrain_epochs=1, ft_epochs=1, n_finetune=(10,))
     for v in (0, 1):
@@ -428,22 +421,9 @@ def _amp_model():
 
 def _amp_run(method, amp, overflow, monkeypatch, epochs):
     """The optimiser steps of one retraining (or, method "finetune", fine-tuning) and the GradScalers made."""
-    scalers = []
-    real = P._scaler
-
-    def spy(device, amp):
-        scalers.append(real(device, amp))
-        return scalers[-1]
-
-    monkeypatch.setattr(P, "_scaler", spy)
-    evals = []                                   # the autocast of every evaluation
-    real_accuracy = P._accuracy
-
-    def accuracy(model, loader, device, amp, *args, **kwargs):
-        evals.append(amp)
-        return real_accuracy(model, loader, device, amp, *args, **kwargs)
-
-    monkeypatch.setattr(P, "_accuracy", accuracy)
+    scalers = _spy(monkeypatch, P, "_scaler", lambda out, *args, **kw: out)
+    # the autocast of every evaluation
+    evals = _spy(monkeypatch, P, "_accuracy", lambda out, model, loader, device, amp, *args, **kw: amp)
     tasks = _amp_tasks(overflow)
     with ledger() as events:
         if method == "finetune":
@@ -535,9 +515,7 @@ def test_amp_dtype_bfloat16_autocasts_without_a_scaler(monkeypatch):
     passes, no GradScaler is made and every step is taken; the weights differ from the float32
     run's (autocast is on: bfloat16 rounds at 2**-8). Ignoring the option (float16) would skip a
     step and make a scaler; ignoring ``amp`` would give the float32 weights bit for bit."""
-    scalers = []
-    real = P._scaler
-    monkeypatch.setattr(P, "_scaler", lambda device, amp: scalers.append(real(device, amp)) or scalers[-1])
+    scalers = _spy(monkeypatch, P, "_scaler", lambda out, *args, **kw: out)
     tasks = _amp_tasks(overflow=True)
     runs = {}
     for amp in (False, True):
